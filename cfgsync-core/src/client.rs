@@ -1,0 +1,308 @@
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
+use reqwest::{Response, StatusCode};
+use serde::Deserialize;
+
+use crate::auth::Secret;
+use crate::{Error, NodeArtifactsPayload, NodeFilesReplacement, NodeRegistration, Result};
+
+/// Default time one request may take (connect included), long-poll wait excluded.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of the cfgsync HTTP contract.
+///
+/// Every answer maps to a typed [`Error`]: `425` → [`Error::NotReady`], `404
+/// missing_config` → [`Error::MissingConfig`], `401`/`403` →
+/// [`Error::Unauthorized`]/[`Error::Forbidden`], anything else →
+/// [`Error::Rejected`] with the server's code and message, no answer →
+/// [`Error::Transport`].
+#[derive(Clone)]
+pub struct CfgsyncClient {
+    base: String,
+    http: reqwest::Client,
+    token: Option<Secret>,
+    timeout: Duration,
+}
+
+/// Builds a [`CfgsyncClient`].
+#[derive(Clone)]
+pub struct CfgsyncClientBuilder {
+    base: String,
+    timeout: Duration,
+    token: Option<Secret>,
+}
+
+/// Options of [`CfgsyncClient::fetch_node_config_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// ETag of the payload the node holds: the server answers `304` while unchanged.
+    pub if_none_match: Option<String>,
+    /// Long-poll: let the server hold the request until the payload is ready or
+    /// changes, up to this long (the server caps it).
+    pub wait: Option<Duration>,
+}
+
+/// What a conditional fetch got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FetchOutcome {
+    /// A payload (new or changed), with its ETag when the server sent one (the
+    /// original server does not).
+    Updated {
+        /// The payload.
+        payload: NodeArtifactsPayload,
+        /// Its ETag.
+        etag: Option<String>,
+    },
+    /// `304`: the payload still matches `if_none_match`.
+    NotModified,
+}
+
+impl CfgsyncClientBuilder {
+    /// Time one request may take, connect included (default 10 s). A long-poll
+    /// request gets its wait on top.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>` on every request.
+    #[must_use]
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Secret::new(token));
+        self
+    }
+
+    /// The client.
+    pub fn build(self) -> Result<CfgsyncClient> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.timeout)
+            .build()
+            .map_err(|source| Error::Transport {
+                route: "client setup",
+                url: self.base.clone(),
+                source,
+            })?;
+        Ok(CfgsyncClient {
+            base: self.base,
+            http,
+            token: self.token,
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl CfgsyncClient {
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:4400`) with
+    /// default settings.
+    pub fn new(base_url: impl Into<String>) -> Result<Self> {
+        Self::builder(base_url).build()
+    }
+
+    /// A builder for a client of the server at `base_url`.
+    pub fn builder(base_url: impl Into<String>) -> CfgsyncClientBuilder {
+        CfgsyncClientBuilder {
+            base: base_url.into().trim_end_matches('/').to_owned(),
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            token: None,
+        }
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /register`.
+    pub async fn register_node(&self, registration: &NodeRegistration) -> Result<()> {
+        const ROUTE: &str = "/register";
+        let response = self.post(ROUTE, registration, self.timeout, None).await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(answer_error(ROUTE, &registration.identifier, response).await)
+    }
+
+    /// `POST /node`: the node's payload, or the typed error of the answer.
+    pub async fn fetch_node_config(
+        &self,
+        registration: &NodeRegistration,
+    ) -> Result<NodeArtifactsPayload> {
+        match self
+            .fetch_node_config_with(registration, &FetchOptions::default())
+            .await?
+        {
+            FetchOutcome::Updated { payload, .. } => Ok(payload),
+            FetchOutcome::NotModified => Err(Error::InvalidResponse {
+                route: "/node",
+                reason: "304 Not Modified to a request without If-None-Match".into(),
+            }),
+        }
+    }
+
+    /// `POST /node` with an ETag and/or a long-poll wait.
+    pub async fn fetch_node_config_with(
+        &self,
+        registration: &NodeRegistration,
+        options: &FetchOptions,
+    ) -> Result<FetchOutcome> {
+        let route = "/node";
+        let (path, timeout) = match options.wait {
+            Some(wait) => (
+                format!("/node?wait={}", wait.as_secs().max(1)),
+                self.timeout + wait,
+            ),
+            None => ("/node".to_owned(), self.timeout),
+        };
+        let response = self
+            .post(
+                &path,
+                registration,
+                timeout,
+                options.if_none_match.as_deref(),
+            )
+            .await
+            .map_err(|e| with_route(e, route))?;
+        match response.status() {
+            StatusCode::NOT_MODIFIED => Ok(FetchOutcome::NotModified),
+            status if status.is_success() => {
+                let etag = response
+                    .headers()
+                    .get(ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let bytes = response.bytes().await.map_err(|source| Error::Transport {
+                    route,
+                    url: self.url(&path),
+                    source,
+                })?;
+                let payload =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::InvalidResponse {
+                        route,
+                        reason: format!("payload is not valid: {e}"),
+                    })?;
+                Ok(FetchOutcome::Updated { payload, etag })
+            }
+            _ => Err(answer_error(route, &registration.identifier, response).await),
+        }
+    }
+
+    /// `POST /node/replace` (admin): replaces what one node is served.
+    pub async fn replace_node_files(&self, replacement: &NodeFilesReplacement) -> Result<()> {
+        const ROUTE: &str = "/node/replace";
+        let response = self.post(ROUTE, replacement, self.timeout, None).await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(answer_error(ROUTE, &replacement.identifier, response).await)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post<T: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+        timeout: Duration,
+        if_none_match: Option<&str>,
+    ) -> Result<Response> {
+        let url = self.url(path);
+        let mut request = self.http.post(&url).json(body).timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose()));
+        }
+        if let Some(tag) = if_none_match {
+            request = request.header(IF_NONE_MATCH, tag);
+        }
+        request.send().await.map_err(|source| Error::Transport {
+            route: route_of(path),
+            url,
+            source,
+        })
+    }
+}
+
+fn route_of(path: &str) -> &'static str {
+    match path.split('?').next().unwrap_or(path) {
+        "/register" => "/register",
+        "/node/replace" => "/node/replace",
+        _ => "/node",
+    }
+}
+
+fn with_route(error: Error, route: &'static str) -> Error {
+    match error {
+        Error::Transport { url, source, .. } => Error::Transport { route, url, source },
+        other => other,
+    }
+}
+
+#[derive(Deserialize)]
+struct RawErrorBody {
+    code: String,
+    message: String,
+}
+
+/// Longest part of a non-JSON error body kept in [`Error::Rejected`].
+const MAX_FOREIGN_BODY: usize = 512;
+
+async fn answer_error(route: &'static str, identifier: &str, response: Response) -> Error {
+    let status = response.status();
+    let body = response.bytes().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<RawErrorBody>(&body) {
+        Ok(parsed) => (parsed.code, parsed.message),
+        // The original server answers its input errors as text/plain.
+        Err(_) => {
+            let text = String::from_utf8_lossy(&body);
+            let cut = text
+                .char_indices()
+                .nth(MAX_FOREIGN_BODY)
+                .map_or(text.len(), |(i, _)| i);
+            (String::new(), text[..cut].trim().to_owned())
+        }
+    };
+    match (status.as_u16(), code.as_str()) {
+        (425, _) => Error::NotReady {
+            identifier: identifier.to_owned(),
+        },
+        (404, "missing_config") => Error::MissingConfig {
+            identifier: identifier.to_owned(),
+        },
+        (404, "") if route == "/node" => Error::MissingConfig {
+            identifier: identifier.to_owned(),
+        },
+        (401, _) => Error::Unauthorized { route, message },
+        (403, _) => Error::Forbidden { route, message },
+        (status, _) => Error::Rejected {
+            route,
+            status,
+            code,
+            message,
+        },
+    }
+}
+
+impl fmt::Debug for CfgsyncClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CfgsyncClient")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for CfgsyncClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CfgsyncClientBuilder")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .field("token", &self.token)
+            .finish()
+    }
+}

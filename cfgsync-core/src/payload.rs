@@ -1,0 +1,243 @@
+use std::fmt;
+
+use bytes::Bytes;
+use cfgsync_artifacts::ArtifactSet;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The payload schema this crate speaks.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn schema_version_default() -> u32 {
+    SCHEMA_VERSION
+}
+
+/// The answer of `POST /node`: `{"schema_version": 1, "files": [...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeArtifactsPayload {
+    /// Payload schema version, `1`.
+    #[serde(default = "schema_version_default")]
+    pub schema_version: u32,
+    /// The node's files (its own plus shared ones).
+    pub files: ArtifactSet,
+}
+
+impl NodeArtifactsPayload {
+    /// A schema-1 payload.
+    pub fn new(files: ArtifactSet) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            files,
+        }
+    }
+}
+
+/// A payload ready to serve: the JSON body is encoded and its ETag computed once,
+/// when the source builds it, so answering `/node` costs no serialization.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServedPayload {
+    payload: NodeArtifactsPayload,
+    etag: String,
+    body: Bytes,
+}
+
+impl ServedPayload {
+    /// Encodes `files` as a schema-1 payload and computes its ETag (the quoted
+    /// SHA-256 digest of the set).
+    pub fn new(files: ArtifactSet) -> Result<Self> {
+        let etag = format!("\"{}\"", files.digest());
+        let payload = NodeArtifactsPayload::new(files);
+        let body = serde_json::to_vec(&payload).map_err(|e| Error::Source {
+            message: "cannot encode payload as JSON".into(),
+            source: Some(Box::new(e)),
+        })?;
+        Ok(Self {
+            payload,
+            etag,
+            body: Bytes::from(body),
+        })
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &NodeArtifactsPayload {
+        &self.payload
+    }
+
+    /// The files.
+    pub fn files(&self) -> &ArtifactSet {
+        &self.payload.files
+    }
+
+    /// The strong ETag, quoted as sent in the `ETag` header.
+    pub fn etag(&self) -> &str {
+        &self.etag
+    }
+
+    /// The encoded JSON body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Whether an `If-None-Match` header value matches this payload's ETag
+    /// (`*`, a list, weak `W/` tags all handled).
+    pub fn matches_if_none_match(&self, header: &str) -> bool {
+        header
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag)
+    }
+}
+
+impl fmt::Debug for ServedPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServedPayload")
+            .field("etag", &self.etag)
+            .field("files", &self.payload.files.len())
+            .field("bytes", &self.body.len())
+            .finish()
+    }
+}
+
+/// Body of `POST /node/replace`: replaces what one node is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFilesReplacement {
+    /// The node.
+    pub identifier: String,
+    /// Its new files (shared files are still merged in by the source).
+    pub files: ArtifactSet,
+}
+
+/// The `code` of every error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 425: the node's config is not ready (not registered, or policy not met).
+    NotReady,
+    /// 404 on `/node`: no config exists for this node.
+    MissingConfig,
+    /// 500: the server failed.
+    Internal,
+    /// 400: malformed or invalid request.
+    BadRequest,
+    /// 401: token missing or not valid.
+    Unauthorized,
+    /// 403: token valid, but not for this node or route.
+    Forbidden,
+    /// 413: body over the limit.
+    PayloadTooLarge,
+    /// 415: body is not `application/json`.
+    UnsupportedMediaType,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists but not with this method (or the source does not
+    /// support the operation).
+    MethodNotAllowed,
+    /// 503: the config source's backing store does not answer (`/readyz`).
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The wire form, e.g. `not_ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotReady => "not_ready",
+            Self::MissingConfig => "missing_config",
+            Self::Internal => "internal",
+            Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// The status this code is answered with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::NotReady => StatusCode::TOO_EARLY,
+            Self::MissingConfig | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON body of every non-2xx answer: `{"code": "...", "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation naming what was wrong.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error body.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cfgsync_artifacts::ArtifactFile;
+
+    use super::*;
+
+    #[test]
+    fn served_payload_body_is_the_original_wire_form() {
+        let served = ServedPayload::new(
+            ArtifactSet::from_files([ArtifactFile::new("/config.yaml", "id: 1\n")]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            served.body().as_ref(),
+            br#"{"schema_version":1,"files":[{"path":"/config.yaml","content":"id: 1\n"}]}"#
+        );
+        let etag = served.etag().to_owned();
+        assert!(served.matches_if_none_match(&etag));
+        assert!(served.matches_if_none_match(&format!("\"other\", W/{etag}")));
+        assert!(served.matches_if_none_match("*"));
+        assert!(!served.matches_if_none_match("\"other\""));
+    }
+
+    #[test]
+    fn every_code_has_its_documented_status() {
+        let json = serde_json::to_string(&ErrorBody::new(ErrorCode::NotReady, "x")).unwrap();
+        assert_eq!(json, r#"{"code":"not_ready","message":"x"}"#);
+        for (code, status) in [
+            (ErrorCode::NotReady, 425),
+            (ErrorCode::MissingConfig, 404),
+            (ErrorCode::BadRequest, 400),
+            (ErrorCode::PayloadTooLarge, 413),
+            (ErrorCode::UnsupportedMediaType, 415),
+        ] {
+            assert_eq!(code.status().as_u16(), status);
+            assert_eq!(
+                serde_json::to_value(code).unwrap().as_str().unwrap(),
+                code.as_str()
+            );
+        }
+    }
+}
