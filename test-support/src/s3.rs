@@ -1,0 +1,345 @@
+//! In-process S3 server (s3s + s3s-fs) with request and upload-byte counters.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
+use std::path::{Path as FsPath, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+const ENV_ENDPOINT: &str = "CFGSYNC_TEST_S3_ENDPOINT";
+const ENV_BUCKET: &str = "CFGSYNC_TEST_S3_BUCKET";
+
+/// Traffic seen by the in-process server.
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    put_requests: AtomicU64,
+    put_body_bytes: AtomicU64,
+}
+
+/// A running S3 endpoint for tests: in-process by default, or an outside S3 when
+/// `CFGSYNC_TEST_S3_ENDPOINT` is set.
+pub struct S3Harness {
+    /// `http://127.0.0.1:PORT` (or the outside endpoint).
+    pub endpoint: String,
+    /// The default bucket, created at start.
+    pub bucket: String,
+    /// Access key id accepted by the server.
+    pub access_key: String,
+    /// Secret access key accepted by the server.
+    pub secret_key: String,
+    /// Region to sign with.
+    pub region: String,
+    /// Store bound to [`S3Harness::bucket`].
+    pub store: Arc<dyn ObjectStore>,
+    /// Directory holding the buckets (one sub-directory per bucket); `None` for an
+    /// outside S3.
+    pub root: Option<PathBuf>,
+    counters: Option<Arc<Counters>>,
+    server: Option<JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl fmt::Debug for S3Harness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Harness")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"***")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for S3Harness {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+impl S3Harness {
+    /// Start an S3 server on `127.0.0.1:0` over a fresh temporary directory, with the
+    /// bucket `test-bucket` created; or target the outside S3 named by
+    /// `CFGSYNC_TEST_S3_ENDPOINT`.
+    pub async fn start() -> io::Result<Self> {
+        if let Ok(endpoint) = std::env::var(ENV_ENDPOINT) {
+            return Self::outside(endpoint);
+        }
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().to_path_buf();
+        let bucket = "test-bucket".to_owned();
+        std::fs::create_dir_all(root.join(&bucket))?;
+
+        let access_key = "cfgsync-test-key".to_owned();
+        let secret_key = format!("cfgsync-test-secret-{}", std::process::id());
+        let fs = s3s_fs::FileSystem::new(&root)
+            .map_err(|e| io::Error::other(format!("s3s-fs: {e:?}")))?;
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            access_key.clone(),
+            secret_key.clone(),
+        ));
+        let service = builder.build();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let server = tokio::spawn(serve(listener, service, Arc::clone(&counters)));
+
+        let endpoint = format!("http://{addr}");
+        let region = "us-east-1".to_owned();
+        let store = build_store(&endpoint, &bucket, &access_key, &secret_key, &region)?;
+        Ok(Self {
+            endpoint,
+            bucket,
+            access_key,
+            secret_key,
+            region,
+            store,
+            root: Some(root),
+            counters: Some(counters),
+            server: Some(server),
+            _dir: Some(dir),
+        })
+    }
+
+    fn outside(endpoint: String) -> io::Result<Self> {
+        let bucket = std::env::var(ENV_BUCKET).unwrap_or_else(|_| "cfgsync-test".to_owned());
+        let access_key = std::env::var("AWS_ACCESS_KEY_ID").map_err(|_| {
+            io::Error::other(format!(
+                "{ENV_ENDPOINT} is set but AWS_ACCESS_KEY_ID is not"
+            ))
+        })?;
+        let secret_key = std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| {
+            io::Error::other(format!(
+                "{ENV_ENDPOINT} is set but AWS_SECRET_ACCESS_KEY is not"
+            ))
+        })?;
+        let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned());
+        eprintln!(
+            "!!! cfgsync-test-support: {ENV_ENDPOINT} is set, tests use the OUTSIDE S3 at {endpoint} \
+             (bucket {bucket}); traffic counters are unavailable !!!"
+        );
+        let store = build_store(&endpoint, &bucket, &access_key, &secret_key, &region)?;
+        Ok(Self {
+            endpoint,
+            bucket,
+            access_key,
+            secret_key,
+            region,
+            store,
+            root: None,
+            counters: None,
+            server: None,
+            _dir: None,
+        })
+    }
+
+    /// Whether this harness runs its own in-process server (counters available).
+    pub fn is_in_process(&self) -> bool {
+        self.counters.is_some()
+    }
+
+    /// Create a bucket directory (in-process server only; a no-op for an outside S3).
+    pub fn create_bucket(&self, name: &str) -> io::Result<()> {
+        match &self.root {
+            Some(root) => std::fs::create_dir_all(root.join(name)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a bucket exists (in-process server only; `None` for an outside S3).
+    pub fn bucket_exists(&self, name: &str) -> Option<bool> {
+        self.root.as_deref().map(|root| root.join(name).is_dir())
+    }
+
+    /// An [`AmazonS3Builder`] preconfigured for this endpoint and credentials.
+    pub fn builder(&self) -> AmazonS3Builder {
+        builder(
+            &self.endpoint,
+            &self.access_key,
+            &self.secret_key,
+            &self.region,
+        )
+    }
+
+    /// A store bound to another bucket of this server.
+    pub fn store_for_bucket(&self, bucket: &str) -> io::Result<Arc<dyn ObjectStore>> {
+        build_store(
+            &self.endpoint,
+            bucket,
+            &self.access_key,
+            &self.secret_key,
+            &self.region,
+        )
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Option<u64> {
+        self.counters
+            .as_ref()
+            .map(|c| c.requests.load(Ordering::SeqCst))
+    }
+
+    /// `PUT` requests received so far (PutObject, UploadPart, CreateBucket, copies).
+    pub fn put_requests(&self) -> Option<u64> {
+        self.counters
+            .as_ref()
+            .map(|c| c.put_requests.load(Ordering::SeqCst))
+    }
+
+    /// Body bytes received in `PUT` requests so far: the bytes uploaded.
+    pub fn put_body_bytes(&self) -> Option<u64> {
+        self.counters
+            .as_ref()
+            .map(|c| c.put_body_bytes.load(Ordering::SeqCst))
+    }
+
+    /// Set all counters back to zero.
+    pub fn reset_counters(&self) {
+        if let Some(c) = &self.counters {
+            c.requests.store(0, Ordering::SeqCst);
+            c.put_requests.store(0, Ordering::SeqCst);
+            c.put_body_bytes.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// The directory of one object (in-process server only).
+    pub fn object_path(&self, bucket: &str, key: &str) -> Option<PathBuf> {
+        self.root
+            .as_deref()
+            .map(|root| object_path(root, bucket, key))
+    }
+}
+
+fn object_path(root: &FsPath, bucket: &str, key: &str) -> PathBuf {
+    let mut p = root.join(bucket);
+    for part in key.split('/') {
+        p.push(part);
+    }
+    p
+}
+
+fn builder(endpoint: &str, access_key: &str, secret_key: &str, region: &str) -> AmazonS3Builder {
+    AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_access_key_id(access_key)
+        .with_secret_access_key(secret_key)
+        .with_region(region)
+}
+
+fn build_store(
+    endpoint: &str,
+    bucket: &str,
+    access_key: &str,
+    secret_key: &str,
+    region: &str,
+) -> io::Result<Arc<dyn ObjectStore>> {
+    let store = builder(endpoint, access_key, secret_key, region)
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(io::Error::other)?;
+    Ok(Arc::new(store))
+}
+
+async fn serve(listener: TcpListener, service: s3s::service::S3Service, counters: Arc<Counters>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let service = service.clone();
+        let counters = Arc::clone(&counters);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let service = service.clone();
+                let counters = Arc::clone(&counters);
+                async move {
+                    counters.requests.fetch_add(1, Ordering::SeqCst);
+                    let req = if req.method() == http::Method::PUT {
+                        counters.put_requests.fetch_add(1, Ordering::SeqCst);
+                        req.map(|body| CountingBody {
+                            inner: body,
+                            counters: Some(Arc::clone(&counters)),
+                        })
+                    } else {
+                        req.map(|body| CountingBody {
+                            inner: body,
+                            counters: None,
+                        })
+                    };
+                    let response = match call_s3(service, req).await {
+                        Ok(resp) => resp,
+                        Err(err) => {
+                            tracing::warn!(error = ?err, "s3 harness request failed");
+                            let mut resp = s3s::HttpResponse::new(s3s::Body::empty());
+                            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                            resp
+                        }
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = ConnBuilder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn call_s3(
+    service: s3s::service::S3Service,
+    req: http::Request<CountingBody>,
+) -> Result<s3s::HttpResponse, s3s::HttpError> {
+    service.call(req.map(s3s::Body::http_body_unsync)).await
+}
+
+/// A request body that adds the bytes it yields to the upload counter.
+struct CountingBody {
+    inner: Incoming,
+    counters: Option<Arc<Counters>>,
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(counters)) = (&polled, &self.counters)
+            && let Some(data) = frame.data_ref()
+        {
+            counters
+                .put_body_bytes
+                .fetch_add(data.len() as u64, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
