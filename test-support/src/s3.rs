@@ -260,17 +260,26 @@ fn build_store(
 }
 
 async fn serve(listener: TcpListener, service: s3s::service::S3Service, counters: Arc<Counters>) {
+    // s3s-fs checks If-Match / If-None-Match and then writes, and stores an
+    // object's ETag beside its bytes, so a GET racing a PUT may pair one
+    // version's body with another's ETag. Real S3 (and RustFS, MinIO) are
+    // atomic per object; a per-key lock (writers exclusive, readers shared)
+    // gives tests those semantics.
+    let locks = Arc::new(KeyLocks::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let service = service.clone();
         let counters = Arc::clone(&counters);
+        let locks = Arc::clone(&locks);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                 let service = service.clone();
                 let counters = Arc::clone(&counters);
+                let locks = Arc::clone(&locks);
                 async move {
+                    let _key_lock = locks.acquire(&req).await;
                     counters.requests.fetch_add(1, Ordering::SeqCst);
                     let req = if req.method() == http::Method::PUT {
                         counters.put_requests.fetch_add(1, Ordering::SeqCst);
@@ -308,6 +317,34 @@ async fn call_s3(
     req: http::Request<CountingBody>,
 ) -> Result<s3s::HttpResponse, s3s::HttpError> {
     service.call(req.map(s3s::Body::http_body_unsync)).await
+}
+
+/// One lock per object key (the request path): requests that change an object
+/// (`PUT`, `POST`, `DELETE`) hold it exclusively, reads (`GET`, `HEAD`) shared.
+#[derive(Default)]
+struct KeyLocks {
+    keys: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+}
+
+enum KeyGuard {
+    Read(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
+    Write(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+impl KeyLocks {
+    async fn acquire<B>(&self, req: &http::Request<B>) -> KeyGuard {
+        let lock = {
+            let mut keys = self
+                .keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(keys.entry(req.uri().path().to_owned()).or_default())
+        };
+        match *req.method() {
+            http::Method::GET | http::Method::HEAD => KeyGuard::Read(lock.read_owned().await),
+            _ => KeyGuard::Write(lock.write_owned().await),
+        }
+    }
 }
 
 /// A request body that adds the bytes it yields to the upload counter.

@@ -1,0 +1,232 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use async_trait::async_trait;
+use cfgsync_artifacts::ArtifactSet;
+use cfgsync_core::{
+    ChangeNotifier, ConfigResolveResponse, ConfigSource, NodeRegistration, ServedPayload,
+};
+use tokio::sync::watch;
+
+use crate::{
+    CachedSnapshotMaterializer, NodeArtifactsMaterializer, NodeMaterialization,
+    RegistrationSnapshotMaterializer, RegistrationStore,
+};
+
+/// A [`ConfigSource`] from a registration store and a whole-snapshot
+/// materializer (wrapped in a [`CachedSnapshotMaterializer`]): nodes register
+/// into the store; `/node` answers `425` until the node is registered and the
+/// policy is met, then the node's files from the cached catalog.
+#[derive(Debug)]
+pub struct SnapshotConfigSource<M> {
+    store: Arc<dyn RegistrationStore>,
+    cache: CachedSnapshotMaterializer<M>,
+    changes: MergedChanges,
+}
+
+impl<M: RegistrationSnapshotMaterializer> SnapshotConfigSource<M> {
+    /// Serves `materializer`'s policy over the registrations in `store`.
+    pub fn new(store: Arc<dyn RegistrationStore>, materializer: M) -> Self {
+        let inputs = materializer.changes();
+        Self {
+            changes: MergedChanges::new(store.changes(), inputs),
+            store,
+            cache: CachedSnapshotMaterializer::new(materializer),
+        }
+    }
+
+    /// The cache (e.g. to read how often the materializer ran).
+    pub fn cache(&self) -> &CachedSnapshotMaterializer<M> {
+        &self.cache
+    }
+
+    /// The registration store.
+    pub fn store(&self) -> &Arc<dyn RegistrationStore> {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl<M: RegistrationSnapshotMaterializer> ConfigSource for SnapshotConfigSource<M> {
+    async fn register(&self, registration: NodeRegistration) -> cfgsync_core::Result<()> {
+        self.store.put(registration).await?;
+        Ok(())
+    }
+
+    async fn resolve(
+        &self,
+        registration: &NodeRegistration,
+    ) -> cfgsync_core::Result<ConfigResolveResponse> {
+        let snapshot = self.store.snapshot().await?;
+        if !snapshot.contains(&registration.identifier) {
+            return Ok(ConfigResolveResponse::NotReady);
+        }
+        let cached = self.cache.materialize(&snapshot).await?;
+        cached.resolve(&registration.identifier)
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
+    }
+
+    async fn check_ready(&self) -> cfgsync_core::Result<()> {
+        Ok(self.store.check().await?)
+    }
+}
+
+/// A [`ConfigSource`] from a registration store and a one-node materializer:
+/// `/node` answers `425` until the node is registered, then what the
+/// materializer makes of its stored registration. A node's payload is built
+/// once and reused while its registration and the materializer's inputs stay
+/// the same.
+#[derive(Debug)]
+pub struct MaterializingConfigSource<M> {
+    store: Arc<dyn RegistrationStore>,
+    materializer: M,
+    built: Mutex<HashMap<String, BuiltPayload>>,
+    changes: MergedChanges,
+}
+
+#[derive(Debug)]
+struct BuiltPayload {
+    registration: NodeRegistration,
+    inputs: u64,
+    payload: Arc<ServedPayload>,
+}
+
+impl<M: NodeArtifactsMaterializer> MaterializingConfigSource<M> {
+    /// Serves `materializer`'s policy over the registrations in `store`.
+    pub fn new(store: Arc<dyn RegistrationStore>, materializer: M) -> Self {
+        let inputs = materializer.changes();
+        Self {
+            changes: MergedChanges::new(store.changes(), inputs),
+            store,
+            materializer,
+            built: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The materializer.
+    pub fn materializer(&self) -> &M {
+        &self.materializer
+    }
+
+    fn inputs_generation(&self) -> u64 {
+        self.materializer.changes().map_or(0, |rx| *rx.borrow())
+    }
+}
+
+#[async_trait]
+impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M> {
+    async fn register(&self, registration: NodeRegistration) -> cfgsync_core::Result<()> {
+        self.store.put(registration).await?;
+        Ok(())
+    }
+
+    async fn resolve(
+        &self,
+        registration: &NodeRegistration,
+    ) -> cfgsync_core::Result<ConfigResolveResponse> {
+        let snapshot = self.store.snapshot().await?;
+        let Some(stored) = snapshot.get(&registration.identifier) else {
+            return Ok(ConfigResolveResponse::NotReady);
+        };
+        let inputs = self.inputs_generation();
+        {
+            let built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(hit) = built
+                .get(&stored.identifier)
+                .filter(|b| b.inputs == inputs && b.registration == *stored)
+            {
+                return Ok(ConfigResolveResponse::Ready(hit.payload.clone()));
+            }
+        }
+        match self.materializer.materialize_node(stored).await? {
+            NodeMaterialization::NotReady => Ok(ConfigResolveResponse::NotReady),
+            NodeMaterialization::Missing => Ok(ConfigResolveResponse::Missing),
+            NodeMaterialization::Ready(files) => {
+                let payload = Arc::new(ServedPayload::new(files)?);
+                self.built
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(
+                        stored.identifier.clone(),
+                        BuiltPayload {
+                            registration: stored.clone(),
+                            inputs,
+                            payload: payload.clone(),
+                        },
+                    );
+                Ok(ConfigResolveResponse::Ready(payload))
+            }
+        }
+    }
+
+    async fn replace(&self, identifier: &str, files: ArtifactSet) -> cfgsync_core::Result<()> {
+        self.materializer.replace(identifier, files).await?;
+        self.built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(identifier);
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
+    }
+
+    async fn check_ready(&self) -> cfgsync_core::Result<()> {
+        Ok(self.store.check().await?)
+    }
+}
+
+/// One change channel from the store's and the materializer's: a forwarding
+/// task is started on first use (inside the server's runtime).
+#[derive(Debug)]
+struct MergedChanges {
+    store: watch::Receiver<u64>,
+    inputs: Option<watch::Receiver<u64>>,
+    merged: OnceLock<Arc<ChangeNotifier>>,
+}
+
+impl MergedChanges {
+    fn new(store: watch::Receiver<u64>, inputs: Option<watch::Receiver<u64>>) -> Self {
+        Self {
+            store,
+            inputs,
+            merged: OnceLock::new(),
+        }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        let Some(inputs) = &self.inputs else {
+            return self.store.clone();
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.store.clone();
+        }
+        let notifier = self.merged.get_or_init(|| {
+            let notifier = Arc::new(ChangeNotifier::new());
+            let weak = Arc::downgrade(&notifier);
+            let mut store = self.store.clone();
+            let mut inputs = inputs.clone();
+            tokio::spawn(async move {
+                loop {
+                    let changed = tokio::select! {
+                        r = store.changed() => r,
+                        r = inputs.changed() => r,
+                    };
+                    let Some(notifier) = weak.upgrade() else {
+                        return;
+                    };
+                    if changed.is_err() {
+                        return;
+                    }
+                    notifier.notify();
+                }
+            });
+            notifier
+        });
+        notifier.subscribe()
+    }
+}

@@ -1,0 +1,291 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cfgsync_core::NodeRegistration;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::{Path, PathPart};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use tokio::sync::watch;
+
+use super::view::RegistrationView;
+use crate::{Error, RegistrationSnapshot, RegistrationStore, Result};
+
+/// Settings of an [`ObjectRegistrationStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStoreOptions {
+    /// How often a replica checks the shared generation for others' writes.
+    pub poll_interval: Duration,
+}
+
+impl Default for ObjectStoreOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Registrations in any [`ObjectStore`] (S3, RustFS, MinIO, ... anything with
+/// conditional writes), shared by several server replicas.
+///
+/// Layout under the prefix: one object per node, `nodes/<identifier>.json`, so
+/// registrations on different replicas never overwrite each other; and a
+/// `generation` counter object, incremented with a compare-and-swap
+/// (`PutMode::Update` on its ETag, retried on conflict) **after** the node
+/// object is written. Every replica numbers changes by that shared counter, so
+/// all see the same generation order; a replica polls the counter and re-lists
+/// (fetching only objects whose ETag changed) when it moves.
+#[derive(Debug)]
+pub struct ObjectRegistrationStore {
+    shared: Arc<Shared>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    store: Arc<dyn ObjectStore>,
+    nodes_prefix: Path,
+    counter: Path,
+    view: RegistrationView,
+    listed: tokio::sync::Mutex<Listed>,
+}
+
+/// What this replica last listed: the counter value and each object's ETag.
+#[derive(Debug, Default)]
+struct Listed {
+    generation: u64,
+    objects: HashMap<Path, (Option<String>, Arc<NodeRegistration>)>,
+}
+
+impl Drop for ObjectRegistrationStore {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+impl ObjectRegistrationStore {
+    /// Opens the store under `prefix` of `store`, loads the current set, and starts
+    /// polling for other replicas' writes.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        options: ObjectStoreOptions,
+    ) -> Result<Self> {
+        let prefix = Path::from(prefix);
+        let shared = Arc::new(Shared {
+            name: format!("object store {store} /{prefix}"),
+            nodes_prefix: prefix.clone().join("nodes"),
+            counter: prefix.join("generation"),
+            store,
+            view: RegistrationView::new([], 0),
+            listed: tokio::sync::Mutex::new(Listed::default()),
+        });
+        shared.refresh().await?;
+        let poller = tokio::spawn(poll(Arc::downgrade(&shared), options.poll_interval));
+        Ok(Self { shared, poller })
+    }
+
+    /// Re-reads the shared state now instead of waiting for the next poll.
+    pub async fn refresh(&self) -> Result<()> {
+        self.shared.refresh().await
+    }
+}
+
+async fn poll(shared: Weak<Shared>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = shared.refresh().await {
+            tracing::warn!(store = %shared.name, %error, "registration refresh failed");
+        }
+    }
+}
+
+impl Shared {
+    fn error(&self, operation: &'static str, source: object_store::Error) -> Error {
+        Error::store(self.name.clone(), operation, source)
+    }
+
+    /// The shared counter's value and version (`None` before the first write).
+    async fn read_counter(&self) -> Result<Option<(u64, UpdateVersion)>> {
+        let result = match self.store.get(&self.counter).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("read generation", e)),
+        };
+        let version = UpdateVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| self.error("read generation", e))?;
+        let value = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .ok_or_else(|| Error::Store {
+                store: self.name.clone(),
+                operation: "read generation",
+                message: format!("{} does not hold a number", self.counter),
+                source: None,
+            })?;
+        Ok(Some((value, version)))
+    }
+
+    /// Moves the shared counter forward by one; returns the new value.
+    async fn increment(&self) -> Result<u64> {
+        let mut attempt: u32 = 0;
+        loop {
+            let (next, mode) = match self.read_counter().await? {
+                Some((value, version)) => (value + 1, PutMode::Update(version)),
+                None => (1, PutMode::Create),
+            };
+            let put = self
+                .store
+                .put_opts(
+                    &self.counter,
+                    PutPayload::from(next.to_string()),
+                    PutOptions::from(mode),
+                )
+                .await;
+            match put {
+                Ok(_) => return Ok(next),
+                Err(
+                    object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. },
+                ) => {
+                    // Another replica moved the counter first: read it again.
+                    attempt += 1;
+                    let spread = u64::from(attempt.min(8)) * 5;
+                    let jitter = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::from(d.subsec_nanos()))
+                        % (spread + 1);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(e) => return Err(self.error("increment generation", e)),
+            }
+        }
+    }
+
+    fn node_path(&self, identifier: &str) -> Path {
+        self.nodes_prefix
+            .clone()
+            .join(PathPart::from(format!("{identifier}.json")))
+    }
+
+    async fn refresh(&self) -> Result<()> {
+        let mut listed = self.listed.lock().await;
+        let Some((generation, _)) = self.read_counter().await? else {
+            return Ok(());
+        };
+        if generation <= listed.generation {
+            return Ok(());
+        }
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.nodes_prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list", e))?;
+        let previous = std::mem::take(&mut listed.objects);
+        let fetched: Vec<(Path, Option<String>, Arc<NodeRegistration>)> =
+            futures::stream::iter(metas)
+                .map(|meta| {
+                    let reuse = previous
+                        .get(&meta.location)
+                        .filter(|(e_tag, _)| meta.e_tag.is_some() && *e_tag == meta.e_tag)
+                        .map(|(_, registration)| registration.clone());
+                    async move {
+                        if let Some(registration) = reuse {
+                            return Ok((meta.location, meta.e_tag, registration));
+                        }
+                        let bytes = self
+                            .store
+                            .get(&meta.location)
+                            .await
+                            .map_err(|e| self.error("get", e))?
+                            .bytes()
+                            .await
+                            .map_err(|e| self.error("get", e))?;
+                        let registration: NodeRegistration = serde_json::from_slice(&bytes)
+                            .map_err(|e| Error::Store {
+                                store: self.name.clone(),
+                                operation: "get",
+                                message: format!("{} is not a registration: {e}", meta.location),
+                                source: None,
+                            })?;
+                        Ok::<_, Error>((meta.location, meta.e_tag, Arc::new(registration)))
+                    }
+                })
+                .buffer_unordered(16)
+                .try_collect()
+                .await?;
+        let mut nodes = BTreeMap::new();
+        for (path, e_tag, registration) in fetched {
+            nodes.insert(registration.identifier.clone(), registration.clone());
+            listed.objects.insert(path, (e_tag, registration));
+        }
+        listed.generation = generation;
+        self.view.replace_all(nodes, generation);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RegistrationStore for ObjectRegistrationStore {
+    async fn put(&self, registration: NodeRegistration) -> Result<bool> {
+        let shared = &self.shared;
+        if !shared.view.differs(&registration) {
+            return Ok(false);
+        }
+        let path = shared.node_path(&registration.identifier);
+        let body = serde_json::to_vec(&registration).map_err(|e| Error::Store {
+            store: shared.name.clone(),
+            operation: "put",
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        })?;
+        let written = shared
+            .store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| shared.error("put", e))?;
+        let generation = shared.increment().await?;
+        let mut listed = shared.listed.lock().await;
+        if listed.generation + 1 == generation {
+            // Nobody else wrote since our last listing: the new state is the old
+            // one plus this registration.
+            listed.generation = generation;
+            let registration = Arc::new(registration);
+            listed
+                .objects
+                .insert(path, (written.e_tag, registration.clone()));
+            shared
+                .view
+                .insert(Arc::unwrap_or_clone(registration), generation);
+        } else {
+            drop(listed);
+            shared.refresh().await?;
+        }
+        Ok(true)
+    }
+
+    async fn snapshot(&self) -> Result<Arc<RegistrationSnapshot>> {
+        Ok(self.shared.view.snapshot())
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.view.subscribe()
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.shared.read_counter().await.map(|_| ())
+    }
+}

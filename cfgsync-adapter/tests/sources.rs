@@ -1,0 +1,417 @@
+//! Config sources over stores and materializers, served by a real cfgsync server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cfgsync_adapter::{
+    DeploymentAdapter, DeploymentMaterializer, Error, MaterializingConfigSource,
+    MemoryRegistrationStore, NodeArtifacts, NodeArtifactsCatalog, NodeArtifactsMaterializer,
+    NodeMaterialization, ObjectRegistrationStore, ObjectStoreOptions, RegistrationSnapshot,
+    RegistrationSnapshotMaterializer, RegistrationStore, Result, SnapshotConfigSource,
+    SnapshotMaterialization,
+};
+use cfgsync_core::{
+    ArtifactFile, ArtifactSet, CfgsyncClient, CfgsyncServerState, ChangeNotifier,
+    ConfigResolveResponse, ConfigSource, FetchOptions, FetchOutcome, NodeRegistration,
+    serve_cfgsync_on,
+};
+use cfgsync_test_support::S3Harness;
+use tokio::sync::watch;
+
+fn reg(id: &str, ip: &str) -> NodeRegistration {
+    NodeRegistration::new(id, ip.parse().unwrap())
+}
+
+fn one_file(path: &str, content: impl Into<String>) -> ArtifactSet {
+    ArtifactSet::from_files([ArtifactFile::new(path, content)]).unwrap()
+}
+
+/// Waits for `expected` nodes, then gives each its config plus the shared peer
+/// list; counts its runs.
+#[derive(Debug, Default)]
+struct Peers {
+    expected: usize,
+    runs: AtomicUsize,
+}
+
+#[async_trait]
+impl RegistrationSnapshotMaterializer for Peers {
+    async fn materialize_snapshot(
+        &self,
+        nodes: &RegistrationSnapshot,
+    ) -> Result<SnapshotMaterialization> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        // Slow enough that concurrent requests overlap with the run.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if nodes.len() < self.expected {
+            return Ok(SnapshotMaterialization::NotReady);
+        }
+        let peers: String = nodes.iter().map(|n| format!("{}\n", n.ip)).collect();
+        let catalog = NodeArtifactsCatalog::new(nodes.iter().map(|n| {
+            NodeArtifacts::new(
+                n.identifier.clone(),
+                one_file("/config.yaml", format!("id: {}\n", n.identifier)),
+            )
+        }))
+        .with_shared(one_file("/peers.txt", peers));
+        Ok(SnapshotMaterialization::Ready(catalog))
+    }
+}
+
+async fn serve(source: Arc<dyn ConfigSource>) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_cfgsync_on(
+        listener,
+        CfgsyncServerState::new(source),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (url, stop)
+}
+
+#[tokio::test]
+async fn cached_materializer_runs_once_per_generation_under_100_concurrent_requests() {
+    let source = Arc::new(SnapshotConfigSource::new(
+        Arc::new(MemoryRegistrationStore::new()),
+        Peers {
+            expected: 3,
+            ..Peers::default()
+        },
+    ));
+    for (id, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")] {
+        source.register(reg(id, ip)).await.unwrap();
+    }
+    let requests = (0..100).map(|i| {
+        let source = source.clone();
+        let id = ["a", "b", "c"][i % 3];
+        tokio::spawn(async move { source.resolve(&reg(id, "10.0.0.9")).await })
+    });
+    let mut etags = std::collections::HashMap::new();
+    for answer in futures::future::join_all(requests).await {
+        let ConfigResolveResponse::Ready(payload) = answer.unwrap().unwrap() else {
+            panic!("all registered: ready");
+        };
+        assert_eq!(
+            payload.files().get("/peers.txt").unwrap().content,
+            "10.0.0.1\n10.0.0.2\n10.0.0.3\n"
+        );
+        etags
+            .entry(payload.files().get("/config.yaml").unwrap().content.clone())
+            .or_insert_with(|| payload.etag().to_owned());
+    }
+    assert_eq!(
+        source.cache().inner().runs.load(Ordering::SeqCst),
+        1,
+        "one run for one generation"
+    );
+    assert_eq!(etags.len(), 3);
+
+    // A re-registration with the same data is no change: still cached.
+    source.register(reg("a", "10.0.0.1")).await.unwrap();
+    source.resolve(&reg("a", "10.0.0.1")).await.unwrap();
+    assert_eq!(source.cache().inner().runs.load(Ordering::SeqCst), 1);
+    // A new generation materializes again, once.
+    source.register(reg("d", "10.0.0.4")).await.unwrap();
+    let d = reg("d", "10.0.0.4");
+    let answers = futures::future::join_all((0..20).map(|_| source.resolve(&d))).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(ConfigResolveResponse::Ready(_))))
+    );
+    assert_eq!(source.cache().inner().runs.load(Ordering::SeqCst), 2);
+    // A node that is not registered is not ready, whatever the catalog.
+    assert!(matches!(
+        source.resolve(&reg("zz", "10.0.0.9")).await.unwrap(),
+        ConfigResolveResponse::NotReady
+    ));
+}
+
+#[tokio::test]
+async fn long_polling_node_wakes_when_the_last_peer_registers() {
+    let source = Arc::new(SnapshotConfigSource::new(
+        Arc::new(MemoryRegistrationStore::new()),
+        Peers {
+            expected: 3,
+            ..Peers::default()
+        },
+    ));
+    let (url, _stop) = serve(source).await;
+    let client = CfgsyncClient::new(&url).unwrap();
+    client.register_node(&reg("a", "10.0.0.1")).await.unwrap();
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let options = FetchOptions {
+                if_none_match: None,
+                wait: Some(Duration::from_secs(30)),
+            };
+            client
+                .fetch_node_config_with(&reg("a", "10.0.0.1"), &options)
+                .await
+        })
+    };
+    client.register_node(&reg("b", "10.0.0.2")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "two of three: still not ready");
+    client.register_node(&reg("c", "10.0.0.3")).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("woken by the registration, long before the 30 s wait")
+        .unwrap()
+        .unwrap();
+    let FetchOutcome::Updated { payload, .. } = outcome else {
+        panic!("payload expected")
+    };
+    assert_eq!(
+        payload.files.get("/peers.txt").unwrap().content,
+        "10.0.0.1\n10.0.0.2\n10.0.0.3\n"
+    );
+}
+
+#[tokio::test]
+async fn two_servers_sharing_s3_serve_the_same_payload_and_etag() {
+    let s3 = S3Harness::start().await.unwrap();
+    let options = ObjectStoreOptions {
+        poll_interval: Duration::from_millis(50),
+    };
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let store = Arc::new(
+            ObjectRegistrationStore::open(s3.store.clone(), "replicas", options.clone())
+                .await
+                .unwrap(),
+        );
+        let source = Arc::new(SnapshotConfigSource::new(
+            store,
+            Peers {
+                expected: 2,
+                ..Peers::default()
+            },
+        ));
+        servers.push(serve(source).await);
+    }
+    let on_a = CfgsyncClient::new(&servers[0].0).unwrap();
+    let on_b = CfgsyncClient::new(&servers[1].0).unwrap();
+    on_a.register_node(&reg("node-1", "10.0.0.1"))
+        .await
+        .unwrap();
+    on_b.register_node(&reg("node-2", "10.0.0.2"))
+        .await
+        .unwrap();
+
+    // node-1 registered on A asks B (long-poll until B has seen both).
+    let options = FetchOptions {
+        if_none_match: None,
+        wait: Some(Duration::from_secs(10)),
+    };
+    let mut answers = Vec::new();
+    for client in [&on_b, &on_a] {
+        let FetchOutcome::Updated { payload, etag } = client
+            .fetch_node_config_with(&reg("node-1", "10.0.0.1"), &options)
+            .await
+            .unwrap()
+        else {
+            panic!("payload expected");
+        };
+        answers.push((payload, etag.unwrap()));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "same payload and ETag from both replicas"
+    );
+    assert_eq!(
+        answers[0].0.files.get("/peers.txt").unwrap().content,
+        "10.0.0.1\n10.0.0.2\n"
+    );
+}
+
+/// Serves each node the content of the "channel" its metadata names; the
+/// channels can be re-published, which is an input change.
+#[derive(Debug)]
+struct Channels {
+    content: std::sync::RwLock<std::collections::HashMap<String, String>>,
+    changes: ChangeNotifier,
+}
+
+#[derive(serde::Deserialize)]
+struct ChannelMeta {
+    channel: String,
+}
+
+#[async_trait]
+impl NodeArtifactsMaterializer for Channels {
+    async fn materialize_node(&self, node: &NodeRegistration) -> Result<NodeMaterialization> {
+        let meta: ChannelMeta = node
+            .metadata()
+            .map_err(|e| Error::InvalidMetadata {
+                identifier: node.identifier.clone(),
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| Error::InvalidMetadata {
+                identifier: node.identifier.clone(),
+                reason: "no metadata; expected {\"channel\": NAME}".into(),
+            })?;
+        Ok(match self.content.read().unwrap().get(&meta.channel) {
+            Some(text) => NodeMaterialization::Ready(one_file("/channel.txt", text.clone())),
+            None => NodeMaterialization::NotReady,
+        })
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
+    }
+}
+
+#[tokio::test]
+async fn materializing_source_follows_its_inputs_and_rejects_bad_metadata() {
+    let channels = Arc::new(Channels {
+        content: Default::default(),
+        changes: ChangeNotifier::new(),
+    });
+    let source = Arc::new(MaterializingConfigSource::new(
+        Arc::new(MemoryRegistrationStore::new()),
+        channels.clone(),
+    ));
+    let (url, _stop) = serve(source).await;
+    let client = CfgsyncClient::new(&url).unwrap();
+    let node = reg("n1", "10.0.0.1")
+        .with_metadata(&serde_json::json!({"channel": "stable"}))
+        .unwrap();
+    client.register_node(&node).await.unwrap();
+    assert!(matches!(
+        client.fetch_node_config(&node).await,
+        Err(cfgsync_core::Error::NotReady { .. })
+    ));
+
+    // Publishing wakes the long-poll with the content.
+    let waiting = {
+        let (client, node) = (client.clone(), node.clone());
+        tokio::spawn(async move {
+            let options = FetchOptions {
+                if_none_match: None,
+                wait: Some(Duration::from_secs(30)),
+            };
+            client.fetch_node_config_with(&node, &options).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    channels
+        .content
+        .write()
+        .unwrap()
+        .insert("stable".into(), "v1".into());
+    channels.changes.notify();
+    let FetchOutcome::Updated { etag: Some(v1), .. } =
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    else {
+        panic!("payload expected");
+    };
+
+    // Re-publishing changes the ETag, and a node holding the old one wakes.
+    let waiting = {
+        let (client, node, v1) = (client.clone(), node.clone(), v1.clone());
+        tokio::spawn(async move {
+            let options = FetchOptions {
+                if_none_match: Some(v1),
+                wait: Some(Duration::from_secs(30)),
+            };
+            client.fetch_node_config_with(&node, &options).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    channels
+        .content
+        .write()
+        .unwrap()
+        .insert("stable".into(), "v2".into());
+    channels.changes.notify();
+    let FetchOutcome::Updated {
+        payload,
+        etag: Some(v2),
+    } = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("payload expected");
+    };
+    assert_ne!(v1, v2);
+    assert_eq!(payload.files.get("/channel.txt").unwrap().content, "v2");
+
+    // Bad metadata: a JSON 400 naming the node; replace: 405.
+    for bad in [
+        reg("n2", "10.0.0.2"),
+        reg("n3", "10.0.0.3")
+            .with_metadata(&serde_json::json!({"chan": 1}))
+            .unwrap(),
+    ] {
+        client.register_node(&bad).await.unwrap();
+        let err = client.fetch_node_config(&bad).await.unwrap_err();
+        assert!(
+            matches!(&err, cfgsync_core::Error::Rejected { status: 400, code, message, .. } if code == "bad_request" && message.contains(&bad.identifier)),
+            "{err:?}"
+        );
+    }
+}
+
+/// A deployment model: the ordered member list; node i gets its index.
+#[derive(Debug)]
+struct Cluster;
+
+impl DeploymentAdapter for Cluster {
+    type Model = Vec<String>;
+
+    fn build_model(&self, snapshot: &RegistrationSnapshot) -> Result<Option<Vec<String>>> {
+        Ok((snapshot.len() >= 2).then(|| snapshot.iter().map(|n| n.identifier.clone()).collect()))
+    }
+
+    fn node_files(&self, model: &Vec<String>, node: &NodeRegistration) -> Result<ArtifactSet> {
+        let index = model
+            .iter()
+            .position(|m| *m == node.identifier)
+            .unwrap_or_default();
+        let file = self.yaml_file("/node.yaml", &serde_json::json!({"index": index}))?;
+        Ok(ArtifactSet::from_files([file]).unwrap())
+    }
+
+    fn shared_files(&self, model: &Vec<String>) -> Result<ArtifactSet> {
+        Ok(ArtifactSet::from_files([self.json_file("/members.json", model)?]).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn deployment_adapter_derives_node_and_shared_files_from_its_model() {
+    let store: Arc<dyn RegistrationStore> = Arc::new(MemoryRegistrationStore::new());
+    let source = SnapshotConfigSource::new(store, DeploymentMaterializer(Cluster));
+    source.register(reg("y", "10.0.0.2")).await.unwrap();
+    assert!(matches!(
+        source.resolve(&reg("y", "10.0.0.2")).await.unwrap(),
+        ConfigResolveResponse::NotReady
+    ));
+    source.register(reg("x", "10.0.0.1")).await.unwrap();
+    let ConfigResolveResponse::Ready(payload) =
+        source.resolve(&reg("y", "10.0.0.2")).await.unwrap()
+    else {
+        panic!("ready with two members");
+    };
+    assert_eq!(
+        payload.files().get("/node.yaml").unwrap().content,
+        "index: 1\n"
+    );
+    let members: Vec<String> =
+        serde_json::from_str(&payload.files().get("/members.json").unwrap().content).unwrap();
+    assert_eq!(members, ["x", "y"]);
+}

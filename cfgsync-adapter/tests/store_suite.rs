@@ -1,0 +1,175 @@
+//! One behaviour suite, run against every RegistrationStore.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use cfgsync_adapter::{
+    DurableRegistrationStore, MemoryRegistrationStore, ObjectRegistrationStore, ObjectStoreOptions,
+    RegistrationStore,
+};
+use cfgsync_core::NodeRegistration;
+use cfgsync_test_support::S3Harness;
+
+fn reg(id: &str, ip: &str) -> NodeRegistration {
+    NodeRegistration::new(id, ip.parse().unwrap())
+}
+
+/// The promises of the RegistrationStore trait.
+async fn behaviour_suite(store: Arc<dyn RegistrationStore>) {
+    let start = store.snapshot().await.unwrap();
+    assert!(start.is_empty());
+    let mut changes = store.changes();
+    changes.borrow_and_update();
+
+    // A new registration changes the set and moves the generation forward.
+    assert!(store.put(reg("node-b", "10.0.0.2")).await.unwrap());
+    let after_b = store.snapshot().await.unwrap();
+    assert!(after_b.generation() > start.generation());
+    assert_eq!(after_b.get("node-b").unwrap().ip.to_string(), "10.0.0.2");
+    assert!(changes.has_changed().unwrap(), "subscribers are told");
+    assert_eq!(*changes.borrow_and_update(), after_b.generation());
+
+    // The same registration again changes nothing.
+    assert!(!store.put(reg("node-b", "10.0.0.2")).await.unwrap());
+    let same = store.snapshot().await.unwrap();
+    assert_eq!(same.generation(), after_b.generation());
+    assert!(
+        Arc::ptr_eq(&same, &after_b),
+        "an unchanged snapshot is shared, not rebuilt"
+    );
+    assert!(!changes.has_changed().unwrap());
+
+    // A changed registration (new IP, metadata) is a change.
+    let with_meta = reg("node-b", "10.0.0.22")
+        .with_metadata(&serde_json::json!({"role": "db"}))
+        .unwrap();
+    assert!(store.put(with_meta.clone()).await.unwrap());
+    let changed = store.snapshot().await.unwrap();
+    assert!(changed.generation() > after_b.generation());
+    assert_eq!(changed.get("node-b").unwrap(), &with_meta);
+
+    // Sorted by identifier, whatever the order of arrival.
+    store.put(reg("node-c", "10.0.0.3")).await.unwrap();
+    store.put(reg("node-a", "10.0.0.1")).await.unwrap();
+    let ids: Vec<_> = store
+        .snapshot()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.identifier.clone())
+        .collect();
+    assert_eq!(ids, ["node-a", "node-b", "node-c"]);
+
+    // Concurrent registrations are all kept, and the generation only grows.
+    let before = store.snapshot().await.unwrap().generation();
+    let puts = (0..40).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.put(reg(&format!("burst-{i:02}"), "10.1.0.1")).await })
+    });
+    for put in futures::future::join_all(puts).await {
+        assert!(put.unwrap().unwrap());
+    }
+    let after = store.snapshot().await.unwrap();
+    assert_eq!(after.len(), 43);
+    assert!(after.generation() > before);
+    store.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_suite() {
+    behaviour_suite(Arc::new(MemoryRegistrationStore::new())).await;
+}
+
+#[tokio::test]
+async fn durable_store_passes_the_suite_and_keeps_everything_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DurableRegistrationStore::open(dir.path()).await.unwrap());
+    behaviour_suite(store.clone()).await;
+    let before = store.snapshot().await.unwrap();
+    Arc::into_inner(store).unwrap().close().await;
+
+    let reopened = DurableRegistrationStore::open(dir.path()).await.unwrap();
+    let after = reopened.snapshot().await.unwrap();
+    assert_eq!(after.generation(), before.generation());
+    assert_eq!(*after, *before);
+    // The generation keeps growing from where it was.
+    reopened.put(reg("late", "10.9.9.9")).await.unwrap();
+    assert!(reopened.snapshot().await.unwrap().generation() > before.generation());
+}
+
+#[tokio::test]
+async fn durable_store_refuses_a_directory_another_store_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = DurableRegistrationStore::open(dir.path()).await.unwrap();
+    let err = DurableRegistrationStore::open(dir.path())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("open") && message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn object_store_passes_the_suite_on_s3() {
+    let s3 = S3Harness::start().await.unwrap();
+    let store = ObjectRegistrationStore::open(
+        s3.store.clone(),
+        "suite/registrations",
+        ObjectStoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    behaviour_suite(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn object_store_replicas_share_one_set_and_one_generation_order() {
+    let s3 = S3Harness::start().await.unwrap();
+    let options = ObjectStoreOptions {
+        poll_interval: std::time::Duration::from_millis(50),
+    };
+    let a = Arc::new(
+        ObjectRegistrationStore::open(s3.store.clone(), "shared", options.clone())
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        ObjectRegistrationStore::open(s3.store.clone(), "shared", options)
+            .await
+            .unwrap(),
+    );
+
+    // 60 nodes register concurrently, alternating replicas.
+    let puts = (0..60).map(|i| {
+        let store: Arc<dyn RegistrationStore> = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { store.put(reg(&format!("node-{i:02}"), "10.2.0.1")).await })
+    });
+    for put in futures::future::join_all(puts).await {
+        assert!(put.unwrap().unwrap());
+    }
+    a.refresh().await.unwrap();
+    b.refresh().await.unwrap();
+    let (sa, sb) = (a.snapshot().await.unwrap(), b.snapshot().await.unwrap());
+    assert_eq!(sa.len(), 60, "no registration overwrote another");
+    assert_eq!(
+        *sa, *sb,
+        "both replicas see the same set at the same generation"
+    );
+    assert_eq!(
+        sa.generation(),
+        60,
+        "one generation step per change, shared by both replicas"
+    );
+
+    // A write on one replica reaches the other by its poll, without a manual refresh.
+    let mut changes = b.changes();
+    changes.borrow_and_update();
+    a.put(reg("late", "10.2.0.2")).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), changes.changed())
+        .await
+        .expect("replica b notices replica a's write")
+        .unwrap();
+    assert!(b.snapshot().await.unwrap().contains("late"));
+}
