@@ -3,6 +3,7 @@
 mod cache;
 mod deployment;
 mod error;
+mod fixed;
 mod materializer;
 mod snapshot;
 mod source;
@@ -11,6 +12,7 @@ pub mod store;
 pub use cache::{CachedSnapshot, CachedSnapshotMaterializer};
 pub use deployment::{DeploymentAdapter, DeploymentMaterializer};
 pub use error::{Error, Result};
+pub use fixed::StaticArtifactsMaterializer;
 pub use materializer::{
     NodeArtifactsMaterializer, NodeMaterialization, RegistrationSnapshotMaterializer,
     SnapshotMaterialization,

@@ -1,0 +1,102 @@
+//! `cfgsync-server`: serves the cfgsync routes from a YAML config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cfgsync_core::auth::node_token;
+use cfgsync_runtime::{CfgsyncServerConfig, build_server_state};
+use clap::{Parser, Subcommand};
+
+/// Serve node registration and config delivery from a config file.
+///
+/// Secrets may come from the environment instead of the file:
+/// CFGSYNC_SHARED_TOKEN, CFGSYNC_NODE_SECRET, CFGSYNC_ADMIN_TOKEN.
+/// Logs go to stderr; RUST_LOG sets the level (default info).
+#[derive(Debug, Parser)]
+#[command(name = "cfgsync-server", version)]
+struct Cli {
+    /// The server config (YAML): port, bind, source, auth, registration_store, limits.
+    #[arg(long, short, value_name = "FILE", env = "CFGSYNC_CONFIG")]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve until SIGTERM or ctrl-c (the default).
+    Serve,
+    /// Load and check the config and its files, print a summary, and exit.
+    Check,
+    /// Print the per-node token of each NODE (needs auth.node_secret).
+    NodeToken {
+        /// Node identifiers.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("cfgsync-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let config = CfgsyncServerConfig::from_path(&cli.config).map_err(|e| e.to_string())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let state = build_server_state(&config)
+                .await
+                .map_err(|e| e.to_string())?;
+            cfgsync_core::serve_cfgsync(config.socket_addr(), state)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::Check => {
+            build_server_state(&config)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}: ok — {:?}, listening on {}, registrations in {}, auth {}",
+                cli.config.display(),
+                config.source,
+                config.socket_addr(),
+                config.registration_store,
+                if config.auth.is_enabled() {
+                    "on"
+                } else {
+                    "off"
+                },
+            );
+            Ok(())
+        }
+        Command::NodeToken { nodes } => {
+            let secret = config.auth.node_secret.as_ref().ok_or_else(|| {
+                format!(
+                    "{}: auth.node_secret is not set (nor CFGSYNC_NODE_SECRET)",
+                    cli.config.display()
+                )
+            })?;
+            for node in nodes {
+                cfgsync_core::validate_identifier(&node).map_err(|e| e.to_string())?;
+                println!("{node}\t{}", node_token(secret, &node));
+            }
+            Ok(())
+        }
+    }
+}

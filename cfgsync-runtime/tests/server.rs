@@ -1,0 +1,295 @@
+//! The config-driven server: example configs, the real binary, durability across kill -9.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cfgsync_core::{CfgsyncClient, Error, NodeRegistration, serve_cfgsync_on};
+use cfgsync_runtime::{
+    CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig, build_server_state,
+};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_cfgsync-server");
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn reg(id: &str) -> NodeRegistration {
+    NodeRegistration::new(id, "127.0.0.1".parse().unwrap())
+}
+
+async fn serve_config(config: &CfgsyncServerConfig) -> String {
+    let state = build_server_state(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve_cfgsync_on(listener, state, std::future::pending()));
+    url
+}
+
+#[tokio::test]
+async fn example_configs_load_and_serve() {
+    // The original's format: a bundle, no registration needed.
+    let config = CfgsyncServerConfig::from_path(examples().join("cfgsync-server.yaml")).unwrap();
+    assert_eq!(config.port, 4400);
+    assert!(
+        matches!(&config.source, CfgsyncServingMode::Bundle { artifacts_path } if artifacts_path.is_absolute() || artifacts_path.starts_with(examples()))
+    );
+    let client = CfgsyncClient::new(serve_config(&config).await).unwrap();
+    let payload = client.fetch_node_config(&reg("node-1")).await.unwrap();
+    assert_eq!(
+        payload.files.get("/deployment.yaml").unwrap().content,
+        "peers: [node-1, node-2]\n"
+    );
+
+    // Every optional key: registration mode, durable store, auth, limits.
+    let mut config =
+        CfgsyncServerConfig::from_path(examples().join("cfgsync-registration.yaml")).unwrap();
+    assert_eq!(config.limits.max_wait_secs, 60);
+    let dir = tempfile::tempdir().unwrap();
+    config.registration_store = RegistrationStoreConfig::Durable(dir.path().to_path_buf());
+    let token = cfgsync_core::auth::node_token(config.auth.node_secret.as_ref().unwrap(), "node-1");
+    let url = serve_config(&config).await;
+    let client = CfgsyncClient::builder(&url)
+        .bearer_token(&token)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        client.fetch_node_config(&reg("node-1")).await,
+        Err(Error::NotReady { .. })
+    ));
+    client.register_node(&reg("node-1")).await.unwrap();
+    let payload = client.fetch_node_config(&reg("node-1")).await.unwrap();
+    assert_eq!(
+        payload.files.get("/config.yaml").unwrap().content,
+        "id: node-1\n"
+    );
+    assert_eq!(payload.files.len(), 2);
+    // Without the token: 401.
+    let anonymous = CfgsyncClient::new(&url).unwrap();
+    assert!(matches!(
+        anonymous.fetch_node_config(&reg("node-1")).await,
+        Err(Error::Unauthorized { .. })
+    ));
+}
+
+#[test]
+fn config_env_overrides_secrets_and_aliases_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, "source:\n  kind: bundle\n  bundle_path: /abs/b.yaml\nregistration_store: s3://bucket/cfgsync/registrations\n").unwrap();
+    let mut config = CfgsyncServerConfig::from_path(&path).unwrap();
+    assert_eq!(config.port, 4400);
+    assert_eq!(
+        config.registration_store.to_string(),
+        "s3://bucket/cfgsync/registrations"
+    );
+    config.apply_env(|name| (name == "CFGSYNC_NODE_SECRET").then(|| "from-env".to_owned()));
+    assert_eq!(config.auth.node_secret.unwrap().expose(), "from-env");
+}
+
+/// A free loopback port (bind, read, release).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, port: u16, store: &Path) -> PathBuf {
+    let path = dir.join("server.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "port: {port}\nbind: 127.0.0.1\nsource:\n  kind: registration\n  artifacts_path: {}\nregistration_store: file://{}\n",
+            examples().join("artifacts.yaml").display(),
+            store.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn spawn_server(config: &Path) -> Child {
+    Command::new(SERVER)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(url: &str) {
+    for _ in 0..200 {
+        if let Ok(response) = reqwest::get(format!("{url}/healthz")).await
+            && response.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {url} did not come up");
+}
+
+#[tokio::test]
+async fn durable_registrations_survive_kill_9_of_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, &dir.path().join("registrations"));
+    let url = format!("http://127.0.0.1:{port}");
+
+    let mut server = spawn_server(&config);
+    wait_healthy(&url).await;
+    let client = Arc::new(CfgsyncClient::new(&url).unwrap());
+    let ids: Vec<String> = (0..100)
+        .map(|i| {
+            if i < 2 {
+                format!("node-{}", i + 1)
+            } else {
+                format!("extra-{i:03}")
+            }
+        })
+        .collect();
+    let registrations = ids.iter().map(|id| {
+        let client = client.clone();
+        let id = id.clone();
+        tokio::spawn(async move { client.register_node(&reg(&id)).await })
+    });
+    for done in futures_join(registrations).await {
+        done.unwrap();
+    }
+    server.kill().unwrap(); // SIGKILL: no shutdown, no flush.
+    server.wait().unwrap();
+
+    let mut server = spawn_server(&config);
+    wait_healthy(&url).await;
+    for id in &ids {
+        // Registered before the kill: served (200 or 404 for nodes the artifacts
+        // file does not name), never 425.
+        match client.fetch_node_config(&reg(id)).await {
+            Ok(payload) => assert!(id.starts_with("node-"), "{id}: {payload:?}"),
+            Err(Error::MissingConfig { .. }) => assert!(id.starts_with("extra-"), "{id}"),
+            Err(other) => panic!("{id} lost its registration: {other}"),
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<cfgsync_core::Result<T>>>,
+) -> Vec<cfgsync_core::Result<T>> {
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+fn run_server(args: &[&str], config_text: Option<&str>) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(SERVER);
+    if let Some(text) = config_text {
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, text).unwrap();
+        command.arg("--config").arg(&path);
+    }
+    let output = command.args(args).env("RUST_LOG", "off").output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn bad_configs_fail_with_one_clear_line() {
+    let bundle = examples().join("bundle.yaml");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let cases = [
+        (
+            "source:\n  kind: magic\n  artifacts_path: x\n".to_owned(),
+            "unknown variant `magic`",
+        ),
+        (
+            "source:\n  kind: static\n  artifacts_path: /no/such/bundle.yaml\n".to_owned(),
+            "/no/such/bundle.yaml",
+        ),
+        (
+            format!(
+                "prot: 4400\nsource:\n  kind: static\n  artifacts_path: {}\n",
+                bundle.display()
+            ),
+            "unknown field `prot`",
+        ),
+        (
+            format!(
+                "source:\n  kind: static\n  artifacts_path: {}\nregistration_store: nowhere\n",
+                bundle.display()
+            ),
+            "neither `memory` nor a URL",
+        ),
+        (
+            format!(
+                "port: {taken_port}\nbind: 127.0.0.1\nsource:\n  kind: static\n  artifacts_path: {}\n",
+                bundle.display()
+            ),
+            "cannot listen on",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (ok, _, stderr) = run_server(&[], Some(&text));
+        assert!(!ok, "{text}");
+        let lines: Vec<_> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line, got {stderr:?}");
+        assert!(
+            lines[0].starts_with("cfgsync-server: ") && lines[0].contains(expected),
+            "{stderr:?} should name {expected:?}"
+        );
+    }
+    let (ok, _, stderr) = run_server(&["--bogus"], None);
+    assert!(!ok && stderr.contains("--bogus"), "{stderr}");
+    drop(taken);
+}
+
+#[tokio::test]
+async fn node_token_command_prints_tokens_the_server_accepts() {
+    let config_text = format!(
+        "port: 4400\nsource:\n  kind: registration\n  artifacts_path: {}\nauth:\n  node_secret: s3cret\n",
+        examples().join("artifacts.yaml").display()
+    );
+    let (ok, stdout, stderr) = run_server(&["node-token", "node-1", "node-2"], Some(&config_text));
+    assert!(ok, "{stderr}");
+    let tokens: Vec<(&str, &str)> = stdout
+        .lines()
+        .map(|l| l.split_once('\t').unwrap())
+        .collect();
+    assert_eq!(
+        tokens.iter().map(|t| t.0).collect::<Vec<_>>(),
+        ["node-1", "node-2"]
+    );
+    assert!(!stdout.contains("s3cret"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, &config_text).unwrap();
+    let url = serve_config(&CfgsyncServerConfig::from_path(&path).unwrap()).await;
+    let as_1 = CfgsyncClient::builder(&url)
+        .bearer_token(tokens[0].1)
+        .build()
+        .unwrap();
+    as_1.register_node(&reg("node-1")).await.unwrap();
+    assert!(matches!(
+        as_1.register_node(&reg("node-2")).await,
+        Err(Error::Forbidden { .. })
+    ));
+
+    let (ok, _, stderr) = run_server(&["node-token", "a/b"], Some(&config_text));
+    assert!(!ok && stderr.contains("path separator"), "{stderr}");
+}
