@@ -166,6 +166,10 @@ impl<M: RegistrationSnapshotMaterializer> RegistrationSnapshotMaterializer
         })
     }
 
+    fn validate_registration(&self, registration: &cfgsync_core::NodeRegistration) -> Result<()> {
+        self.inner.validate_registration(registration)
+    }
+
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         self.inner.changes()
     }

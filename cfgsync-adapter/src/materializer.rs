@@ -27,6 +27,14 @@ pub trait RegistrationSnapshotMaterializer: Send + Sync + std::fmt::Debug + 'sta
         snapshot: &RegistrationSnapshot,
     ) -> Result<SnapshotMaterialization>;
 
+    /// Checks a registration before it is stored (`POST /register`): an error
+    /// here answers that node `400` and keeps its registration out of the store,
+    /// so one node's bad metadata never fails the others. Accepts all by default.
+    fn validate_registration(&self, registration: &NodeRegistration) -> Result<()> {
+        let _ = registration;
+        Ok(())
+    }
+
     /// A receiver that changes when this materializer's own inputs change
     /// (content re-synced, a file edited): cached results are dropped and
     /// long-polling nodes wake. `None` when only registrations matter.
@@ -57,6 +65,14 @@ pub trait NodeArtifactsMaterializer: Send + Sync + std::fmt::Debug + 'static {
         registration: &NodeRegistration,
     ) -> Result<NodeMaterialization>;
 
+    /// Checks a registration before it is stored (`POST /register`): an error
+    /// here answers that node `400` and keeps its registration out of the store.
+    /// Accepts all by default.
+    fn validate_registration(&self, registration: &NodeRegistration) -> Result<()> {
+        let _ = registration;
+        Ok(())
+    }
+
     /// As [`RegistrationSnapshotMaterializer::changes`].
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         None
@@ -83,6 +99,10 @@ impl<M: RegistrationSnapshotMaterializer + ?Sized> RegistrationSnapshotMateriali
         (**self).materialize_snapshot(snapshot).await
     }
 
+    fn validate_registration(&self, registration: &NodeRegistration) -> Result<()> {
+        (**self).validate_registration(registration)
+    }
+
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         (**self).changes()
     }
@@ -95,6 +115,10 @@ impl<M: NodeArtifactsMaterializer + ?Sized> NodeArtifactsMaterializer for std::s
         registration: &NodeRegistration,
     ) -> Result<NodeMaterialization> {
         (**self).materialize_node(registration).await
+    }
+
+    fn validate_registration(&self, registration: &NodeRegistration) -> Result<()> {
+        (**self).validate_registration(registration)
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {

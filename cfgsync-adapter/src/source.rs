@@ -49,6 +49,7 @@ impl<M: RegistrationSnapshotMaterializer> SnapshotConfigSource<M> {
 #[async_trait]
 impl<M: RegistrationSnapshotMaterializer> ConfigSource for SnapshotConfigSource<M> {
     async fn register(&self, registration: NodeRegistration) -> cfgsync_core::Result<()> {
+        self.cache.inner().validate_registration(&registration)?;
         self.store.put(registration).await?;
         Ok(())
     }
@@ -119,6 +120,7 @@ impl<M: NodeArtifactsMaterializer> MaterializingConfigSource<M> {
 #[async_trait]
 impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M> {
     async fn register(&self, registration: NodeRegistration) -> cfgsync_core::Result<()> {
+        self.materializer.validate_registration(&registration)?;
         self.store.put(registration).await?;
         Ok(())
     }
