@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod s3;
+mod store_suite;
 
 pub use s3::S3Harness;
+pub use store_suite::registration_store_suite;
