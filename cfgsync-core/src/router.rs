@@ -96,19 +96,13 @@ impl<T: DeserializeOwned> FromRequest<CfgsyncServerState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &CfgsyncServerState) -> Result<Self, ApiError> {
-        if !is_json_content_type(req.headers()) {
-            let got = req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                match got {
-                    Some(got) => format!("expected Content-Type: application/json, got {got:?}"),
-                    None => "expected Content-Type: application/json, got none".into(),
-                },
-            ));
-        }
+        let json = is_json_content_type(req.headers());
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        // The body is read (up to the limit) before any verdict, so an error
+        // answer leaves the connection clean for the client's next request.
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -125,6 +119,15 @@ impl<T: DeserializeOwned> FromRequest<CfgsyncServerState> for JsonBody<T> {
                 )
             }
         })?;
+        if !json {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                match content_type {
+                    Some(got) => format!("expected Content-Type: application/json, got {got:?}"),
+                    None => "expected Content-Type: application/json, got none".into(),
+                },
+            ));
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))

@@ -72,4 +72,3 @@ pub async fn registration_store_suite(store: Arc<dyn RegistrationStore>) {
     assert!(after.generation() > before);
     store.check().await.unwrap();
 }
-
