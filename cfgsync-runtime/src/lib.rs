@@ -1,1 +1,18 @@
 #![doc = include_str!("../README.md")]
+
+mod env;
+mod error;
+mod fetch;
+mod output;
+
+pub use env::{
+    ClientEnv, DEFAULT_HOST_IP, DEFAULT_OUTPUT_ROOT, DEFAULT_SERVER_ADDR, DEFAULT_TIMEOUT_SECS,
+    MAX_TIMEOUT_SECS, run_cfgsync_client_from_env,
+};
+pub use error::{Error, Result, Step};
+pub use fetch::{
+    ClientOptions, DEFAULT_LONG_POLL, DEFAULT_TIMEOUT, fetch_and_write_artifacts,
+    fetch_and_write_artifacts_with, register_and_fetch_artifacts,
+    register_and_fetch_artifacts_with,
+};
+pub use output::{ArtifactOutputMap, WrittenFile};
