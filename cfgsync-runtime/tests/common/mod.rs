@@ -116,11 +116,13 @@ pub fn entries(dir: &Path) -> Vec<String> {
 }
 
 /// An app policy as an adapter would write one: not ready until `quorum` nodes
-/// registered, then every node gets `/peers.txt` listing them all. Keeps the
+/// registered, then every node gets `/peers.txt` listing them all and its
+/// `/config.yaml`, plus any extra files. Keeps the
 /// registrations it received so tests can check what the client sent.
 #[derive(Debug)]
 pub struct QuorumSource {
     quorum: usize,
+    extra: ArtifactSet,
     registered: Mutex<BTreeMap<String, NodeRegistration>>,
     changes: watch::Sender<u64>,
 }
@@ -129,9 +131,16 @@ impl QuorumSource {
     pub fn new(quorum: usize) -> Self {
         Self {
             quorum,
+            extra: ArtifactSet::new(),
             registered: Mutex::default(),
             changes: watch::Sender::new(0),
         }
+    }
+
+    /// Serves `extra` too, to every node.
+    pub fn with_files(mut self, extra: ArtifactSet) -> Self {
+        self.extra = extra;
+        self
     }
 
     pub fn registration(&self, identifier: &str) -> Option<NodeRegistration> {
@@ -159,13 +168,14 @@ impl ConfigSource for QuorumSource {
             return Ok(ConfigResolveResponse::NotReady);
         }
         let peers: String = registered.keys().map(|id| format!("{id}\n")).collect();
-        let payload = cfgsync_core::ServedPayload::new(files(&[
+        let own = files(&[
             ("/peers.txt", &peers),
             (
                 "/config.yaml",
                 &format!("id: {}\n", registration.identifier),
             ),
-        ]))?;
+        ]);
+        let payload = cfgsync_core::ServedPayload::new(own.merged_with_shared(&self.extra))?;
         Ok(ConfigResolveResponse::Ready(Arc::new(payload)))
     }
 
