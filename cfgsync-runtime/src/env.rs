@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use cfgsync_core::{NodeRegistration, RegistrationPayload, Secret};
 
+use crate::fetch::check_server_url;
 use crate::{
     ArtifactOutputMap, ClientOptions, Error, Result, WrittenFile, register_and_fetch_artifacts_with,
 };
@@ -37,7 +38,7 @@ const MAX_SHOWN_VALUE: usize = 120;
 /// | `CFG_DEPLOYMENT_PATH` | none | where `deployment-settings.yaml` and `/deployment.yaml` are written |
 /// | `CFG_OUTPUT_ROOT` | `/` | where every other file is written (under its path) |
 /// | `CFG_TOKEN` | none | bearer token (never logged or printed) |
-/// | `CFG_TIMEOUT_SECS` | `300` | one deadline for register + fetch + write |
+/// | `CFG_TIMEOUT_SECS` | `300` | one deadline for register + fetch |
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClientEnv {
@@ -189,27 +190,11 @@ pub async fn run_cfgsync_client_from_env() -> Result<Vec<WrittenFile>> {
 }
 
 fn parse_server_addr(value: &str) -> Result<String> {
-    let invalid = |reason: String| Error::InvalidVar {
+    check_server_url(value).map_err(|reason| Error::InvalidVar {
         var: "CFG_SERVER_ADDR",
         value: shown(value),
         reason,
-    };
-    let url = reqwest::Url::parse(value.trim()).map_err(|e| {
-        invalid(format!(
-            "not a URL ({e}); expected e.g. {DEFAULT_SERVER_ADDR}"
-        ))
     })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "the scheme must be http or https; expected e.g. {DEFAULT_SERVER_ADDR}"
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("the URL has no host".into()));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("the URL cannot have a query or fragment".into()));
-    }
     Ok(value.trim().trim_end_matches('/').to_owned())
 }
 

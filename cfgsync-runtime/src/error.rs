@@ -64,6 +64,15 @@ pub enum Error {
         source: Option<cfgsync_core::Error>,
     },
 
+    /// The server URL is not usable (checked before any request).
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidServerUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The HTTP client could not be set up.
     #[error("client setup: {source}")]
     Client {
@@ -87,6 +96,16 @@ pub enum Error {
         /// The artifact error, naming the path.
         #[source]
         source: cfgsync_artifacts::Error,
+    },
+
+    /// The output root cannot be resolved (e.g. a permission error on the way).
+    #[error("write: cannot resolve the output root {}: {source}", .path.display())]
+    OutputRoot {
+        /// The output root.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
     },
 
     /// Writing a file failed.
@@ -142,6 +161,7 @@ impl Error {
             Self::Server { step, .. } | Self::DeadlineExceeded { step, .. } => Some(*step),
             Self::UnsafePath { .. }
             | Self::Content { .. }
+            | Self::OutputRoot { .. }
             | Self::Io { .. }
             | Self::WriterTask { .. } => Some(Step::Write),
             _ => None,

@@ -16,8 +16,8 @@ pub const DEFAULT_LONG_POLL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientOptions {
-    /// One deadline for the whole run: register, wait for the payload, write.
-    /// Default 300 s.
+    /// One deadline for registering and waiting for the payload (writing the
+    /// files, local and quick, follows). Default 300 s.
     pub timeout: Duration,
     /// Bearer token sent on every request (never logged).
     pub token: Option<Secret>,
@@ -173,6 +173,10 @@ struct Attempts {
 
 impl<'a> Run<'a> {
     fn start(server_url: &str, options: &'a ClientOptions) -> Result<Self> {
+        check_server_url(server_url).map_err(|reason| Error::InvalidServerUrl {
+            url: server_url.to_owned(),
+            reason,
+        })?;
         let mut builder = CfgsyncClient::builder(server_url).timeout(options.request_timeout);
         if let Some(token) = &options.token {
             builder = builder.bearer_token(token.expose());
@@ -332,6 +336,23 @@ impl Attempts {
             source: self.last,
         }
     }
+}
+
+/// Checks that `url` can address a cfgsync server: `http` or `https`, a host, no
+/// query or fragment. A malformed URL fails at once instead of being retried.
+pub(crate) fn check_server_url(url: &str) -> std::result::Result<(), String> {
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|e| format!("not a URL ({e}); expected e.g. http://127.0.0.1:4400"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("the scheme must be http or https; expected e.g. http://127.0.0.1:4400".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("the URL cannot have a query or fragment".into());
+    }
+    Ok(())
 }
 
 /// A short form of a server answer: `425 not_ready`, `503 unavailable: ...`,

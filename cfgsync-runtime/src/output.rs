@@ -96,16 +96,14 @@ impl ArtifactOutputMap {
     /// Where the artifact at `artifact_path` would be written, after the same
     /// checks [`write_files`](Self::write_files) makes.
     pub fn local_path(&self, artifact_path: &str) -> Result<PathBuf> {
-        let (root, real_root) = self.resolved_root(artifact_path)?;
+        let (root, real_root) = self.resolved_root()?;
         self.target_of(artifact_path, &root, &real_root)
     }
 
     /// The root made absolute, and with symlinks resolved.
-    fn resolved_root(&self, artifact: &str) -> Result<(PathBuf, PathBuf)> {
-        let io_error = |source| Error::Io {
-            artifact: artifact.to_owned(),
+    fn resolved_root(&self) -> Result<(PathBuf, PathBuf)> {
+        let io_error = |source| Error::OutputRoot {
             path: self.root.clone(),
-            action: "resolve the output root",
             source,
         };
         let root = std::path::absolute(&self.root).map_err(io_error)?;
@@ -127,7 +125,7 @@ impl ArtifactOutputMap {
         &self,
         files: impl Iterator<Item = &'a ArtifactFile>,
     ) -> Result<Vec<PlannedWrite<'a>>> {
-        let (root, real_root) = self.resolved_root("")?;
+        let (root, real_root) = self.resolved_root()?;
         files
             .map(|file| {
                 let target = self.target_of(&file.path, &root, &real_root)?;
@@ -178,7 +176,7 @@ fn check_artifact_path(path: &str) -> std::result::Result<(), &'static str> {
     if path.contains('\0') {
         return Err("the path contains a NUL byte");
     }
-    if path.ends_with('/') {
+    if path.ends_with('/') || path.rsplit('/').next() == Some(".") {
         return Err("the path names a directory, not a file");
     }
     if path.split('/').any(|c| c == "..") {
@@ -188,7 +186,8 @@ fn check_artifact_path(path: &str) -> std::result::Result<(), &'static str> {
 }
 
 /// Checks the local target: it is not a directory, and its nearest existing
-/// ancestor is a directory (so the parent can be created).
+/// ancestor is a directory (so the parent can be created). A target that is a
+/// symlink is fine: the rename replaces the link, it does not write through it.
 fn check_target(target: &Path) -> std::result::Result<(), String> {
     if fs::metadata(target).is_ok_and(|m| m.is_dir()) {
         return Err(format!("{} is a directory", target.display()));
@@ -317,7 +316,7 @@ fn temp_builder(default_permissions: bool) -> tempfile::Builder<'static, 'static
 #[cfg(unix)]
 fn existing_mode(target: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt as _;
-    fs::metadata(target)
+    fs::symlink_metadata(target)
         .ok()
         .filter(fs::Metadata::is_file)
         .map(|m| m.permissions().mode() & 0o7777)

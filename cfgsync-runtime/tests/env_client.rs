@@ -307,6 +307,16 @@ fn the_binary_rejects_a_bad_variable_in_one_line_naming_it() {
 }
 
 #[test]
+fn the_binary_rejects_a_bad_flag_in_one_line() {
+    let out = client().arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_lines(&out),
+        ["cfgsync-client: unexpected argument '--no-such-flag' found (see --help)"]
+    );
+}
+
+#[test]
 fn the_binary_help_lists_every_flag_with_its_variable() {
     let out = client()
         .env("CFG_TOKEN", "hidden-token-value")

@@ -286,4 +286,20 @@ async fn answers_that_waiting_cannot_change_fail_at_once() {
     );
     assert!(!format!("{options:?}").contains("s3cret"));
     server.shutdown().await;
+
+    // A URL that cannot address a server fails before any request.
+    for url in [
+        "cfgsync:4400",
+        "127.0.0.1:4400",
+        "http://",
+        "http://h:1/?wait=3",
+    ] {
+        let error = register_and_fetch_artifacts_with(&node("node-1"), url, &outputs, &options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::InvalidServerUrl { url: given, .. } if given == url),
+            "{url}: {error:?}"
+        );
+    }
 }

@@ -151,6 +151,7 @@ fn unsafe_paths_are_refused_before_anything_is_written() {
         ("/", "empty"),
         ("/nul\0.txt", "NUL"),
         ("/etc/", "directory"),
+        ("/sub/.", "directory"),
         ("/sub", "is a directory"),
         ("/link/escape.txt", "outside the output root"),
         ("/link/deeper/escape.txt", "outside the output root"),
@@ -204,6 +205,22 @@ fn unsafe_paths_are_refused_before_anything_is_written() {
     let written = outputs.write_files(&payload).unwrap();
     assert!(written[0].path.starts_with(&root));
     assert!(!escaped.exists());
+    // A target that is a symlink to a file outside: the link is replaced, the
+    // file it pointed to is untouched.
+    fs::write(outside.join("victim.txt"), "victim").unwrap();
+    std::os::unix::fs::symlink(outside.join("victim.txt"), root.join("sub/ln.txt")).unwrap();
+    let payload = ArtifactSet::from_files([ArtifactFile::new("/sub/ln.txt", "mine")]).unwrap();
+    outputs.write_files(&payload).unwrap();
+    assert_eq!(
+        fs::read_to_string(outside.join("victim.txt")).unwrap(),
+        "victim"
+    );
+    assert!(
+        !fs::symlink_metadata(root.join("sub/ln.txt"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_eq!(fs::read_to_string(root.join("sub/ln.txt")).unwrap(), "mine");
     // A symlink to a directory inside the root is fine.
     std::os::unix::fs::symlink(root.join("sub"), root.join("inner")).unwrap();
     let payload = ArtifactSet::from_files([ArtifactFile::new("/inner/ok.txt", "ok")]).unwrap();

@@ -13,7 +13,8 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Every flag falls back to the environment variable shown; a flag wins over its
 /// variable. Logs go to stderr (`RUST_LOG`, default `warn`); each written file is
-/// printed on stdout. On failure: one line on stderr naming the step, exit 1.
+/// printed on stdout. On failure: one line on stderr naming the step, exit 1
+/// (exit 2 for a bad flag).
 #[derive(Debug, Parser)]
 #[command(name = "cfgsync-client", version)]
 struct Args {
@@ -49,7 +50,7 @@ struct Args {
     #[arg(long, env = "CFG_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
 
-    /// One deadline for register + fetch + write, in seconds [default: 300]
+    /// One deadline for register + fetch, in seconds [default: 300]
     #[arg(long, env = "CFG_TIMEOUT_SECS", value_name = "SECS")]
     timeout_secs: Option<String>,
 }
@@ -75,7 +76,18 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) if !error.use_stderr() => {
+            // --help, --version
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("cfgsync-client: {} (see --help)", clap_reason(&error));
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -90,6 +102,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message without its `error: ` prefix and usage lines.
+fn clap_reason(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    first.trim_start_matches("error: ").to_owned()
 }
 
 fn run(args: &Args) -> Result<(), String> {
