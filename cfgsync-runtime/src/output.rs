@@ -147,7 +147,8 @@ impl ArtifactOutputMap {
         };
         check_artifact_path(artifact).map_err(|r| refuse(r.to_owned()))?;
         let target = match self.routes.get(artifact) {
-            Some(local) => local.clone(),
+            Some(local) => std::path::absolute(local)
+                .map_err(|e| refuse(format!("its route {} is unusable: {e}", local.display())))?,
             None => {
                 let target = root.join(artifact.trim_start_matches('/'));
                 let parent = target.parent().unwrap_or(root);

@@ -77,6 +77,12 @@ fn files_land_under_root_or_at_their_route_with_mode_and_decoded_bytes() {
     assert_eq!(mode_of(&root.join("etc/secret.key")), 0o600);
     assert_eq!(mode_of(&root.join("bin/start.sh")), 0o755);
     assert_eq!(fs::read(root.join("data/blob.bin")).unwrap(), binary);
+    // A relative route resolves from the working directory.
+    let relative = ArtifactOutputMap::new().route("/config.yaml", "config.yaml");
+    assert_eq!(
+        relative.local_path("/config.yaml").unwrap(),
+        std::env::current_dir().unwrap().join("config.yaml")
+    );
     // No temp file is left behind.
     assert_eq!(entries(&root.join("etc")), ["kept.conf", "secret.key"]);
     assert_eq!(entries(&root.join("data")), ["blob.bin"]);
