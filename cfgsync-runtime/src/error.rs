@@ -1,12 +1,152 @@
-/// Errors of `cfgsync-runtime`.
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The step of the client flow an [`Error`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Step {
+    /// `POST /register`.
+    Register,
+    /// `POST /node`: waiting for the payload.
+    Fetch,
+    /// Writing the payload's files.
+    Write,
+}
+
+impl Step {
+    /// `register`, `fetch` or `write`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Fetch => "fetch",
+            Self::Write => "write",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors of `cfgsync-runtime`: of the client flow (each says which step failed
+/// and on which input) and of the config-driven server.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The server gave an answer that waiting will not change (missing config,
+    /// unauthorized, forbidden, a 4xx rejection, an invalid payload).
+    #[error("{step}: {source}")]
+    Server {
+        /// `register` or `fetch`.
+        step: Step,
+        /// The client's typed error.
+        #[source]
+        source: cfgsync_core::Error,
+    },
+
+    /// The overall deadline passed while the step kept getting retryable answers.
+    #[error(
+        "{step}: gave up after {waited:?} and {attempts} attempt(s); last answer: {last_answer}"
+    )]
+    DeadlineExceeded {
+        /// `register` or `fetch`.
+        step: Step,
+        /// The overall deadline.
+        waited: Duration,
+        /// Requests sent in this step.
+        attempts: u32,
+        /// The last answer, e.g. `425 not_ready` or `no answer (connection refused ...)`.
+        last_answer: String,
+        /// The last error, if a request had completed with one.
+        #[source]
+        source: Option<cfgsync_core::Error>,
+    },
+
+    /// The server URL is not usable (checked before any request).
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidServerUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The HTTP client could not be set up.
+    #[error("client setup: {source}")]
+    Client {
+        /// The client's error.
+        #[source]
+        source: cfgsync_core::Error,
+    },
+
+    /// An artifact's path is refused: nothing of the payload was written.
+    #[error("write: refusing artifact path {path:?}: {reason}; nothing was written")]
+    UnsafePath {
+        /// The artifact's path as the server sent it.
+        path: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
+    /// An artifact's content does not decode (bad base64): nothing was written.
+    #[error("write: {source}; nothing was written")]
+    Content {
+        /// The artifact error, naming the path.
+        #[source]
+        source: cfgsync_artifacts::Error,
+    },
+
+    /// The output root cannot be resolved (e.g. a permission error on the way).
+    #[error("write: cannot resolve the output root {}: {source}", .path.display())]
+    OutputRoot {
+        /// The output root.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Writing a file failed.
+    #[error("write: cannot {action} {} (artifact {artifact:?}): {source}", .path.display())]
+    Io {
+        /// The artifact's path as the server sent it.
+        artifact: String,
+        /// The local path involved.
+        path: PathBuf,
+        /// What was being done, e.g. `create directory`, `rename temp file onto`.
+        action: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The blocking writer task did not complete.
+    #[error("write: the writer task failed: {source}")]
+    WriterTask {
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
+    /// A configuration variable (or its flag) has an invalid value.
+    #[error("invalid {var}={value:?}: {reason}")]
+    InvalidVar {
+        /// The variable, e.g. `CFG_HOST_IP`.
+        var: &'static str,
+        /// The value as given (`***` for secrets).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The server config file is not valid.
-    #[error("config {path}: {message}")]
+    #[error("config {}: {message}", .path.display())]
     Config {
         /// The config file.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// What is wrong, naming the key.
         message: String,
     },
@@ -20,14 +160,50 @@ pub enum Error {
         message: String,
     },
 
-    /// An error of the core crate (bundle files, serving, client answers).
+    /// An error of the core crate while serving (bundle files, binding).
     #[error(transparent)]
     Core(#[from] cfgsync_core::Error),
 
     /// An error of the adapter crate (registration stores, materializers).
     #[error(transparent)]
     Adapter(#[from] cfgsync_adapter::Error),
+
+    /// A required configuration variable is not set and has no default.
+    #[error("{var} is not set: {reason}")]
+    MissingVar {
+        /// The variable.
+        var: &'static str,
+        /// Why no default applies.
+        reason: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The client step this error comes from, if it comes from one.
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            Self::Server { step, .. } | Self::DeadlineExceeded { step, .. } => Some(*step),
+            Self::UnsafePath { .. }
+            | Self::Content { .. }
+            | Self::OutputRoot { .. }
+            | Self::Io { .. }
+            | Self::WriterTask { .. } => Some(Step::Write),
+            _ => None,
+        }
+    }
+
+    /// Whether running the same client again later may succeed: the deadline
+    /// passed while the server was not ready or not reachable, or the server's
+    /// answer is itself retryable. Refused paths, bad content, bad variables and
+    /// rejections are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::DeadlineExceeded { .. } => true,
+            Self::Server { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
+}

@@ -1,11 +1,24 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+mod env;
 mod error;
+mod fetch;
+mod output;
 mod server;
 
 pub use config::{CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig};
-pub use error::{Error, Result};
+pub use env::{
+    ClientEnv, DEFAULT_HOST_IP, DEFAULT_OUTPUT_ROOT, DEFAULT_SERVER_ADDR, DEFAULT_TIMEOUT_SECS,
+    MAX_TIMEOUT_SECS, run_cfgsync_client_from_env,
+};
+pub use error::{Error, Result, Step};
+pub use fetch::{
+    ClientOptions, DEFAULT_LONG_POLL, DEFAULT_TIMEOUT, fetch_and_write_artifacts,
+    fetch_and_write_artifacts_with, register_and_fetch_artifacts,
+    register_and_fetch_artifacts_with,
+};
+pub use output::{ArtifactOutputMap, WrittenFile};
 pub use server::{
     build_server_state, open_registration_store, serve_cfgsync_from_config, serve_snapshot_cfgsync,
 };
