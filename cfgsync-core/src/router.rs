@@ -302,11 +302,14 @@ async fn node(
             changes.borrow_and_update();
         }
         let answer = state.source().resolve(&registration).await?;
+        // Held only while the answer is "not yet" (425) or "unchanged" (304);
+        // a missing config is a final answer and goes back at once.
         let settled = match &answer {
             ConfigResolveResponse::Ready(payload) => !if_none_match
                 .as_deref()
                 .is_some_and(|tag| payload.matches_if_none_match(tag)),
-            _ => false,
+            ConfigResolveResponse::NotReady => false,
+            _ => true,
         };
         let (Some(rx), Some(deadline), false) = (changes.as_mut(), deadline, settled) else {
             return Ok(respond(&registration, answer, if_none_match.as_deref()));

@@ -376,6 +376,25 @@ async fn long_poll_wakes_on_registration_and_on_change_and_old_clients_answer_at
         .await
         .unwrap();
     assert_eq!(outcome, FetchOutcome::NotModified);
+
+    // A missing config is final: answered at once, not held for the wait.
+    client.register_node(&node("node-3")).await.unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.fetch_node_config_with(
+            &node("node-3"),
+            &FetchOptions {
+                if_none_match: None,
+                wait: Some(Duration::from_secs(60)),
+            },
+        ),
+    )
+    .await
+    .expect("404 must not be held for the 60 s wait");
+    assert!(
+        matches!(answer, Err(Error::MissingConfig { .. })),
+        "{answer:?}"
+    );
     server.shutdown().await.unwrap();
 }
 

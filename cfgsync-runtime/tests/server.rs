@@ -293,3 +293,52 @@ async fn node_token_command_prints_tokens_the_server_accepts() {
     let (ok, _, stderr) = run_server(&["node-token", "a/b"], Some(&config_text));
     assert!(!ok && stderr.contains("path separator"), "{stderr}");
 }
+
+#[tokio::test]
+async fn env_client_binary_against_the_server_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, &dir.path().join("registrations"));
+    let mut server = spawn_server(&config);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_healthy(&url).await;
+
+    let out = dir.path().join("out");
+    let run = |identifier: &str| {
+        Command::new(env!("CARGO_BIN_EXE_cfgsync-client"))
+            .env_clear()
+            .env("CFG_SERVER_ADDR", &url)
+            .env("CFG_HOST_IP", "127.0.0.7")
+            .env("CFG_HOST_IDENTIFIER", identifier)
+            .env("CFG_FILE_PATH", out.join("node/config.yaml"))
+            .env("CFG_DEPLOYMENT_PATH", out.join("shared/deployment.yaml"))
+            .env("CFG_OUTPUT_ROOT", &out)
+            .env("CFG_TIMEOUT_SECS", "20")
+            .output()
+            .unwrap()
+    };
+    let output = run("node-1");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("node/config.yaml")).unwrap(),
+        "id: node-1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("shared/deployment.yaml")).unwrap(),
+        "peers: [node-1, node-2]\n"
+    );
+    // A node the server has no config for fails fast, in one line.
+    let output = run("node-9");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.trim().lines().count() == 1 && stderr.contains("missing_config"),
+        "{stderr}"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
