@@ -82,7 +82,7 @@ fn os_err(
     move |source| StoreError::ObjectStore {
         operation,
         location,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -337,7 +337,7 @@ impl S3Store {
             .map_err(|source| StoreError::ObjectStore {
                 operation: "configure",
                 location: format!("s3://{bucket}"),
-                source,
+                source: Box::new(source),
             })?;
         let store = Arc::new(store);
         stores.insert(bucket.to_owned(), Arc::clone(&store));

@@ -20,9 +20,9 @@ pub enum StoreError {
         operation: &'static str,
         /// Location URL.
         location: String,
-        /// Underlying error.
+        /// Underlying error (boxed: `object_store::Error` is large).
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// Local I/O (reading the temp file, the sidecar).
     #[error("{what}: {source}")]
@@ -50,7 +50,7 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::ObjectStore { source, .. } => matches!(
-                source,
+                **source,
                 object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
             ),
             Self::CreateBucket { retryable, .. } => *retryable,
