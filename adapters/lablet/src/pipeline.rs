@@ -233,8 +233,9 @@ impl LabletSync {
             let result = self.sync_locked(name, &id, progress).await;
             drop(guard);
             if result.is_ok() {
-                // opportunistically deliver what other syncs left queued
-                if let Err(err) = self.retry_pending().await {
+                // opportunistically deliver what earlier syncs of other lablets left
+                // queued (this lablet's deliveries were just attempted)
+                if let Err(err) = self.drain(Some(name)).await {
                     tracing::warn!(error = %err, "draining the retry queue failed");
                 }
             }
@@ -342,7 +343,10 @@ impl LabletSync {
             lablet: lablet(),
             source,
         });
-        let previous = self.stage_result(Stage::Record, previous)?;
+        let previous = match previous {
+            Ok(previous) => previous,
+            Err(err) => return self.stage_result(Stage::Record, Err(err)),
+        };
         let version = next_content_version(previous.as_ref(), &sha256);
         let body = FanOutBody {
             lablet: name.to_owned(),
@@ -482,6 +486,10 @@ impl LabletSync {
     /// re-recorded as `synced` (same hash, so its content version is kept). Lablets
     /// being synced right now are skipped.
     pub async fn retry_pending(&self) -> Result<RetryReport> {
+        self.drain(None).await
+    }
+
+    async fn drain(&self, except: Option<&str>) -> Result<RetryReport> {
         let queue_err = |source| Error::Queue {
             lablet: "*".to_owned(),
             source,
@@ -489,6 +497,9 @@ impl LabletSync {
         let pending = self.queue.pending().await.map_err(queue_err)?;
         let mut by_lablet: BTreeMap<String, Vec<QueuedDelivery>> = BTreeMap::new();
         for d in pending {
+            if except == Some(d.body.lablet.as_str()) {
+                continue;
+            }
             by_lablet.entry(d.body.lablet.clone()).or_default().push(d);
         }
         let mut report = RetryReport::default();
