@@ -117,6 +117,10 @@ pub struct LabletSyncConfig {
     /// Work directory: temp downloads, locks, embedded catalog, retry queue
     /// (`LABLET_DATA_DIR`, default `.lablet-sync`).
     pub data_dir: PathBuf,
+    /// Directory of the per-lablet lock files (`LABLET_LOCK_DIR`, default
+    /// `{data_dir}/locks`). Point several processes with their own data dirs at one
+    /// shared lock dir to serialize syncs of a lablet across them.
+    pub lock_dir: Option<PathBuf>,
     /// Largest package accepted, in bytes (`LABLET_MAX_PACKAGE_BYTES`, default 4 GiB).
     pub max_package_bytes: u64,
     /// HTTP connect timeout in seconds (`LABLET_CONNECT_TIMEOUT_SECS`, default 10).
@@ -153,6 +157,7 @@ impl Default for LabletSyncConfig {
             store: None,
             location: DEFAULT_LOCATION.to_owned(),
             data_dir: PathBuf::from(".lablet-sync"),
+            lock_dir: None,
             max_package_bytes: 4 * 1024 * 1024 * 1024,
             connect_timeout_secs: 10,
             read_timeout_secs: 60,
@@ -242,6 +247,7 @@ impl LabletSyncConfig {
         if let Some(v) = s("LABLET_DATA_DIR") {
             c.data_dir = PathBuf::from(v);
         }
+        c.lock_dir = s("LABLET_LOCK_DIR").map(PathBuf::from);
         let num = |key: &str| -> Result<Option<u64>, ConfigError> {
             s(key)
                 .map(|v| {

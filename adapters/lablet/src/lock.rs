@@ -77,3 +77,22 @@ impl LabletLocks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_lablet_is_exclusive_across_lock_owners_and_others_are_free() {
+        let dir = tempfile::tempdir().unwrap();
+        // two owners on one directory stand for two processes (flock is per open file)
+        let a = LabletLocks::new(dir.path());
+        let b = LabletLocks::new(dir.path());
+        let held = a.lock("LAB-1").await.unwrap();
+        assert!(a.try_lock("LAB-1").unwrap().is_none(), "same process");
+        assert!(b.try_lock("LAB-1").unwrap().is_none(), "other process");
+        assert!(b.try_lock("LAB-2").unwrap().is_some(), "other lablets run");
+        drop(held);
+        assert!(b.try_lock("LAB-1").unwrap().is_some());
+    }
+}

@@ -150,7 +150,12 @@ impl LabletSync {
             store,
             queue,
             catalog,
-            locks: LabletLocks::new(config.data_dir.join("locks")),
+            locks: LabletLocks::new(
+                config
+                    .lock_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("locks")),
+            ),
             metrics: Metrics::default(),
             tmp_dir,
             config,
