@@ -34,14 +34,20 @@ impl ResolverClient {
         vars: &BTreeMap<String, String>,
     ) -> Result<ResolvedVars, ResolveError> {
         let url = template::render(&self.url_template, vars)?;
-        let resolved = self
+        let mut resolved = self
             .retry
             .run("resolve", || self.fetch(&url), ResolveError::is_retryable)
             .await?;
-        if !resolved.contains_key("MOSAIC_BASE_URL") {
-            return Err(ResolveError::MissingVar {
-                var: "MOSAIC_BASE_URL",
-            });
+        match resolved.get_mut("MOSAIC_BASE_URL") {
+            // templates add the `/`; a trailing one would double it
+            Some(base) if !base.trim().is_empty() => {
+                *base = base.trim().trim_end_matches('/').to_owned();
+            }
+            _ => {
+                return Err(ResolveError::MissingVar {
+                    var: "MOSAIC_BASE_URL",
+                });
+            }
         }
         Ok(resolved)
     }

@@ -184,7 +184,11 @@ pub mod env {
 
     /// Config pointing at the in-process S3 server.
     pub fn s3_config(mut config: LabletSyncConfig, s3: &S3Harness) -> LabletSyncConfig {
-        config.store = Some(format!("s3://{}", s3.bucket));
+        config.store = Some(if s3.prefix.is_empty() {
+            format!("s3://{}", s3.bucket)
+        } else {
+            format!("s3://{}/{}", s3.bucket, s3.prefix)
+        });
         config.with_s3(S3Options {
             endpoint: Some(s3.endpoint.clone()),
             region: Some(s3.region.clone()),
