@@ -139,6 +139,9 @@ impl LabletSync {
                     source,
                 }
             })?;
+        // The queue file is open exclusively now: no other process uses this data
+        // dir, so leftover downloads of a crashed run can go.
+        remove_stale_downloads(&tmp_dir);
         Ok(Self {
             resolver: ResolverClient::new(
                 http.clone(),
@@ -624,6 +627,20 @@ fn content_result(
         store,
         fanout,
         content_version: version,
+    }
+}
+
+fn remove_stale_downloads(tmp_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "part")
+            && let Err(err) = std::fs::remove_file(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove stale download");
+        }
     }
 }
 

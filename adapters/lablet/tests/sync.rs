@@ -15,7 +15,7 @@ use common::env::{Env, FakeCpa, s3_config};
 use common::*;
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt, path::Path};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const NAME: &str = "LAB-1.1.1";
 
@@ -645,7 +645,15 @@ async fn embedded_catalog_file_is_shared_with_a_direct_reader_after_close() {
 #[tokio::test]
 async fn invalid_names_are_rejected_before_any_call() {
     let env = Env::start().await;
-    let sync = LabletSync::from_config(env.config(None)).unwrap();
+    let config = env.config(None);
+    let stale = config.data_dir.join("tmp/package-crashed.zip.part");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, b"half a download").unwrap();
+    let sync = LabletSync::from_config(config).unwrap();
+    assert!(
+        !stale.exists(),
+        "a crashed run's download is cleaned up at start"
+    );
     for bad in ["", "../x", "a/b", ".hidden", "sp ace"] {
         let err = sync.sync(bad).await.unwrap_err();
         assert!(
@@ -654,4 +662,51 @@ async fn invalid_names_are_rejected_before_any_call() {
         );
     }
     assert!(env.resolver.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn record_failure_is_record_failed_after_the_bytes_are_stored() {
+    let env = Env::start().await;
+    let s3 = S3Harness::start().await.unwrap();
+    let package = sample_package("1.0", "");
+    env.publish(NAME, package.clone()).await;
+    let cpa = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&cpa)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&cpa)
+        .await;
+    let sync =
+        LabletSync::from_config(s3_config(env.config(None), &s3).with_cpa_url(cpa.uri())).unwrap();
+    let err = sync.sync(NAME).await.unwrap_err();
+    assert_eq!(err.stage(), Some(Stage::Record));
+    assert!(err.is_retryable());
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("record failed for lablet {NAME}")),
+        "{msg}"
+    );
+    assert!(msg.contains("500"), "{msg}");
+    // the record never points at missing bytes: the bytes are there, the record is not
+    assert_eq!(sync.catalog().get(NAME).await.unwrap(), None);
+    let key = format!(
+        "{}lablets/{NAME}/package.zip",
+        if s3.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", s3.prefix)
+        }
+    );
+    let bytes = s3
+        .store
+        .get(&Path::from(key.as_str()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(bytes.to_vec(), package);
 }
