@@ -46,6 +46,10 @@ pub struct InspectLimits {
     pub max_compression_ratio: u64,
     /// Entries smaller than this (uncompressed) are not ratio-checked (default 1 MiB).
     pub ratio_check_min_bytes: u64,
+    /// Largest central directory accepted (default 64 MiB). Checked, with the entry
+    /// count, from the end-of-central-directory record *before* the directory is
+    /// parsed, so a hostile directory cannot make the parser allocate unboundedly.
+    pub max_central_directory_bytes: u64,
 }
 
 impl Default for InspectLimits {
@@ -56,6 +60,7 @@ impl Default for InspectLimits {
             max_total_uncompressed_bytes: 16 * 1024 * 1024 * 1024,
             max_compression_ratio: 1000,
             ratio_check_min_bytes: 1024 * 1024,
+            max_central_directory_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -132,6 +137,15 @@ pub enum InspectError {
         count: usize,
         /// The limit.
         limit: usize,
+    },
+    /// The central directory is larger than
+    /// [`InspectLimits::max_central_directory_bytes`].
+    #[error("central directory is {size} bytes, more than the limit of {limit}")]
+    CentralDirectoryTooLarge {
+        /// Declared size.
+        size: u64,
+        /// The limit.
+        limit: u64,
     },
     /// An entry name that could escape an extraction directory (zip-slip).
     #[error("unsafe entry name {name:?}: {reason}")]
@@ -248,6 +262,7 @@ impl InspectError {
             Self::Truncated(_) => "truncated",
             Self::CorruptEntry { .. } => "corrupt_entry",
             Self::TooManyEntries { .. } => "too_many_entries",
+            Self::CentralDirectoryTooLarge { .. } => "central_directory_too_large",
             Self::UnsafeName { .. } => "unsafe_name",
             Self::DuplicateNames => "duplicate_names",
             Self::Symlink { .. } => "symlink",
@@ -288,6 +303,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 pub fn inspect_package(path: &Path, limits: &InspectLimits) -> Result<PackageInfo, InspectError> {
     let mut file = File::open(path).map_err(InspectError::Io)?;
     check_signature(&mut file)?;
+    precheck_directory(&mut file, limits)?;
     let mut archive = ZipArchive::new(BufReader::new(file)).map_err(|e| match e {
         ZipError::Io(io) if io.kind() != io::ErrorKind::UnexpectedEof => InspectError::Io(io),
         other => InspectError::Truncated(other),
@@ -432,6 +448,80 @@ fn check_signature(file: &mut File) -> Result<(), InspectError> {
     Err(InspectError::NotAZip {
         head: String::from_utf8_lossy(&head[..head.len().min(32)]).into_owned(),
     })
+}
+
+/// Read the end-of-central-directory record (and the zip64 one when present) and
+/// reject too many entries or too large a directory before the parser allocates.
+/// Anything unparseable is left to the zip parser (which reports it as truncated).
+fn precheck_directory(file: &mut File, limits: &InspectLimits) -> Result<(), InspectError> {
+    use std::io::{Seek, SeekFrom};
+    let len = file.seek(SeekFrom::End(0)).map_err(InspectError::Io)?;
+    // EOCD is 22 bytes plus a comment of at most 65 535 bytes
+    let tail_len = len.min(22 + 65_535 + 20);
+    file.seek(SeekFrom::Start(len - tail_len))
+        .map_err(InspectError::Io)?;
+    let mut tail = vec![0u8; usize::try_from(tail_len).unwrap_or(0)];
+    file.read_exact(&mut tail).map_err(InspectError::Io)?;
+    file.rewind().map_err(InspectError::Io)?;
+
+    let Some(eocd) = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| tail[i..].starts_with(b"PK\x05\x06"))
+    else {
+        return Ok(());
+    };
+    let u16_at = |b: &[u8], o: usize| {
+        b.get(o..o + 2)
+            .map(|x| u64::from(u16::from_le_bytes([x[0], x[1]])))
+    };
+    let u32_at = |b: &[u8], o: usize| {
+        b.get(o..o + 4)
+            .map(|x| u64::from(u32::from_le_bytes([x[0], x[1], x[2], x[3]])))
+    };
+    let rec = &tail[eocd..];
+    let (Some(mut entries), Some(mut cd_size)) = (u16_at(rec, 10), u32_at(rec, 12)) else {
+        return Ok(());
+    };
+    // zip64: the locator sits right before the EOCD and points at the zip64 record
+    if (entries == 0xFFFF || cd_size == 0xFFFF_FFFF) && eocd >= 20 {
+        let loc = &tail[eocd - 20..eocd];
+        if loc.starts_with(b"PK\x06\x07") {
+            let offset = loc
+                .get(8..16)
+                .and_then(|x| <[u8; 8]>::try_from(x).ok())
+                .map(u64::from_le_bytes);
+            if let Some(offset) = offset.filter(|o| o.saturating_add(56) <= len) {
+                let mut rec64 = [0u8; 56];
+                file.seek(SeekFrom::Start(offset))
+                    .map_err(InspectError::Io)?;
+                file.read_exact(&mut rec64).map_err(InspectError::Io)?;
+                file.rewind().map_err(InspectError::Io)?;
+                if rec64.starts_with(b"PK\x06\x06") {
+                    let u64_at = |o: usize| {
+                        rec64
+                            .get(o..o + 8)
+                            .and_then(|x| <[u8; 8]>::try_from(x).ok())
+                            .map(u64::from_le_bytes)
+                    };
+                    entries = u64_at(32).unwrap_or(entries);
+                    cd_size = u64_at(40).unwrap_or(cd_size);
+                }
+            }
+        }
+    }
+    if entries > limits.max_entries as u64 {
+        return Err(InspectError::TooManyEntries {
+            count: usize::try_from(entries).unwrap_or(usize::MAX),
+            limit: limits.max_entries,
+        });
+    }
+    if cd_size > limits.max_central_directory_bytes {
+        return Err(InspectError::CentralDirectoryTooLarge {
+            size: cd_size,
+            limit: limits.max_central_directory_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Reject names that could escape an extraction root on any OS.

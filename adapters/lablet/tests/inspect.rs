@@ -84,6 +84,19 @@ fn hostile_packages_are_rejected_with_their_specific_reason() {
         max_total_uncompressed_bytes: 50,
         ..InspectLimits::default()
     };
+    let tiny_directory = InspectLimits {
+        max_central_directory_bytes: 100,
+        ..InspectLimits::default()
+    };
+    // an EOCD claiming 60 000 entries (u16 field) is refused before parsing
+    let mut lying_count = zip_bytes(&[("cml.yaml", CML.as_bytes())]);
+    let eocd = lying_count.len() - 22;
+    assert_eq!(&lying_count[eocd..eocd + 4], b"PK\x05\x06");
+    lying_count[eocd + 8..eocd + 12].copy_from_slice(&[0x60, 0xEA, 0x60, 0xEA]);
+    let few = InspectLimits {
+        max_entries: 50_000,
+        ..InspectLimits::default()
+    };
     let mut duplicate = zip_bytes(&[("cml.yaml", CML.as_bytes()), ("cmX.yaml", CML.as_bytes())]);
     assert_eq!(patch(&mut duplicate, b"cmX.yaml", b"cml.yaml"), 2);
     let mut encrypted = zip_bytes(&[("cml.yaml", CML.as_bytes())]);
@@ -153,6 +166,13 @@ fn hostile_packages_are_rejected_with_their_specific_reason() {
             "entry_too_large",
         ),
         ("too many entries", good.clone(), small, "too_many_entries"),
+        ("declared entry count", lying_count, few, "too_many_entries"),
+        (
+            "central directory size",
+            good.clone(),
+            tiny_directory,
+            "central_directory_too_large",
+        ),
         (
             "duplicate names",
             duplicate,
