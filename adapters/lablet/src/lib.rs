@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod config;
+mod db;
 mod error;
 pub mod fanout;
 mod http;

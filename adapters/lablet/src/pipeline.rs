@@ -139,9 +139,9 @@ impl LabletSync {
                     source,
                 }
             })?;
-        // The queue file is open exclusively now: no other process uses this data
-        // dir, so leftover downloads of a crashed run can go.
-        remove_stale_downloads(&tmp_dir);
+        // leftover downloads of a crashed run (an active download, here or in another
+        // process sharing the data dir, writes at least once per read timeout)
+        remove_stale_downloads(&tmp_dir, STALE_DOWNLOAD_AGE);
         Ok(Self {
             resolver: ResolverClient::new(
                 http.clone(),
@@ -630,13 +630,23 @@ fn content_result(
     }
 }
 
-fn remove_stale_downloads(tmp_dir: &std::path::Path) {
+/// Partial downloads untouched for this long belong to a crashed run.
+const STALE_DOWNLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn remove_stale_downloads(tmp_dir: &std::path::Path, age: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(tmp_dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "part")
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        if old
+            && path.extension().is_some_and(|e| e == "part")
             && let Err(err) = std::fs::remove_file(&path)
         {
             tracing::warn!(path = %path.display(), error = %err, "cannot remove stale download");

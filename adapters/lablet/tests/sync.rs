@@ -649,10 +649,23 @@ async fn invalid_names_are_rejected_before_any_call() {
     let stale = config.data_dir.join("tmp/package-crashed.zip.part");
     std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
     std::fs::write(&stale, b"half a download").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    let active = config.data_dir.join("tmp/package-active.zip.part");
+    std::fs::write(&active, b"being written by another process").unwrap();
     let sync = LabletSync::from_config(config).unwrap();
     assert!(
         !stale.exists(),
         "a crashed run's download is cleaned up at start"
+    );
+    assert!(
+        active.exists(),
+        "a recent download may be another process's"
     );
     for bad in ["", "../x", "a/b", ".hidden", "sp ace"] {
         let err = sync.sync(bad).await.unwrap_err();
@@ -709,4 +722,55 @@ async fn record_failure_is_record_failed_after_the_bytes_are_stored() {
         .await
         .unwrap();
     assert_eq!(bytes.to_vec(), package);
+}
+
+#[tokio::test]
+async fn two_pipelines_sharing_a_data_dir_stand_for_two_processes() {
+    // Two `LabletSync`s on one data dir share nothing in memory, like two processes:
+    // they meet only in the redb files and the lock files.
+    let env = Env::start().await;
+    let s3 = S3Harness::start().await.unwrap();
+    let package = sample_package("1.0", "");
+    env.publish(NAME, package.clone()).await;
+    env.mosaic.reset().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/content/{NAME}/package.zip")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_bytes(package.clone())
+                .set_delay(std::time::Duration::from_millis(20)),
+        )
+        .mount(&env.mosaic)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/resolve/LAB-2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "MOSAIC_BASE_URL": format!("{}/content/{NAME}", env.mosaic.uri()),
+        })))
+        .mount(&env.resolver)
+        .await;
+    let config = s3_config(env.config(None), &s3);
+    let a = LabletSync::from_config(config.clone()).unwrap();
+    let b = LabletSync::from_config(config).unwrap();
+
+    // the same lablet from both: serialized by the file lock, one upload
+    let (ra, rb) = tokio::join!(a.sync(NAME), b.sync(NAME));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(usize::from(ra.uploaded) + usize::from(rb.uploaded), 1);
+    assert_eq!(ra.definition.content.content_version, 1);
+    assert_eq!(rb.definition.content.content_version, 1);
+
+    // different lablets from both at once, and each sees the other's records
+    let (r1, r2) = tokio::join!(a.sync("LAB-2"), b.sync(NAME));
+    r1.unwrap();
+    r2.unwrap();
+    let ids: Vec<_> = b
+        .catalog()
+        .list(&CatalogFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["LAB-1.1.1", "LAB-2"]);
 }

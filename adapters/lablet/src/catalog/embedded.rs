@@ -1,5 +1,7 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+
+use crate::db::DbFile;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -11,49 +13,48 @@ use super::{
 const DEFINITIONS: TableDefinition<'_, &str, &str> = TableDefinition::new("lablet_definitions");
 
 /// The embedded default catalog: one `redb` file (durable, crash-safe commits),
-/// definitions stored as JSON by id. Computes `content_version` itself.
+/// definitions stored as JSON by id, opened per operation so several processes can
+/// share it. Computes `content_version` itself (inside the write transaction).
 #[derive(Debug, Clone)]
 pub struct EmbeddedCatalog {
-    db: Arc<Database>,
-    path: PathBuf,
+    db: Arc<DbFile>,
 }
 
 impl EmbeddedCatalog {
     /// Open (or create) the catalog file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CatalogError> {
-        let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
         let this = Self {
-            db: Arc::new(db),
-            path,
+            db: Arc::new(DbFile::new(path)),
         };
         // make sure the table exists so reads on an empty catalog work
-        let tx = this.db.begin_write().map_err(|e| this.err(e))?;
-        tx.open_table(DEFINITIONS).map_err(|e| this.err(e))?;
-        tx.commit().map_err(|e| this.err(e))?;
+        this.db.with(
+            |e| this.err(e),
+            |db| {
+                let tx = db.begin_write().map_err(|e| this.err(e))?;
+                tx.open_table(DEFINITIONS).map_err(|e| this.err(e))?;
+                tx.commit().map_err(|e| this.err(e))
+            },
+        )?;
         Ok(this)
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> CatalogError {
-        db_err(&self.path, e)
+        db_err(self.db.path(), e)
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, CatalogError>
     where
         T: Send + 'static,
-        F: FnOnce(&Self) -> Result<T, CatalogError> + Send + 'static,
+        F: FnOnce(&Self, &Database) -> Result<T, CatalogError> + Send + 'static,
     {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || f(&this))
+        tokio::task::spawn_blocking(move || this.db.with(|e| this.err(e), |db| f(&this, db)))
             .await
             .map_err(CatalogError::Task)?
     }
 
-    fn get_sync(&self, id: &str) -> Result<Option<LabletDefinition>, CatalogError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+    fn get_sync(&self, db: &Database, id: &str) -> Result<Option<LabletDefinition>, CatalogError> {
+        let tx = db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(DEFINITIONS).map_err(|e| self.err(e))?;
         match table.get(id).map_err(|e| self.err(e))? {
             Some(value) => decode(id, value.value()).map(Some),
@@ -85,9 +86,9 @@ impl Catalog for EmbeddedCatalog {
     ) -> Result<LabletDefinition, CatalogError> {
         let id = id.to_owned();
         let result = result.clone();
-        self.blocking(move |this| {
+        self.blocking(move |this, db| {
             // one write transaction: read previous, compute version, write
-            let tx = this.db.begin_write().map_err(|e| this.err(e))?;
+            let tx = db.begin_write().map_err(|e| this.err(e))?;
             let def = {
                 let mut table = tx.open_table(DEFINITIONS).map_err(|e| this.err(e))?;
                 let previous = match table.get(id.as_str()).map_err(|e| this.err(e))? {
@@ -118,13 +119,13 @@ impl Catalog for EmbeddedCatalog {
 
     async fn get(&self, id: &str) -> Result<Option<LabletDefinition>, CatalogError> {
         let id = id.to_owned();
-        self.blocking(move |this| this.get_sync(&id)).await
+        self.blocking(move |this, db| this.get_sync(db, &id)).await
     }
 
     async fn list(&self, filter: &CatalogFilter) -> Result<Vec<LabletDefinition>, CatalogError> {
         let filter = filter.clone();
-        self.blocking(move |this| {
-            let tx = this.db.begin_read().map_err(|e| this.err(e))?;
+        self.blocking(move |this, db| {
+            let tx = db.begin_read().map_err(|e| this.err(e))?;
             let table = tx.open_table(DEFINITIONS).map_err(|e| this.err(e))?;
             let mut out = Vec::new();
             for row in table.iter().map_err(|e| this.err(e))? {

@@ -1,5 +1,7 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+
+use crate::db::DbFile;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -40,55 +42,54 @@ fn queue_key(target: &str, lablet: &str) -> String {
 }
 
 /// The durable retry queue: a `redb` file (each change is a committed, fsynced
-/// transaction, so the queue survives a crash or restart).
+/// transaction, so the queue survives a crash or restart), opened per operation so
+/// several processes can share it.
 #[derive(Debug, Clone)]
 pub struct RetryQueue {
-    db: Arc<Database>,
-    path: PathBuf,
+    db: Arc<DbFile>,
 }
 
 impl RetryQueue {
     /// Open (or create) the queue file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, QueueError> {
-        let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
         let this = Self {
-            db: Arc::new(db),
-            path,
+            db: Arc::new(DbFile::new(path)),
         };
-        let tx = this.db.begin_write().map_err(|e| this.err(e))?;
-        tx.open_table(PENDING).map_err(|e| this.err(e))?;
-        tx.commit().map_err(|e| this.err(e))?;
+        this.db.with(
+            |e| this.err(e),
+            |db| {
+                let tx = db.begin_write().map_err(|e| this.err(e))?;
+                tx.open_table(PENDING).map_err(|e| this.err(e))?;
+                tx.commit().map_err(|e| this.err(e))
+            },
+        )?;
         Ok(this)
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> QueueError {
-        db_err(&self.path, e)
+        db_err(self.db.path(), e)
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
-        F: FnOnce(&Self) -> Result<T, QueueError> + Send + 'static,
+        F: FnOnce(&Self, &Database) -> Result<T, QueueError> + Send + 'static,
     {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || f(&this))
+        tokio::task::spawn_blocking(move || this.db.with(|e| this.err(e), |db| f(&this, db)))
             .await
             .map_err(QueueError::Task)?
     }
 
     /// Add or replace the pending delivery for its target and lablet.
     pub async fn push(&self, delivery: QueuedDelivery) -> Result<(), QueueError> {
-        self.blocking(move |this| {
+        self.blocking(move |this, db| {
             let key = delivery.key();
             let json = serde_json::to_string(&delivery).map_err(|source| QueueError::Decode {
                 key: key.clone(),
                 source,
             })?;
-            let tx = this.db.begin_write().map_err(|e| this.err(e))?;
+            let tx = db.begin_write().map_err(|e| this.err(e))?;
             {
                 let mut table = tx.open_table(PENDING).map_err(|e| this.err(e))?;
                 table
@@ -103,8 +104,8 @@ impl RetryQueue {
     /// Drop the pending delivery of `target` for `lablet`, if any.
     pub async fn remove(&self, target: &str, lablet: &str) -> Result<(), QueueError> {
         let key = queue_key(target, lablet);
-        self.blocking(move |this| {
-            let tx = this.db.begin_write().map_err(|e| this.err(e))?;
+        self.blocking(move |this, db| {
+            let tx = db.begin_write().map_err(|e| this.err(e))?;
             {
                 let mut table = tx.open_table(PENDING).map_err(|e| this.err(e))?;
                 table.remove(key.as_str()).map_err(|e| this.err(e))?;
@@ -116,8 +117,8 @@ impl RetryQueue {
 
     /// All pending deliveries, ordered by target then lablet.
     pub async fn pending(&self) -> Result<Vec<QueuedDelivery>, QueueError> {
-        self.blocking(|this| {
-            let tx = this.db.begin_read().map_err(|e| this.err(e))?;
+        self.blocking(|this, db| {
+            let tx = db.begin_read().map_err(|e| this.err(e))?;
             let table = tx.open_table(PENDING).map_err(|e| this.err(e))?;
             let mut out = Vec::new();
             for row in table.iter().map_err(|e| this.err(e))? {
