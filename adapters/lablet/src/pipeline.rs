@@ -257,7 +257,7 @@ impl LabletSync {
         self.metrics.stage(stage, result.is_ok());
         match &result {
             Ok(_) => tracing::info!(stage = stage.as_str(), "stage done"),
-            Err(err) => tracing::error!(stage = stage.as_str(), error = %err, "stage failed"),
+            Err(err) => tracing::warn!(stage = stage.as_str(), error = %err, "stage failed"),
         }
         result
     }

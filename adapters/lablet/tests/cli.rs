@@ -157,13 +157,13 @@ async fn sync_catalog_and_retry_through_the_binary() {
     with_env(&mut cmd);
     let out = run(cmd.args(["sync", "LAB-UNKNOWN"]));
     assert_eq!(out.status.code(), Some(1));
-    let err_line = text(&out.stderr)
-        .lines()
-        .filter(|l| l.starts_with("error"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    // stderr: the progress lines, then exactly one error line, nothing else
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let (last, progress) = lines.split_last().unwrap();
     assert!(
-        err_line.starts_with("error [resolve]: cannot resolve content for lablet LAB-UNKNOWN"),
-        "{err_line}"
+        last.starts_with("error [resolve]: cannot resolve content for lablet LAB-UNKNOWN"),
+        "{stderr}"
     );
+    assert_eq!(*progress, ["[1/6] LAB-UNKNOWN: resolve"], "{stderr}");
 }

@@ -24,7 +24,7 @@ const EXIT_STALE: u8 = 3;
     long_about = "Sync lablet content: resolve, download from Mosaic, inspect, store, fan out to LDS/SE, record.\n\n\
 Configuration comes from LABLET_* variables (LABLET_RESOLVER_URL, LABLET_LDS_URL, LABLET_SE_URL, \
 LABLET_CATALOG, LABLET_CPA_URL, LABLET_STORE, LABLET_LOCATION, LABLET_DATA_DIR, ...) and the standard \
-AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG, default warn).\n\n\
+AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG, default error).\n\n\
 Exit codes: 0 success, 1 failure, 2 bad usage, 3 synced but a fan-out target is stale."
 )]
 struct Cli {
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .init();
