@@ -389,6 +389,15 @@ mod tests {
         assert_eq!(c.max_package_bytes, 1024);
         assert_eq!(c.store_url(), "s3://b/p");
         assert!(!format!("{c:?}").contains("tok-123"));
+        let with_s3 = c.with_s3(S3Options {
+            secret_access_key: Some(Secret::new("s3-secret-xyz")),
+            ..S3Options::default()
+        });
+        let debug = format!("{with_s3:?}");
+        assert!(
+            !debug.contains("s3-secret-xyz") && debug.contains("***"),
+            "{debug}"
+        );
 
         let bad = HashMap::from([("LABLET_MAX_PACKAGE_BYTES", "lots")]);
         let err =
