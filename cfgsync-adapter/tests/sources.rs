@@ -184,9 +184,13 @@ async fn two_servers_sharing_s3_serve_the_same_payload_and_etag() {
     let mut servers = Vec::new();
     for _ in 0..2 {
         let store = Arc::new(
-            ObjectRegistrationStore::open(s3.store.clone(), "replicas", options.clone())
-                .await
-                .unwrap(),
+            ObjectRegistrationStore::open(
+                s3.store.clone(),
+                &format!("{}/replicas", s3.prefix),
+                options.clone(),
+            )
+            .await
+            .unwrap(),
         );
         let source = Arc::new(SnapshotConfigSource::new(
             store,

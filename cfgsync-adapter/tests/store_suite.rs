@@ -55,7 +55,7 @@ async fn object_store_passes_the_suite_on_s3() {
     let s3 = S3Harness::start().await.unwrap();
     let store = ObjectRegistrationStore::open(
         s3.store.clone(),
-        "suite/registrations",
+        &format!("{}/suite/registrations", s3.prefix),
         ObjectStoreOptions::default(),
     )
     .await
@@ -70,12 +70,16 @@ async fn object_store_replicas_share_one_set_and_one_generation_order() {
         poll_interval: std::time::Duration::from_millis(50),
     };
     let a = Arc::new(
-        ObjectRegistrationStore::open(s3.store.clone(), "shared", options.clone())
-            .await
-            .unwrap(),
+        ObjectRegistrationStore::open(
+            s3.store.clone(),
+            &format!("{}/shared", s3.prefix),
+            options.clone(),
+        )
+        .await
+        .unwrap(),
     );
     let b = Arc::new(
-        ObjectRegistrationStore::open(s3.store.clone(), "shared", options)
+        ObjectRegistrationStore::open(s3.store.clone(), &format!("{}/shared", s3.prefix), options)
             .await
             .unwrap(),
     );

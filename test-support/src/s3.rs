@@ -43,6 +43,9 @@ pub struct S3Harness {
     pub secret_key: String,
     /// Region to sign with.
     pub region: String,
+    /// Key prefix tests should write under: empty for the in-process server (a fresh
+    /// server per harness), unique per harness for an outside S3 (shared bucket).
+    pub prefix: String,
     /// Store bound to [`S3Harness::bucket`].
     pub store: Arc<dyn ObjectStore>,
     /// Directory holding the buckets (one sub-directory per bucket); `None` for an
@@ -111,6 +114,7 @@ impl S3Harness {
             access_key,
             secret_key,
             region,
+            prefix: String::new(),
             store,
             root: Some(root),
             counters: Some(counters),
@@ -143,6 +147,7 @@ impl S3Harness {
             access_key,
             secret_key,
             region,
+            prefix: unique_prefix(),
             store,
             root: None,
             counters: None,
@@ -226,6 +231,19 @@ impl S3Harness {
             .as_deref()
             .map(|root| object_path(root, bucket, key))
     }
+}
+
+fn unique_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "cfgsync-test-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 fn object_path(root: &FsPath, bucket: &str, key: &str) -> PathBuf {

@@ -1,1 +1,316 @@
-fn main() {}
+//! `lablet-sync`: sync lablets, inspect packages, query the catalog, drain the
+//! fan-out retry queue. Configuration comes from the `LABLET_*` / `AWS_*`
+//! environment variables (see the crate README).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cfgsync_lablet::catalog::{CatalogFilter, LabletDefinition, SyncStatus};
+use cfgsync_lablet::inspect::{inspect_package, sha256_file};
+use cfgsync_lablet::{LabletSync, LabletSyncConfig, Stage};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code of a sync that stored and recorded the package but left a fan-out
+/// target stale.
+const EXIT_STALE: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lablet-sync",
+    version,
+    about = "Sync lablet content: resolve, download from Mosaic, inspect, store, fan out to LDS/SE, record.",
+    long_about = "Sync lablet content: resolve, download from Mosaic, inspect, store, fan out to LDS/SE, record.\n\n\
+Configuration comes from LABLET_* variables (LABLET_RESOLVER_URL, LABLET_LDS_URL, LABLET_SE_URL, \
+LABLET_CATALOG, LABLET_CPA_URL, LABLET_STORE, LABLET_LOCATION, LABLET_DATA_DIR, ...) and the standard \
+AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG, default error).\n\n\
+Exit codes: 0 success, 1 failure, 2 bad usage, 3 synced but a fan-out target is stale."
+)]
+struct Cli {
+    /// Work directory (overrides LABLET_DATA_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sync one lablet end to end.
+    Sync {
+        /// Lablet name, e.g. LAB-1.1.1.
+        name: String,
+        /// Print the full recorded definition as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect a package zip: print its ADR-025 fields or the exact reject reason.
+    Inspect {
+        /// Path of the zip.
+        package: PathBuf,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Query the catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Try every queued fan-out delivery once (drains the retry queue).
+    Retry,
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// List definitions.
+    List {
+        /// Only definitions from this Mosaic instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Only definitions with this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one definition as JSON.
+    Show {
+        /// Lablet name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatusArg {
+    Synced,
+    Stale,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(cli: &Cli) -> anyhow::Result<LabletSyncConfig> {
+    let mut config = LabletSyncConfig::from_env()?;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Inspect { package, json } => inspect(package, *json, &config(&cli)?),
+        Command::Sync { name, json } => {
+            let sync = LabletSync::from_config(config(&cli)?)?;
+            sync_one(&sync, name, *json).await
+        }
+        Command::Catalog { command } => {
+            let sync = LabletSync::from_config(config(&cli)?)?;
+            let catalog = sync.catalog();
+            match command {
+                CatalogCommand::List {
+                    instance,
+                    status,
+                    json,
+                } => {
+                    let filter = CatalogFilter {
+                        upstream_instance_name: instance.clone(),
+                        status: status.map(|s| match s {
+                            StatusArg::Synced => SyncStatus::Synced,
+                            StatusArg::Stale => SyncStatus::Stale,
+                        }),
+                    };
+                    let defs = catalog
+                        .list(&filter)
+                        .await
+                        .map_err(cfgsync_lablet::Error::Catalog)?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&defs)?);
+                    } else {
+                        for d in &defs {
+                            println!("{}", summary(d));
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                CatalogCommand::Show { name } => {
+                    let id = sync.definition_id(name)?;
+                    match catalog
+                        .get(&id)
+                        .await
+                        .map_err(cfgsync_lablet::Error::Catalog)?
+                    {
+                        Some(def) => {
+                            println!("{}", serde_json::to_string_pretty(&def)?);
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        None => {
+                            eprintln!("error: no catalog entry for lablet {name} (id {id})");
+                            Ok(ExitCode::FAILURE)
+                        }
+                    }
+                }
+            }
+        }
+        Command::Retry => {
+            let sync = LabletSync::from_config(config(&cli)?)?;
+            let report = sync.retry_pending().await?;
+            println!(
+                "delivered {}, still pending {}, skipped (lablet busy) {}",
+                report.delivered, report.still_pending, report.skipped_locked
+            );
+            Ok(if report.still_pending > 0 {
+                ExitCode::from(EXIT_STALE)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn summary(d: &LabletDefinition) -> String {
+    let c = &d.content;
+    format!(
+        "{}\tv{}\t{}\t{}\t{}\t{}",
+        d.id,
+        c.content_version,
+        c.status.as_str(),
+        c.upstream_version.as_deref().unwrap_or("-"),
+        c.synced_at,
+        c.store.url
+    )
+}
+
+async fn sync_one(sync: &LabletSync, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let interactive = std::io::stderr().is_terminal();
+    let bar = interactive.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    });
+    let bar_for_progress = bar.clone();
+    let name_owned = name.to_owned();
+    let progress = move |stage: Stage| {
+        let step = Stage::ALL
+            .iter()
+            .position(|s| *s == stage)
+            .map_or(0, |i| i + 1);
+        let line = format!("[{step}/{}] {name_owned}: {stage}", Stage::ALL.len());
+        match &bar_for_progress {
+            Some(bar) => bar.set_message(line),
+            None => eprintln!("{line}"),
+        }
+    };
+    let result = sync.sync_with_progress(name, &progress).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => {
+            match err.stage() {
+                Some(stage) => eprintln!("error [{stage}]: {err}"),
+                None => eprintln!("error: {err}"),
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let c = &report.definition.content;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.definition)?);
+    } else {
+        println!(
+            "{} synced: version {}, sha256 {}, {} ({})",
+            name,
+            c.content_version,
+            c.content_package_hash,
+            c.store.url,
+            if report.uploaded {
+                "uploaded"
+            } else {
+                "unchanged, upload skipped"
+            }
+        );
+    }
+    match report.stale_message() {
+        Some(msg) => {
+            eprintln!("warning [fan_out]: {msg}; run `lablet-sync retry` once the target is back");
+            Ok(ExitCode::from(EXIT_STALE))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn inspect(package: &PathBuf, json: bool, config: &LabletSyncConfig) -> anyhow::Result<ExitCode> {
+    let info = match inspect_package(package, &config.inspect) {
+        Ok(info) => info,
+        Err(err) => {
+            eprintln!(
+                "package invalid ({}): {}: {err}",
+                err.code(),
+                package.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let hash = sha256_file(package)?;
+    let size = std::fs::metadata(package)?.len();
+    if json {
+        let mut value = serde_json::to_value(&info)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("content_package_hash".to_owned(), hash.into());
+            map.insert("content_package_size".to_owned(), size.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    println!("content_package_hash: {hash}");
+    println!("content_package_size: {size}");
+    println!("upstream_version: {}", opt(&info.meta.version));
+    println!(
+        "upstream_date_published: {}",
+        opt(&info.meta.date_published)
+    );
+    println!("upstream_instance_name: {}", opt(&info.meta.instance_name));
+    println!("upstream_form_id: {}", opt(&info.meta.form_id));
+    println!("grade_xml_path: {}", opt(&info.grade_xml_path));
+    println!("cml_yaml_path: {}", info.cml_yaml_path);
+    println!("cml_yaml_hash: {}", info.cml_yaml_hash);
+    println!("cml_yaml_bytes: {}", info.cml_yaml_content.len());
+    match &info.devices_json {
+        Some(d) => println!("devices_json: present ({} bytes)", d.len()),
+        None => println!("devices_json: -"),
+    }
+    println!("entries: {}", info.entries);
+    Ok(ExitCode::SUCCESS)
+}

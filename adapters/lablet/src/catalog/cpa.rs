@@ -1,0 +1,201 @@
+//! CPA over HTTP. The record call is DESIGN's contract; the reads are **our assumed
+//! contract** (documented in the README):
+//!
+//! - `POST {cpa_url}/api/internal/lablet-definitions/{id}/content-synced` with the
+//!   [`ContentSyncResult`] as snake_case JSON; any 2xx. A body that decodes as a
+//!   [`LabletDefinition`] is taken as the stored state, otherwise the definition is
+//!   read back.
+//! - `GET {cpa_url}/api/internal/lablet-definitions/{id}` → 200 [`LabletDefinition`]
+//!   JSON (`id` plus the flattened fields), 404 when unknown.
+//! - `GET {cpa_url}/api/internal/lablet-definitions?upstream_instance_name=X&status=Y`
+//!   → 200 JSON array of [`LabletDefinition`].
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::config::LabletSyncConfig;
+use crate::retry::RetryPolicy;
+use crate::secret::Secret;
+use crate::template;
+
+use super::{Catalog, CatalogError, CatalogFilter, ContentSyncResult, LabletDefinition};
+
+/// Catalog backed by CPA's internal API.
+#[derive(Debug, Clone)]
+pub struct CpaCatalog {
+    http: reqwest::Client,
+    vars: BTreeMap<String, String>,
+    record_url: String,
+    definition_url: String,
+    list_url: String,
+    token: Option<Secret>,
+    retry: RetryPolicy,
+}
+
+impl CpaCatalog {
+    /// A CPA catalog at `cpa_url` with the default URL templates.
+    pub fn new(http: reqwest::Client, cpa_url: impl Into<String>) -> Self {
+        let defaults = LabletSyncConfig::default();
+        Self {
+            http,
+            vars: BTreeMap::from([(
+                "cpa_url".to_owned(),
+                cpa_url.into().trim_end_matches('/').to_owned(),
+            )]),
+            record_url: defaults.cpa_record_url,
+            definition_url: defaults.cpa_definition_url,
+            list_url: defaults.cpa_list_url,
+            token: None,
+            retry: defaults.retry,
+        }
+    }
+
+    /// From the config's `cpa_*` settings (`cpa_url` must be set).
+    pub fn from_config(config: &LabletSyncConfig, http: reqwest::Client) -> Option<Self> {
+        let url = config.cpa_url.as_ref()?;
+        let mut this = Self::new(http, url.clone());
+        this.record_url.clone_from(&config.cpa_record_url);
+        this.definition_url.clone_from(&config.cpa_definition_url);
+        this.list_url.clone_from(&config.cpa_list_url);
+        this.token.clone_from(&config.cpa_token);
+        this.retry = config.retry.clone();
+        Some(this)
+    }
+
+    /// Builder: bearer token.
+    pub fn with_token(mut self, token: Secret) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Builder: retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    fn url(&self, template_str: &str, id: &str) -> Result<String, CatalogError> {
+        let mut vars = self.vars.clone();
+        vars.insert("id".to_owned(), id.to_owned());
+        Ok(template::render(template_str, &vars)?)
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t.expose()),
+            None => req,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &'static str,
+        url: &str,
+        body: Option<&ContentSyncResult>,
+        query: &[(&str, String)],
+    ) -> Result<(u16, bytes::Bytes), CatalogError> {
+        let url = if query.is_empty() {
+            url.to_owned()
+        } else {
+            url::Url::parse_with_params(url, query)
+                .map(String::from)
+                .unwrap_or_else(|_| url.to_owned())
+        };
+        let url = url.as_str();
+        let attempt = || async {
+            let mut req = match method {
+                "POST" => self.http.post(url),
+                _ => self.http.get(url),
+            };
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            let req_err = |source| CatalogError::Request {
+                method,
+                url: url.to_owned(),
+                source,
+            };
+            let resp = self.auth(req).send().await.map_err(req_err)?;
+            let status = resp.status().as_u16();
+            if !resp.status().is_success() && status != 404 {
+                return Err(CatalogError::Status {
+                    method,
+                    url: url.to_owned(),
+                    status,
+                });
+            }
+            let bytes = resp.bytes().await.map_err(req_err)?;
+            Ok((status, bytes))
+        };
+        self.retry
+            .run("cpa", attempt, CatalogError::is_retryable)
+            .await
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, CatalogError> {
+    serde_json::from_slice(bytes).map_err(|source| CatalogError::Decode {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+#[async_trait]
+impl Catalog for CpaCatalog {
+    async fn record(
+        &self,
+        id: &str,
+        result: &ContentSyncResult,
+    ) -> Result<LabletDefinition, CatalogError> {
+        let url = self.url(&self.record_url, id)?;
+        let (status, body) = self.send("POST", &url, Some(result), &[]).await?;
+        if status == 404 {
+            return Err(CatalogError::Status {
+                method: "POST",
+                url,
+                status,
+            });
+        }
+        if let Ok(def) = serde_json::from_slice::<LabletDefinition>(&body) {
+            return Ok(def);
+        }
+        match self.get(id).await? {
+            Some(def) => Ok(def),
+            None => Err(CatalogError::Status {
+                method: "GET",
+                url: self.url(&self.definition_url, id)?,
+                status: 404,
+            }),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<LabletDefinition>, CatalogError> {
+        let url = self.url(&self.definition_url, id)?;
+        let (status, body) = self.send("GET", &url, None, &[]).await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        decode(&format!("GET {url}"), &body).map(Some)
+    }
+
+    async fn list(&self, filter: &CatalogFilter) -> Result<Vec<LabletDefinition>, CatalogError> {
+        let url = self.url(&self.list_url, "")?;
+        let mut query = Vec::new();
+        if let Some(n) = &filter.upstream_instance_name {
+            query.push(("upstream_instance_name", n.clone()));
+        }
+        if let Some(s) = filter.status {
+            query.push(("status", s.as_str().to_owned()));
+        }
+        let (status, body) = self.send("GET", &url, None, &query).await?;
+        if status == 404 {
+            return Ok(Vec::new());
+        }
+        let mut defs: Vec<LabletDefinition> = decode(&format!("GET {url}"), &body)?;
+        // be strict even if the server ignores a filter
+        defs.retain(|d| filter.matches(d));
+        defs.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(defs)
+    }
+}

@@ -1,0 +1,172 @@
+//! The crate error: one variant per stage, each naming the lablet and keeping its
+//! source.
+
+use crate::catalog::CatalogError;
+use crate::config::ConfigError;
+use crate::fanout::QueueError;
+use crate::inspect::InspectError;
+use crate::mosaic::DownloadError;
+use crate::resolver::ResolveError;
+use crate::store::StoreError;
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The stages of one sync, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Stage {
+    /// Resolver query: name -> env vars incl. `MOSAIC_BASE_URL`.
+    Resolve,
+    /// Package download from Mosaic.
+    Download,
+    /// Package inspection.
+    Inspect,
+    /// Upload to the store.
+    Store,
+    /// LDS / SE refresh.
+    FanOut,
+    /// Catalog record.
+    Record,
+}
+
+impl Stage {
+    /// All stages in order.
+    pub const ALL: [Stage; 6] = [
+        Stage::Resolve,
+        Stage::Download,
+        Stage::Inspect,
+        Stage::Store,
+        Stage::FanOut,
+        Stage::Record,
+    ];
+
+    /// `resolve`, `download`, `inspect`, `store`, `fan_out`, `record`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolve => "resolve",
+            Self::Download => "download",
+            Self::Inspect => "inspect",
+            Self::Store => "store",
+            Self::FanOut => "fan_out",
+            Self::Record => "record",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Configuration cannot be used.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The lablet name cannot be used (it becomes part of keys and file names).
+    #[error("invalid lablet name {name:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Stage resolve failed.
+    #[error("cannot resolve content for lablet {lablet}: {source}")]
+    Resolve {
+        /// Lablet name.
+        lablet: String,
+        /// Cause.
+        #[source]
+        source: ResolveError,
+    },
+    /// Stage download failed.
+    #[error("package not available for lablet {lablet}: {source}")]
+    Download {
+        /// Lablet name.
+        lablet: String,
+        /// Cause.
+        #[source]
+        source: DownloadError,
+    },
+    /// Stage inspect rejected the package.
+    #[error("package invalid for lablet {lablet}: {source}")]
+    Inspect {
+        /// Lablet name.
+        lablet: String,
+        /// Cause.
+        #[source]
+        source: InspectError,
+    },
+    /// Stage store failed.
+    #[error("blob upload failed for lablet {lablet}: {source}")]
+    Store {
+        /// Lablet name.
+        lablet: String,
+        /// Cause.
+        #[source]
+        source: StoreError,
+    },
+    /// The retry queue failed (stage fan-out).
+    #[error("fan-out retry queue failed for lablet {lablet}: {source}")]
+    Queue {
+        /// Lablet name (or `*` when draining).
+        lablet: String,
+        /// Cause.
+        #[source]
+        source: QueueError,
+    },
+    /// Stage record failed.
+    #[error("record failed for lablet {lablet}: {source}")]
+    Record {
+        /// Lablet name.
+        lablet: String,
+        /// Cause.
+        #[source]
+        source: CatalogError,
+    },
+    /// A catalog query (outside a sync) failed.
+    #[error("catalog query failed: {0}")]
+    Catalog(#[source] CatalogError),
+    /// Local state (work directory, locks) failed.
+    #[error("{what}: {source}")]
+    Local {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The sync stage that failed, if the error belongs to one.
+    pub fn stage(&self) -> Option<Stage> {
+        match self {
+            Self::Resolve { .. } | Self::InvalidName { .. } => Some(Stage::Resolve),
+            Self::Download { .. } => Some(Stage::Download),
+            Self::Inspect { .. } => Some(Stage::Inspect),
+            Self::Store { .. } => Some(Stage::Store),
+            Self::Queue { .. } => Some(Stage::FanOut),
+            Self::Record { .. } => Some(Stage::Record),
+            Self::Config(_) | Self::Catalog(_) | Self::Local { .. } => None,
+        }
+    }
+
+    /// Whether running the same sync again may succeed without any change.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Resolve { source, .. } => source.is_retryable(),
+            Self::Download { source, .. } => source.is_retryable(),
+            Self::Store { source, .. } => source.is_retryable(),
+            Self::Record { source, .. } | Self::Catalog(source) => source.is_retryable(),
+            Self::Queue { .. } | Self::Local { .. } => true,
+            Self::Config(_) | Self::InvalidName { .. } | Self::Inspect { .. } => false,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::retry::RetryPolicy;
+
+use super::FanOutError;
+
+/// Body of the LDS `sync` and SE `sync_content` calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanOutBody {
+    /// Lablet name.
+    pub lablet: String,
+    /// Bucket holding the package.
+    pub bucket: String,
+    /// Object key of the package.
+    pub key: String,
+    /// SHA-256 (hex) of the package.
+    pub sha256: String,
+    /// Content version of the definition.
+    pub version: u64,
+}
+
+/// POSTs fan-out bodies with bounded retries.
+#[derive(Debug, Clone)]
+pub struct FanOutClient {
+    http: reqwest::Client,
+    retry: RetryPolicy,
+}
+
+impl FanOutClient {
+    /// A client retrying per `retry`.
+    pub fn new(http: reqwest::Client, retry: RetryPolicy) -> Self {
+        Self { http, retry }
+    }
+
+    /// POST `body` to `url` until a 2xx or the retries are used up; returns the
+    /// attempts made, with the last error on failure.
+    pub async fn deliver(&self, url: &str, body: &FanOutBody) -> (u32, Result<(), FanOutError>) {
+        let attempts = AtomicU32::new(0);
+        let result = self
+            .retry
+            .run(
+                "fan-out",
+                || {
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                    self.post(url, body)
+                },
+                FanOutError::is_retryable,
+            )
+            .await;
+        (attempts.load(Ordering::SeqCst), result)
+    }
+
+    /// One POST, no retry.
+    pub async fn post(&self, url: &str, body: &FanOutBody) -> Result<(), FanOutError> {
+        let resp = self
+            .http
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|source| FanOutError::Request {
+                url: url.to_owned(),
+                source,
+            })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(FanOutError::Status {
+                url: url.to_owned(),
+                status: resp.status().as_u16(),
+            })
+        }
+    }
+}

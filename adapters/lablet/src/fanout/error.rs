@@ -1,0 +1,59 @@
+/// Why one delivery to a fan-out target failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FanOutError {
+    /// The request did not complete.
+    #[error("POST {url} failed: {source}")]
+    Request {
+        /// URL.
+        url: String,
+        /// Transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The target answered with a non-success status.
+    #[error("POST {url} answered {status}")]
+    Status {
+        /// URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+    },
+}
+
+impl FanOutError {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Request { source, .. } => crate::http::transport_retryable(source),
+            Self::Status { status, .. } => crate::http::status_retryable(*status),
+        }
+    }
+}
+
+/// The durable retry queue failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The queue database failed.
+    #[error("retry queue {path}: {source}")]
+    Db {
+        /// Database file.
+        path: String,
+        /// Database error (boxed: `redb::Error` is large).
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A stored entry could not be decoded.
+    #[error("retry queue entry {key}: {source}")]
+    Decode {
+        /// Entry key.
+        key: String,
+        /// Parser error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blocking task failed to complete.
+    #[error("retry queue task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}

@@ -1,0 +1,55 @@
+use crate::template::TemplateError;
+
+/// Why downloading a package failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DownloadError {
+    /// The download URL template could not be rendered.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The request or the body stream failed.
+    #[error("GET {url} failed: {source}")]
+    Request {
+        /// Requested URL.
+        url: String,
+        /// Transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Mosaic answered with a non-success status.
+    #[error("GET {url} answered {status}")]
+    Status {
+        /// Requested URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+    },
+    /// The package is larger than the configured cap.
+    #[error("GET {url}: package is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// Requested URL.
+        url: String,
+        /// The cap.
+        limit: u64,
+    },
+    /// The temp file could not be written.
+    #[error("cannot write the temp file in {dir}: {source}")]
+    TempFile {
+        /// Work directory.
+        dir: String,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DownloadError {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Request { source, .. } => crate::http::transport_retryable(source),
+            Self::Status { status, .. } => crate::http::status_retryable(*status),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,435 @@
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    Attribute, AttributeValue, Attributes, GetOptions, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, WriteMultipart,
+};
+use tokio::io::AsyncReadExt;
+
+use crate::config::LabletSyncConfig;
+use crate::template;
+
+use super::bucket::create_bucket;
+use super::location::validate_bucket;
+use super::{StoreError, StoreLocation};
+
+/// Multipart chunk size: memory per upload is about `CHUNK * (CONCURRENCY + 1)`.
+const CHUNK: usize = 8 * 1024 * 1024;
+const CONCURRENCY: usize = 2;
+const READ_BUF: usize = 1024 * 1024;
+/// Metadata key carrying the package SHA-256 on S3.
+pub const SHA256_METADATA: &str = "sha256";
+
+/// What an upload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadOutcome {
+    /// `false` when skipped because the stored object already had this SHA-256.
+    pub uploaded: bool,
+    /// Bytes sent (0 when skipped).
+    pub bytes: u64,
+}
+
+/// The package store: a `file://` directory or S3 buckets.
+pub struct PackageStore {
+    inner: Inner,
+}
+
+enum Inner {
+    File {
+        dir: PathBuf,
+        bucket: String,
+        store: Arc<LocalFileSystem>,
+    },
+    S3(Box<S3Store>),
+}
+
+struct S3Store {
+    builder: AmazonS3Builder,
+    bucket: String,
+    prefix: String,
+    endpoint: String,
+    region: String,
+    http: reqwest::Client,
+    stores: Mutex<HashMap<String, Arc<AmazonS3>>>,
+    ready_buckets: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for PackageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Inner::File { dir, .. } => f.debug_struct("PackageStore").field("file", &dir).finish(),
+            Inner::S3(s3) => f
+                .debug_struct("PackageStore")
+                .field("s3_bucket", &s3.bucket)
+                .field("prefix", &s3.prefix)
+                .field("endpoint", &s3.endpoint)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+fn os_err(
+    operation: &'static str,
+    location: &str,
+) -> impl FnOnce(object_store::Error) -> StoreError {
+    let location = location.to_owned();
+    move |source| StoreError::ObjectStore {
+        operation,
+        location,
+        source: Box::new(source),
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Io { what, source }
+}
+
+impl PackageStore {
+    /// Open the store named by [`LabletSyncConfig::store_url`].
+    pub fn from_config(
+        config: &LabletSyncConfig,
+        http: reqwest::Client,
+    ) -> Result<Self, StoreError> {
+        let url = config.store_url();
+        if let Some(dir) = url.strip_prefix("file://") {
+            let dir = PathBuf::from(dir);
+            std::fs::create_dir_all(&dir)
+                .map_err(io_err(format!("create store dir {}", dir.display())))?;
+            let dir = dir
+                .canonicalize()
+                .map_err(io_err(format!("resolve store dir {}", dir.display())))?;
+            let bucket = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "store".to_owned());
+            let store = LocalFileSystem::new_with_prefix(&dir).map_err(os_err("open", &url))?;
+            return Ok(Self {
+                inner: Inner::File {
+                    dir,
+                    bucket,
+                    store: Arc::new(store),
+                },
+            });
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(StoreError::Config(format!(
+                "store URL {url:?} must start with file:// or s3://"
+            )));
+        };
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b.to_owned(), p.trim_matches('/').to_owned()),
+            None => (rest.to_owned(), String::new()),
+        };
+        if bucket.is_empty() {
+            return Err(StoreError::Config(format!(
+                "store URL {url:?} names no bucket"
+            )));
+        }
+        let mut builder = AmazonS3Builder::from_env();
+        let o = &config.s3;
+        if let Some(v) = &o.endpoint {
+            builder = builder.with_endpoint(v);
+        }
+        if let Some(v) = &o.region {
+            builder = builder.with_region(v);
+        }
+        if let Some(v) = &o.access_key_id {
+            builder = builder.with_access_key_id(v);
+        }
+        if let Some(v) = &o.secret_access_key {
+            builder = builder.with_secret_access_key(v.expose());
+        }
+        let region = builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        builder = builder.with_region(&region);
+        let endpoint = builder
+            .get_config_value(&AmazonS3ConfigKey::Endpoint)
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let loopback = url::Url::parse(&endpoint)
+            .ok()
+            .is_some_and(|u| match u.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            });
+        if let Some(allow) = o.allow_http {
+            builder = builder.with_allow_http(allow);
+        } else if loopback {
+            builder = builder.with_allow_http(true);
+        }
+        let s3 = S3Store {
+            builder,
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            http,
+            stores: Mutex::new(HashMap::new()),
+            ready_buckets: tokio::sync::Mutex::new(HashSet::new()),
+        };
+        // fail early on bad settings
+        s3.store_for(&s3.bucket)?;
+        Ok(Self {
+            inner: Inner::S3(Box::new(s3)),
+        })
+    }
+
+    /// Render the location template for `name` (`{bucket}`, `{name}`, `{slug}`).
+    pub fn location(&self, template_str: &str, name: &str) -> Result<StoreLocation, StoreError> {
+        let default_bucket = match &self.inner {
+            Inner::File { bucket, .. } => bucket.clone(),
+            Inner::S3(s3) => s3.bucket.clone(),
+        };
+        let vars = BTreeMap::from([
+            ("bucket".to_owned(), default_bucket.clone()),
+            ("name".to_owned(), name.to_owned()),
+            ("slug".to_owned(), super::slug(name)),
+        ]);
+        let rendered =
+            template::render(template_str, &vars).map_err(|e| StoreError::Config(e.to_string()))?;
+        let Some((bucket, key)) = rendered.split_once('/') else {
+            return Err(StoreError::Config(format!(
+                "location {rendered:?} must be BUCKET/KEY"
+            )));
+        };
+        if key.is_empty()
+            || key
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(StoreError::Config(format!(
+                "location {rendered:?} has an invalid key"
+            )));
+        }
+        match &self.inner {
+            Inner::File { dir, .. } => {
+                if bucket != default_bucket {
+                    return Err(StoreError::Config(format!(
+                        "file:// stores support only the prefix layout ({{bucket}}/...), got {template_str:?}"
+                    )));
+                }
+                Ok(StoreLocation {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    url: format!("file://{}/{key}", dir.display()),
+                })
+            }
+            Inner::S3(s3) => {
+                validate_bucket(bucket)?;
+                let key = if bucket == s3.bucket && !s3.prefix.is_empty() {
+                    format!("{}/{key}", s3.prefix)
+                } else {
+                    key.to_owned()
+                };
+                Ok(StoreLocation {
+                    bucket: bucket.to_owned(),
+                    url: format!("s3://{bucket}/{key}"),
+                    key,
+                })
+            }
+        }
+    }
+
+    /// The SHA-256 the stored object carries, `None` when there is no object (or it
+    /// carries none).
+    pub async fn stored_sha256(&self, loc: &StoreLocation) -> Result<Option<String>, StoreError> {
+        let path = Path::from(loc.key.as_str());
+        match &self.inner {
+            Inner::File { dir, store, .. } => {
+                match store.head(&path).await {
+                    Ok(_) => {}
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(os_err("head", &loc.url)(e)),
+                }
+                match tokio::fs::read_to_string(sidecar(dir, &loc.key)).await {
+                    Ok(text) => Ok(Some(text.trim().to_owned())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err(format!("read sidecar of {}", loc.url))(e)),
+                }
+            }
+            Inner::S3(s3) => {
+                let store = s3.store_for(&loc.bucket)?;
+                let opts = GetOptions {
+                    head: true,
+                    ..Default::default()
+                };
+                match store.get_opts(&path, opts).await {
+                    Ok(result) => Ok(result
+                        .attributes
+                        .get(&Attribute::Metadata(SHA256_METADATA.into()))
+                        .map(|v| v.as_ref().to_owned())),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(os_err("head", &loc.url)(e)),
+                }
+            }
+        }
+    }
+
+    /// Upload `file` to `loc` unless the stored object already carries `sha256`.
+    pub async fn upload(
+        &self,
+        loc: &StoreLocation,
+        file: &FsPath,
+        sha256: &str,
+    ) -> Result<UploadOutcome, StoreError> {
+        if self.stored_sha256(loc).await?.as_deref() == Some(sha256) {
+            return Ok(UploadOutcome {
+                uploaded: false,
+                bytes: 0,
+            });
+        }
+        let path = Path::from(loc.key.as_str());
+        let bytes = match &self.inner {
+            Inner::File { dir, store, .. } => {
+                let side = sidecar(dir, &loc.key);
+                match tokio::fs::remove_file(&side).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(format!("remove sidecar of {}", loc.url))(e)),
+                }
+                let bytes =
+                    stream_upload(store.as_ref(), &path, file, Attributes::new(), &loc.url).await?;
+                write_atomic(&side, sha256.as_bytes())
+                    .await
+                    .map_err(io_err(format!("write sidecar of {}", loc.url)))?;
+                bytes
+            }
+            Inner::S3(s3) => {
+                s3.ensure_bucket(&loc.bucket).await?;
+                let store = s3.store_for(&loc.bucket)?;
+                let attributes = Attributes::from_iter([(
+                    Attribute::Metadata(SHA256_METADATA.into()),
+                    AttributeValue::from(sha256.to_owned()),
+                )]);
+                stream_upload(store.as_ref(), &path, file, attributes, &loc.url).await?
+            }
+        };
+        Ok(UploadOutcome {
+            uploaded: true,
+            bytes,
+        })
+    }
+}
+
+impl S3Store {
+    fn store_for(&self, bucket: &str) -> Result<Arc<AmazonS3>, StoreError> {
+        let mut stores = self
+            .stores
+            .lock()
+            .map_err(|_| StoreError::Config("store cache poisoned".to_owned()))?;
+        if let Some(store) = stores.get(bucket) {
+            return Ok(Arc::clone(store));
+        }
+        let store = self
+            .builder
+            .clone()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|source| StoreError::ObjectStore {
+                operation: "configure",
+                location: format!("s3://{bucket}"),
+                source: Box::new(source),
+            })?;
+        let store = Arc::new(store);
+        stores.insert(bucket.to_owned(), Arc::clone(&store));
+        Ok(store)
+    }
+
+    /// Create a per-lablet bucket once per process; the configured bucket is assumed.
+    async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+        if bucket == self.bucket {
+            return Ok(());
+        }
+        let mut ready = self.ready_buckets.lock().await;
+        if ready.contains(bucket) {
+            return Ok(());
+        }
+        let store = self.store_for(bucket)?;
+        create_bucket(&self.http, &store, &self.endpoint, &self.region, bucket).await?;
+        ready.insert(bucket.to_owned());
+        Ok(())
+    }
+}
+
+fn sidecar(dir: &FsPath, key: &str) -> PathBuf {
+    let mut p = dir.to_path_buf();
+    for part in key.split('/') {
+        p.push(part);
+    }
+    let mut name = p.into_os_string();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Stream `file` into a multipart upload; abort on any failure.
+async fn stream_upload(
+    store: &dyn ObjectStore,
+    path: &Path,
+    file: &FsPath,
+    attributes: Attributes,
+    url: &str,
+) -> Result<u64, StoreError> {
+    let mut source = tokio::fs::File::open(file)
+        .await
+        .map_err(io_err(format!("open {}", file.display())))?;
+    let opts = PutMultipartOptions::from(attributes);
+    let upload = store
+        .put_multipart_opts(path, opts)
+        .await
+        .map_err(os_err("upload", url))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
+    let mut buf = vec![0u8; READ_BUF];
+    let mut total: u64 = 0;
+    loop {
+        let n = match source.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(io_err(format!("read {}", file.display()))(e));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = writer.wait_for_capacity(CONCURRENCY).await {
+            let _ = writer.abort().await;
+            return Err(os_err("upload", url)(e));
+        }
+        writer.write(&buf[..n]);
+        total += n as u64;
+    }
+    writer.finish().await.map_err(os_err("upload", url))?;
+    Ok(total)
+}
+
+/// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
+pub(crate) async fn write_atomic(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    let bytes = bytes.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let dir = path
+            .parent()
+            .map(FsPath::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        std::fs::create_dir_all(&dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        tmp.write_all(&bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}

@@ -1,0 +1,192 @@
+//! One behaviour suite, run against every `Catalog` implementation.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use cfgsync_lablet::catalog::{
+    Catalog, CatalogFilter, ContentSyncResult, CpaCatalog, DeliveryStatus, EmbeddedCatalog,
+    SyncStatus, TargetResult,
+};
+use cfgsync_lablet::store::StoreLocation;
+use common::env::FakeCpa;
+
+fn result(lablet: &str, hash: &str, instance: &str, status: SyncStatus) -> ContentSyncResult {
+    ContentSyncResult {
+        lablet: lablet.to_owned(),
+        content_package_hash: hash.to_owned(),
+        content_package_size: 123,
+        upstream_version: Some("1.2".to_owned()),
+        upstream_date_published: Some("2026-02-25".to_owned()),
+        upstream_instance_name: Some(instance.to_owned()),
+        upstream_form_id: Some("F-1".to_owned()),
+        grade_xml_path: Some("grade.xml".to_owned()),
+        cml_yaml_path: "cml.yaml".to_owned(),
+        cml_yaml_content: "a: 1\n".to_owned(),
+        cml_yaml_hash: "c0ffee".to_owned(),
+        devices_json: Some("[]".to_owned()),
+        synced_at: "2026-11-23T12:00:00.000Z".to_owned(),
+        status,
+        store: StoreLocation {
+            bucket: "b".to_owned(),
+            key: format!("lablets/{lablet}/package.zip"),
+            url: format!("s3://b/lablets/{lablet}/package.zip"),
+        },
+        fanout: vec![TargetResult {
+            target: "lds".to_owned(),
+            status: DeliveryStatus::Delivered,
+            attempts: 1,
+            error: None,
+        }],
+        content_version: 99, // a proposal; the catalog decides
+    }
+}
+
+async fn behaviour_suite(catalog: Arc<dyn Catalog>) {
+    assert_eq!(catalog.get("LAB-1").await.unwrap(), None);
+    assert!(
+        catalog
+            .list(&CatalogFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // first record: version 1, every field kept
+    let r1 = result("LAB-1", "h1", "mosaic-a", SyncStatus::Synced);
+    let d1 = catalog.record("LAB-1", &r1).await.unwrap();
+    assert_eq!(d1.id, "LAB-1");
+    assert_eq!(d1.content.content_version, 1);
+    let mut expected = r1.clone();
+    expected.content_version = 1;
+    assert_eq!(d1.content, expected);
+    assert_eq!(catalog.get("LAB-1").await.unwrap(), Some(d1.clone()));
+
+    // same hash: version kept, other fields updated
+    let mut r1b = r1.clone();
+    r1b.synced_at = "2026-11-23T13:00:00.000Z".to_owned();
+    let d1b = catalog.record("LAB-1", &r1b).await.unwrap();
+    assert_eq!(d1b.content.content_version, 1);
+    assert_eq!(d1b.content.synced_at, r1b.synced_at);
+
+    // new hash: version bumped
+    let d2 = catalog
+        .record(
+            "LAB-1",
+            &result("LAB-1", "h2", "mosaic-a", SyncStatus::Synced),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d2.content.content_version, 2);
+    assert_eq!(
+        catalog
+            .get("LAB-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .content
+            .content_version,
+        2
+    );
+
+    // queries
+    catalog
+        .record(
+            "LAB-2",
+            &result("LAB-2", "x", "mosaic-b", SyncStatus::Stale),
+        )
+        .await
+        .unwrap();
+    let all = catalog.list(&CatalogFilter::default()).await.unwrap();
+    assert_eq!(
+        all.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["LAB-1", "LAB-2"]
+    );
+    let from_a = catalog
+        .list(&CatalogFilter {
+            upstream_instance_name: Some("mosaic-a".to_owned()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        from_a.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["LAB-1"]
+    );
+    let stale = catalog
+        .list(&CatalogFilter {
+            status: Some(SyncStatus::Stale),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        stale.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["LAB-2"]
+    );
+}
+
+#[tokio::test]
+async fn embedded_catalog_passes_the_suite_and_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.redb");
+    let catalog = Arc::new(EmbeddedCatalog::open(&path).unwrap());
+    behaviour_suite(catalog.clone()).await;
+    drop(catalog);
+    let reopened = EmbeddedCatalog::open(&path).unwrap();
+    let def = reopened.get("LAB-1").await.unwrap().unwrap();
+    assert_eq!(def.content.content_version, 2);
+    assert_eq!(def.content.content_package_hash, "h2");
+}
+
+#[tokio::test]
+async fn cpa_catalog_passes_the_suite() {
+    let (_fake, server) = FakeCpa::start().await;
+    let http = reqwest::Client::new();
+    behaviour_suite(Arc::new(CpaCatalog::new(http, server.uri()))).await;
+    // the record call is the documented contract
+    let posts: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert!(
+        posts
+            .iter()
+            .all(|p| p.starts_with("/api/internal/lablet-definitions/")
+                && p.ends_with("/content-synced"))
+    );
+    assert_eq!(posts.len(), 4);
+}
+
+#[tokio::test]
+async fn cpa_catalog_reports_server_errors_after_bounded_retries() {
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::any};
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let catalog = CpaCatalog::new(reqwest::Client::new(), server.uri()).with_retry(
+        cfgsync_lablet::retry::RetryPolicy::default()
+            .with_max_attempts(2)
+            .with_backoff(
+                std::time::Duration::from_millis(1),
+                std::time::Duration::from_millis(2),
+            ),
+    );
+    let err = catalog.get("LAB-1").await.unwrap_err();
+    assert!(err.is_retryable());
+    assert!(
+        matches!(
+            err,
+            cfgsync_lablet::catalog::CatalogError::Status { status: 503, .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}

@@ -1,0 +1,169 @@
+//! The `lablet-sync` binary: inspect, sync, catalog, retry, errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::env::Env;
+use common::*;
+
+fn bin(data_dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lablet-sync"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LABLET_DATA_DIR", data_dir)
+        .env("LABLET_RETRY_ATTEMPTS", "1");
+    cmd
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn inspect_prints_fields_or_the_exact_reject_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.zip");
+    let package = sample_package("7.1", "");
+    std::fs::write(&good, &package).unwrap();
+    let out = bin(dir.path()).arg("inspect").arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("content_package_hash: {}", sha256(&package))),
+        "{stdout}"
+    );
+    assert!(stdout.contains("upstream_version: 7.1"), "{stdout}");
+    assert!(stdout.contains("cml_yaml_path: LAB/cml.yaml"), "{stdout}");
+    assert!(
+        stdout.contains("grade_xml_path: LAB/grading/grade.xml"),
+        "{stdout}"
+    );
+
+    let out = bin(dir.path())
+        .args(["inspect", "--json"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cml_yaml_content"], CML);
+    assert_eq!(v["meta"]["form_id"], "form-42");
+
+    let bad = dir.path().join("bad.zip");
+    std::fs::write(
+        &bad,
+        zip_bytes(&[("cml.yaml", CML.as_bytes()), ("../../etc/x", b"x")]),
+    )
+    .unwrap();
+    let out = bin(dir.path()).arg("inspect").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("unsafe_name") && stderr.contains("../../etc/x"),
+        "{stderr}"
+    );
+
+    let out = bin(dir.path())
+        .arg("inspect")
+        .arg(dir.path().join("missing.zip"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin(dir.path()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for cmd in ["sync", "inspect", "catalog", "retry", "LABLET_STORE"] {
+        assert!(help.contains(cmd), "{cmd} missing from --help: {help}");
+    }
+    assert_eq!(
+        bin(dir.path()).arg("bogus").output().unwrap().status.code(),
+        Some(2)
+    );
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+#[tokio::test]
+async fn sync_catalog_and_retry_through_the_binary() {
+    let env = Env::start().await;
+    let package = sample_package("1.0", "");
+    env.publish("LAB-9", package.clone()).await;
+    let data = env.data.path().join("cli");
+    let with_env = |cmd: &mut Command| {
+        cmd.env("LABLET_RESOLVER_URL", env.resolver.uri())
+            .env("LABLET_LDS_URL", env.lds.uri())
+            .env("LABLET_SE_URL", env.se.uri());
+    };
+
+    let mut cmd = bin(&data);
+    with_env(&mut cmd);
+    let out = run(cmd.args(["sync", "LAB-9", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let def: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(def["id"], "LAB-9");
+    assert_eq!(def["content_package_hash"], sha256(&package));
+    assert_eq!(def["status"], "synced");
+    assert!(
+        text(&out.stderr).contains("[6/6] LAB-9: record"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(bin(&data).args(["catalog", "list"]));
+    assert!(
+        text(&out.stdout).starts_with("LAB-9\tv1\tsynced\t1.0\t"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(bin(&data).args(["catalog", "list", "--instance", "other"]));
+    assert!(text(&out.stdout).is_empty());
+    let out = run(bin(&data).args(["catalog", "show", "LAB-9"]));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown, def);
+    assert_eq!(
+        run(bin(&data).args(["catalog", "show", "NOPE"]))
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // SE down: stale, exit 3, queued; retry once SE is back
+    env.se.reset().await;
+    let mut cmd = bin(&data);
+    with_env(&mut cmd);
+    let out = run(cmd.args(["sync", "LAB-9"]));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("catalog synced but delivery stale"));
+    env.targets_ok().await;
+    let out = run(bin(&data).arg("retry"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("delivered 1, still pending 0"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // resolver unknown name: one line, stage named, exit 1
+    let mut cmd = bin(&data);
+    with_env(&mut cmd);
+    let out = run(cmd.args(["sync", "LAB-UNKNOWN"]));
+    assert_eq!(out.status.code(), Some(1));
+    // stderr: the progress lines, then exactly one error line, nothing else
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let (last, progress) = lines.split_last().unwrap();
+    assert!(
+        last.starts_with("error [resolve]: cannot resolve content for lablet LAB-UNKNOWN"),
+        "{stderr}"
+    );
+    assert_eq!(*progress, ["[1/6] LAB-UNKNOWN: resolve"], "{stderr}");
+}

@@ -1,0 +1,271 @@
+//! Helpers shared by the integration tests: zip builders and byte patches.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Cursor, Write};
+
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+pub const CML: &str = "lab:\n  title: Sample lab\nnodes:\n  - id: n0\n    label: r1\n";
+pub const DEVICES: &str = r#"[{"name": "r1", "type": "iosv"}]"#;
+
+/// A zip with `entries` (name, bytes), deflated.
+pub fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+    for (name, bytes) in entries {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(bytes).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// `mosaic_meta.json` text for `version`.
+pub fn meta_json(version: &str) -> String {
+    format!(
+        r#"{{"Version": "{version}", "DatePublished": "2026-02-25T10:00:00Z", "InstanceName": "mosaic-prod", "FormId": "form-42"}}"#
+    )
+}
+
+/// A complete package in a top-level folder, as `zip -r LAB.zip LAB/` makes it.
+/// `cml_extra` changes the cml.yaml content (and so every hash).
+pub fn sample_package(version: &str, cml_extra: &str) -> Vec<u8> {
+    let cml = format!("{CML}{cml_extra}");
+    let meta = meta_json(version);
+    zip_bytes(&[
+        ("LAB/cml.yaml", cml.as_bytes()),
+        ("LAB/devices.json", DEVICES.as_bytes()),
+        ("LAB/grading/grade.xml", b"<grade/>"),
+        ("LAB/mosaic_meta.json", meta.as_bytes()),
+        ("LAB/assets/readme.txt", b"hello"),
+    ])
+}
+
+/// Replace every occurrence of `from` by `to` (same length) in `bytes`.
+pub fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut count = 0;
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            count += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    count
+}
+
+/// Set the "encrypted" flag bit on every local and central header.
+pub fn mark_encrypted(bytes: &mut [u8]) {
+    let mut i = 0;
+    while i + 10 <= bytes.len() {
+        if &bytes[i..i + 4] == b"PK\x03\x04" {
+            bytes[i + 6] |= 1;
+        } else if &bytes[i..i + 4] == b"PK\x01\x02" {
+            bytes[i + 8] |= 1;
+        }
+        i += 1;
+    }
+}
+
+/// SHA-256 hex of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+pub mod env {
+    //! Third-party services (resolver, Mosaic, LDS, SE, CPA) on wiremock, plus stores.
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use cfgsync_lablet::catalog::{ContentSyncResult, LabletDefinition, next_content_version};
+    use cfgsync_lablet::config::S3Options;
+    use cfgsync_lablet::retry::RetryPolicy;
+    use cfgsync_lablet::{LabletSyncConfig, Secret};
+    use cfgsync_test_support::S3Harness;
+    use wiremock::matchers::{method, path, path_regex};
+    use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+    pub struct Env {
+        pub resolver: MockServer,
+        pub mosaic: MockServer,
+        pub lds: MockServer,
+        pub se: MockServer,
+        pub data: tempfile::TempDir,
+    }
+
+    impl Env {
+        pub async fn start() -> Self {
+            let env = Self {
+                resolver: MockServer::start().await,
+                mosaic: MockServer::start().await,
+                lds: MockServer::start().await,
+                se: MockServer::start().await,
+                data: tempfile::tempdir().unwrap(),
+            };
+            env.targets_ok().await;
+            env
+        }
+
+        /// LDS and SE answer 200.
+        pub async fn targets_ok(&self) {
+            Mock::given(method("POST"))
+                .and(path("/sync"))
+                .respond_with(ResponseTemplate::new(200))
+                .mount(&self.lds)
+                .await;
+            Mock::given(method("POST"))
+                .and(path("/sync_content"))
+                .respond_with(ResponseTemplate::new(200))
+                .mount(&self.se)
+                .await;
+        }
+
+        /// The resolver knows `name`, Mosaic serves `bytes` for it.
+        pub async fn publish(&self, name: &str, bytes: Vec<u8>) {
+            Mock::given(method("GET"))
+                .and(path(format!("/resolve/{name}")))
+                .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                    "MOSAIC_BASE_URL": format!("{}/content/{name}", self.mosaic.uri()),
+                    "OTHER": "x",
+                })))
+                .mount(&self.resolver)
+                .await;
+            self.mosaic_serves(name, bytes).await;
+        }
+
+        /// Replace what Mosaic serves for `name`.
+        pub async fn mosaic_serves(&self, name: &str, bytes: Vec<u8>) {
+            self.mosaic.reset().await;
+            Mock::given(method("GET"))
+                .and(path(format!("/content/{name}/package.zip")))
+                .respond_with(
+                    ResponseTemplate::new(200)
+                        .set_body_bytes(bytes)
+                        .insert_header("content-type", "application/zip"),
+                )
+                .mount(&self.mosaic)
+                .await;
+        }
+
+        /// Config for these services; a fast retry policy; the given store URL.
+        pub fn config(&self, store: Option<String>) -> LabletSyncConfig {
+            let mut c = LabletSyncConfig::default()
+                .with_resolver_url(self.resolver.uri())
+                .with_lds_url(self.lds.uri())
+                .with_se_url(self.se.uri())
+                .with_data_dir(self.data.path().join("work"))
+                .with_retry(
+                    RetryPolicy::default()
+                        .with_max_attempts(3)
+                        .with_backoff(Duration::from_millis(1), Duration::from_millis(5)),
+                );
+            c.store = store;
+            c
+        }
+
+        /// Bodies POSTed to a server.
+        pub async fn bodies(server: &MockServer) -> Vec<serde_json::Value> {
+            server
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter(|r| r.method.as_str() == "POST")
+                .map(|r| serde_json::from_slice(&r.body).unwrap())
+                .collect()
+        }
+    }
+
+    /// Config pointing at the in-process S3 server.
+    pub fn s3_config(mut config: LabletSyncConfig, s3: &S3Harness) -> LabletSyncConfig {
+        config.store = Some(if s3.prefix.is_empty() {
+            format!("s3://{}", s3.bucket)
+        } else {
+            format!("s3://{}/{}", s3.bucket, s3.prefix)
+        });
+        config.with_s3(S3Options {
+            endpoint: Some(s3.endpoint.clone()),
+            region: Some(s3.region.clone()),
+            access_key_id: Some(s3.access_key.clone()),
+            secret_access_key: Some(Secret::new(s3.secret_key.clone())),
+            allow_http: Some(true),
+        })
+    }
+
+    /// A fake CPA: stores definitions in memory and bumps `content_version` when the
+    /// package hash changes, as our assumed CPA contract says.
+    #[derive(Clone, Default)]
+    pub struct FakeCpa {
+        pub defs: Arc<Mutex<BTreeMap<String, LabletDefinition>>>,
+    }
+
+    impl Respond for FakeCpa {
+        fn respond(&self, req: &Request) -> ResponseTemplate {
+            let p = req
+                .url
+                .path()
+                .trim_start_matches("/api/internal/lablet-definitions");
+            let mut defs = self.defs.lock().unwrap();
+            match (
+                req.method.as_str(),
+                p.trim_start_matches('/')
+                    .split('/')
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+            ) {
+                ("POST", [id, "content-synced"]) => {
+                    let Ok(mut content) = serde_json::from_slice::<ContentSyncResult>(&req.body)
+                    else {
+                        return ResponseTemplate::new(400);
+                    };
+                    content.content_version =
+                        next_content_version(defs.get(*id), &content.content_package_hash);
+                    let def = LabletDefinition {
+                        id: (*id).to_owned(),
+                        content,
+                    };
+                    defs.insert((*id).to_owned(), def.clone());
+                    ResponseTemplate::new(200).set_body_json(def)
+                }
+                ("GET", [""]) => {
+                    let q: BTreeMap<String, String> = req.url.query_pairs().into_owned().collect();
+                    let list: Vec<_> = defs
+                        .values()
+                        .filter(|d| {
+                            q.get("upstream_instance_name").is_none_or(|n| {
+                                d.content.upstream_instance_name.as_ref() == Some(n)
+                            }) && q
+                                .get("status")
+                                .is_none_or(|s| d.content.status.as_str() == s)
+                        })
+                        .cloned()
+                        .collect();
+                    ResponseTemplate::new(200).set_body_json(list)
+                }
+                ("GET", [id]) => match defs.get(*id) {
+                    Some(def) => ResponseTemplate::new(200).set_body_json(def),
+                    None => ResponseTemplate::new(404),
+                },
+                _ => ResponseTemplate::new(404),
+            }
+        }
+    }
+
+    impl FakeCpa {
+        pub async fn start() -> (Self, MockServer) {
+            let fake = Self::default();
+            let server = MockServer::start().await;
+            Mock::given(path_regex("^/api/internal/lablet-definitions"))
+                .respond_with(fake.clone())
+                .mount(&server)
+                .await;
+            (fake, server)
+        }
+    }
+}
