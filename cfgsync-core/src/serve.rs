@@ -23,11 +23,23 @@ pub async fn serve_cfgsync_on(
     state: CfgsyncServerState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let router = build_cfgsync_router(state.clone());
+    serve_app_on(listener, router, state, shutdown).await
+}
+
+/// Serves `app` — the cfgsync router of `state` merged with an app's own
+/// routes — until `shutdown` completes, then finishes in-flight requests,
+/// releasing the long-polls held by `state`.
+pub async fn serve_app_on(
+    listener: TcpListener,
+    app: axum::Router,
+    state: CfgsyncServerState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "cfgsync server listening");
     }
-    let router = build_cfgsync_router(state.clone());
-    axum::serve(listener, router)
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");

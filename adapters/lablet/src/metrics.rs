@@ -26,7 +26,18 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("lablet_sync");
+        let mut registry = Registry::default();
+        let mut metrics = Self::registered(&mut registry);
+        metrics.registry = registry;
+        metrics
+    }
+}
+
+impl Metrics {
+    /// Counters registered (under `lablet_sync_`) in `registry`, e.g. the one a
+    /// server exposes on `/metrics`; [`encode`](Self::encode) then returns nothing.
+    pub fn registered(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("lablet_sync");
         let stages = Family::<StageLabels, Counter>::default();
         let downloaded = Counter::default();
         let uploaded = Counter::default();
@@ -54,7 +65,7 @@ impl Default for Metrics {
             queued.clone(),
         );
         Self {
-            registry,
+            registry: Registry::default(),
             stages,
             downloaded,
             uploaded,
@@ -62,9 +73,7 @@ impl Default for Metrics {
             queued,
         }
     }
-}
 
-impl Metrics {
     pub(crate) fn stage(&self, stage: Stage, ok: bool) {
         self.stages
             .get_or_create(&StageLabels {

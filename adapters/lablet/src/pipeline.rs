@@ -180,7 +180,15 @@ impl LabletSync {
         &self.store
     }
 
-    /// Counters of this pipeline.
+    /// Uses `metrics` (e.g. [`Metrics::registered`] in a server's registry)
+    /// instead of the pipeline's own counters.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The pipeline's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

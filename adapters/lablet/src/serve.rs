@@ -1,0 +1,393 @@
+//! `lablet-sync serve`: the operator API and the cfgsync routes for nodes in one
+//! process.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/v1/lablets/{name}/sync` | `200` the sync report (definition, `uploaded`, `uploaded_bytes`); errors `{code, message, stage}` |
+//! | `GET /api/v1/lablets[?instance=X&status=synced\|stale]` | `200` the definitions |
+//! | `GET /api/v1/lablets/{name}` | `200` the definition, `404 not_found` |
+//! | cfgsync routes | `/register`, `/node`, `/healthz`, `/readyz`, `/metrics`, ... |
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cfgsync_adapter::{MaterializingConfigSource, RegistrationStore};
+use cfgsync_core::auth::Access;
+use cfgsync_core::{AuthConfig, CfgsyncServerState, ServerLimits, build_cfgsync_router};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::catalog::{CatalogFilter, SyncStatus};
+use crate::materializer::LabletMaterializer;
+use crate::metrics::Metrics;
+use crate::pipeline::{LabletSync, validate_name};
+use crate::{Error, LabletSyncConfig, Result, Stage};
+
+/// How `serve` runs, beside the sync configuration.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Tokens: `admin_token` is the operator token of the `/api/v1` routes;
+    /// `shared_token` / `node_secret` protect the node routes. All unset = auth off.
+    pub auth: AuthConfig,
+    /// Limits of the node routes.
+    pub limits: ServerLimits,
+    /// How often the fan-out retry queue is drained in the background.
+    pub retry_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            auth: AuthConfig::default(),
+            limits: ServerLimits::default(),
+            retry_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+    result: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 10 ms .. ~20 min
+    Histogram::new(exponential_buckets(0.01, 2.0, 18))
+}
+
+/// Sync counts and durations, by result and by stage.
+#[derive(Debug, Clone)]
+struct ServeMetrics {
+    syncs: Family<ResultLabels, Counter>,
+    sync_seconds: Family<ResultLabels, Histogram, fn() -> Histogram>,
+    stage_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
+}
+
+impl ServeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            syncs: Family::default(),
+            sync_seconds: Family::new_with_constructor(duration_histogram),
+            stage_seconds: Family::new_with_constructor(duration_histogram),
+        };
+        let registry = registry.sub_registry_with_prefix("lablet_sync");
+        registry.register(
+            "syncs",
+            "Syncs by result (synced, stale, error)",
+            metrics.syncs.clone(),
+        );
+        registry.register(
+            "sync_duration_seconds",
+            "Sync duration by result",
+            metrics.sync_seconds.clone(),
+        );
+        registry.register(
+            "stage_duration_seconds",
+            "Stage duration by stage and result (ok, error)",
+            metrics.stage_seconds.clone(),
+        );
+        metrics
+    }
+}
+
+/// The lablet service behind the operator API.
+#[derive(Debug)]
+pub struct LabletService {
+    sync: Arc<LabletSync>,
+    materializer: Arc<LabletMaterializer>,
+    auth: AuthConfig,
+    metrics: ServeMetrics,
+}
+
+impl LabletService {
+    /// The pipeline.
+    pub fn sync(&self) -> &Arc<LabletSync> {
+        &self.sync
+    }
+
+    /// Syncs `name`, records metrics, and wakes the nodes waiting for it.
+    pub async fn sync_lablet(&self, name: &str) -> Result<crate::SyncReport> {
+        let started = Instant::now();
+        let marks: Mutex<Vec<(Stage, Instant)>> = Mutex::new(Vec::new());
+        let progress = |stage: Stage| {
+            marks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((stage, Instant::now()));
+        };
+        let result = self.sync.sync_with_progress(name, &progress).await;
+        let ended = Instant::now();
+        let marks = marks.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let failed_stage = result.as_ref().err().and_then(Error::stage);
+        for (i, (stage, at)) in marks.iter().enumerate() {
+            let until = marks.get(i + 1).map_or(ended, |next| next.1);
+            let result = if failed_stage == Some(*stage) {
+                "error"
+            } else {
+                "ok"
+            };
+            self.metrics
+                .stage_seconds
+                .get_or_create(&StageLabels {
+                    stage: stage.as_str(),
+                    result,
+                })
+                .observe(until.duration_since(*at).as_secs_f64());
+        }
+        let label = match &result {
+            Ok(report) if report.definition.content.status == SyncStatus::Stale => "stale",
+            Ok(_) => "synced",
+            Err(_) => "error",
+        };
+        let labels = ResultLabels { result: label };
+        self.metrics.syncs.get_or_create(&labels).inc();
+        self.metrics
+            .sync_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            self.materializer.notify_synced();
+        }
+        result
+    }
+}
+
+/// An operator API error: `{"code", "message", "stage"}`.
+#[derive(Debug, Serialize)]
+struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<Stage>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            stage: None,
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let (status, code) = match &error {
+            Error::InvalidName { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::Resolve { .. } => (StatusCode::BAD_GATEWAY, "cannot_resolve_content"),
+            Error::Download { .. } => (StatusCode::BAD_GATEWAY, "package_not_available"),
+            Error::Inspect { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "package_invalid"),
+            Error::Store { .. } => (StatusCode::BAD_GATEWAY, "blob_upload_failed"),
+            Error::Record { .. } => (StatusCode::BAD_GATEWAY, "record_failed"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let stage = match error {
+            Error::InvalidName { .. } => None,
+            ref other => other.stage(),
+        };
+        Self {
+            status,
+            code,
+            message: error.to_string(),
+            stage,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(&self)).into_response()
+    }
+}
+
+fn authorize(
+    service: &LabletService,
+    headers: &HeaderMap,
+    route: &'static str,
+) -> Result<(), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    service
+        .auth
+        .authorize(token, Access::Admin, route)
+        .map_err(|e| match e {
+            cfgsync_core::Error::Forbidden { message, .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            other => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("{other}; the operator API needs the operator token"),
+            ),
+        })
+}
+
+async fn sync_route(
+    State(service): State<Arc<LabletService>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&service, &headers, "/api/v1/lablets/{name}/sync")?;
+    validate_name(&name)?;
+    let report = service.sync_lablet(&name).await?;
+    Ok(Json(report).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    instance: Option<String>,
+    status: Option<SyncStatus>,
+}
+
+async fn list_route(
+    State(service): State<Arc<LabletService>>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&service, &headers, "/api/v1/lablets")?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid query: {}", e.body_text()),
+        )
+    })?;
+    let filter = CatalogFilter {
+        upstream_instance_name: query.instance,
+        status: query.status,
+    };
+    let definitions = service
+        .sync
+        .catalog()
+        .list(&filter)
+        .await
+        .map_err(|e| ApiError::from(Error::Catalog(e)))?;
+    Ok(Json(definitions).into_response())
+}
+
+async fn show_route(
+    State(service): State<Arc<LabletService>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&service, &headers, "/api/v1/lablets/{name}")?;
+    validate_name(&name)?;
+    let id = service.sync.definition_id(&name)?;
+    match service.sync.catalog().get(&id).await {
+        Ok(Some(definition)) => Ok(Json(definition).into_response()),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("lablet {name} has not been synced"),
+        )),
+        Err(e) => Err(Error::Catalog(e).into()),
+    }
+}
+
+/// A running `serve` app: the router (operator API + cfgsync routes) and what
+/// it needs to run.
+#[derive(Debug)]
+pub struct LabletApp {
+    /// The operator API merged with the cfgsync routes.
+    pub router: Router,
+    /// The cfgsync server state (for graceful shutdown of long-polls).
+    pub state: CfgsyncServerState,
+    /// The service behind the operator API.
+    pub service: Arc<LabletService>,
+}
+
+/// Builds the `serve` app around a pipeline: nodes register into `store` and
+/// get their lablet's files; operators sync through `/api/v1`. One `/metrics`
+/// holds the cfgsync, pipeline and sync metrics.
+pub fn build_lablet_app(
+    config: LabletSyncConfig,
+    store: Arc<dyn RegistrationStore>,
+    options: &ServeOptions,
+) -> Result<LabletApp> {
+    let mut registry = Registry::default();
+    let pipeline_metrics = Metrics::registered(&mut registry);
+    let metrics = ServeMetrics::register(&mut registry);
+    let sync = Arc::new(LabletSync::from_config(config)?.with_metrics(pipeline_metrics));
+    let materializer = Arc::new(LabletMaterializer::new(sync.clone()));
+    let source = MaterializingConfigSource::new(store, materializer.clone());
+    let state = CfgsyncServerState::builder(Arc::new(source))
+        .with_auth(options.auth.clone())
+        .with_limits(options.limits.clone())
+        .with_metrics_registry(registry)
+        .build();
+    let service = Arc::new(LabletService {
+        sync,
+        materializer,
+        auth: options.auth.clone(),
+        metrics,
+    });
+    let api = Router::new()
+        .route("/api/v1/lablets", get(list_route))
+        .route("/api/v1/lablets/{name}", get(show_route))
+        .route("/api/v1/lablets/{name}/sync", post(sync_route))
+        .with_state(service.clone());
+    let router = build_cfgsync_router(state.clone()).merge(api);
+    Ok(LabletApp {
+        router,
+        state,
+        service,
+    })
+}
+
+/// Serves the app on `listener` until `shutdown` completes, draining the
+/// fan-out retry queue every `options.retry_interval` in the background.
+pub async fn serve_lablets(
+    app: LabletApp,
+    listener: TcpListener,
+    options: &ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let drainer = {
+        let sync = app.service.sync.clone();
+        let interval = options.retry_interval.max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                match sync.retry_pending().await {
+                    Ok(report) if report.delivered > 0 || report.still_pending > 0 => {
+                        tracing::info!(?report, "fan-out retry queue drained");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "draining the retry queue failed"),
+                }
+            }
+        })
+    };
+    let served = cfgsync_core::serve_app_on(listener, app.router, app.state, shutdown).await;
+    drainer.abort();
+    served.map_err(|e| Error::Local {
+        what: "serve".to_owned(),
+        source: std::io::Error::other(e),
+    })
+}
