@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use cfgsync_lablet::catalog::{CatalogFilter, LabletDefinition, SyncStatus};
 use cfgsync_lablet::inspect::{inspect_package, sha256_file};
-use cfgsync_lablet::{LabletSync, LabletSyncConfig, Stage};
+use cfgsync_lablet::{
+    LabletSync, LabletSyncConfig, ServeOptions, Stage, build_lablet_app, serve_lablets,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Exit code of a sync that stored and recorded the package but left a fan-out
@@ -60,6 +62,24 @@ enum Command {
     },
     /// Try every queued fan-out delivery once (drains the retry queue).
     Retry,
+    /// Serve the operator API (/api/v1/lablets) and the cfgsync routes for nodes
+    /// (/register, /node, /healthz, /readyz, /metrics) until SIGTERM or ctrl-c.
+    ///
+    /// Tokens (auth is off while none is set): LABLET_OPERATOR_TOKEN for the
+    /// operator API and /node/replace, CFGSYNC_NODE_SECRET (per-node tokens) and
+    /// CFGSYNC_SHARED_TOKEN for the node routes.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "LABLET_LISTEN", default_value = "127.0.0.1:4400")]
+        listen: std::net::SocketAddr,
+        /// Where node registrations live: memory, file:///DIR (durable) or an
+        /// object store URL such as s3://bucket/prefix.
+        #[arg(long, env = "LABLET_REGISTRATION_STORE", default_value = "memory")]
+        registration_store: cfgsync_runtime::RegistrationStoreConfig,
+        /// Seconds between background drains of the fan-out retry queue.
+        #[arg(long, env = "LABLET_RETRY_INTERVAL_SECS", default_value_t = 30)]
+        retry_interval_secs: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +200,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+        }
+        Command::Serve {
+            listen,
+            registration_store,
+            retry_interval_secs,
+        } => {
+            let secret = |name: &str| {
+                std::env::var(name)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(cfgsync_core::Secret::new)
+            };
+            let options = ServeOptions {
+                auth: cfgsync_core::AuthConfig {
+                    admin_token: secret("LABLET_OPERATOR_TOKEN"),
+                    node_secret: secret("CFGSYNC_NODE_SECRET"),
+                    shared_token: secret("CFGSYNC_SHARED_TOKEN"),
+                },
+                retry_interval: Duration::from_secs(*retry_interval_secs),
+                ..ServeOptions::default()
+            };
+            let store = cfgsync_runtime::open_registration_store(registration_store).await?;
+            let app = build_lablet_app(config(&cli)?, store, &options)?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+            eprintln!("lablet-sync serving on http://{listen}");
+            serve_lablets(app, listener, &options, cfgsync_core::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Retry => {
             let sync = LabletSync::from_config(config(&cli)?)?;

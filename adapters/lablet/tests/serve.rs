@@ -1,0 +1,403 @@
+//! `serve`: the operator API and lablet content for nodes, end to end, with
+//! wiremock for the third-party services and a real S3 server in process.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cfgsync_adapter::MemoryRegistrationStore;
+use cfgsync_core::{
+    AuthConfig, CfgsyncClient, Error, FetchOptions, FetchOutcome, NodeRegistration,
+};
+use cfgsync_lablet::{ServeOptions, build_lablet_app, serve_lablets};
+use cfgsync_test_support::S3Harness;
+use common::env::{Env, s3_config};
+use common::{CML, DEVICES, sample_package, sha256};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+const LAB: &str = "LAB-1.1.1";
+
+struct Served {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<cfgsync_lablet::Result<()>>,
+}
+
+impl Served {
+    async fn start(config: cfgsync_lablet::LabletSyncConfig, options: ServeOptions) -> Self {
+        let app =
+            build_lablet_app(config, Arc::new(MemoryRegistrationStore::new()), &options).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            serve_lablets(app, listener, &options, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            url,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn operator(url: &str, path: &str, token: Option<&str>, post: bool) -> reqwest::RequestBuilder {
+    let http = reqwest::Client::new();
+    let request = if post {
+        http.post(format!("{url}{path}"))
+    } else {
+        http.get(format!("{url}{path}"))
+    };
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+fn node(id: &str, lablet: &str) -> NodeRegistration {
+    NodeRegistration::new(id, "10.1.0.1".parse().unwrap())
+        .with_metadata(&serde_json::json!({"lablet": lablet, "rack": 7}))
+        .unwrap()
+}
+
+fn long_poll(
+    client: &CfgsyncClient,
+    node: NodeRegistration,
+    etag: Option<String>,
+) -> tokio::task::JoinHandle<cfgsync_core::Result<FetchOutcome>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let options = FetchOptions {
+            if_none_match: etag,
+            wait: Some(Duration::from_secs(30)),
+        };
+        client.fetch_node_config_with(&node, &options).await
+    })
+}
+
+#[tokio::test]
+async fn operator_syncs_and_nodes_receive_lablet_content_on_s3() {
+    let env = Env::start().await;
+    let v1 = sample_package("1.0.0", "");
+    env.publish(LAB, v1.clone()).await;
+    let s3 = S3Harness::start().await.unwrap();
+    let options = ServeOptions {
+        auth: AuthConfig::default()
+            .with_admin_token("op-token")
+            .with_shared_token("node-token"),
+        ..ServeOptions::default()
+    };
+    let served = Served::start(s3_config(env.config(None), &s3), options).await;
+    let url = &served.url;
+    let nodes = CfgsyncClient::builder(url)
+        .bearer_token("node-token")
+        .build()
+        .unwrap();
+
+    // The operator API needs the operator token: none → 401, a node's → 403.
+    let response = operator(url, "/api/v1/lablets", None, false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = operator(
+        url,
+        &format!("/api/v1/lablets/{LAB}/sync"),
+        Some("node-token"),
+        true,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 403);
+
+    // Before any sync: registered nodes are not ready, and one long-polls.
+    nodes.register_node(&node("node-a", LAB)).await.unwrap();
+    assert!(matches!(
+        nodes.fetch_node_config(&node("node-a", LAB)).await,
+        Err(Error::NotReady { .. })
+    ));
+    nodes.register_node(&node("node-b", LAB)).await.unwrap();
+    let waiting = long_poll(&nodes, node("node-b", LAB), None);
+
+    // Sync v1 through the operator API.
+    let response = operator(
+        url,
+        &format!("/api/v1/lablets/{LAB}/sync"),
+        Some("op-token"),
+        true,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let report: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(report["definition"]["status"], "synced");
+    assert_eq!(report["definition"]["content_version"], 1);
+    assert_eq!(report["definition"]["content_package_hash"], sha256(&v1));
+    assert_eq!(report["uploaded"], true);
+
+    // The waiting node wakes with the lablet's files.
+    let FetchOutcome::Updated {
+        payload,
+        etag: Some(etag_b),
+    } = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("payload expected");
+    };
+    let paths: Vec<_> = payload.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["cml.yaml", "devices.json", "content.json"]);
+    assert_eq!(payload.files.get("cml.yaml").unwrap().content, CML);
+    assert_eq!(payload.files.get("devices.json").unwrap().content, DEVICES);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&payload.files.get("content.json").unwrap().content).unwrap();
+    assert_eq!(manifest["sha256"], sha256(&v1));
+    assert_eq!(manifest["version"], 1);
+    assert_eq!(manifest["upstream_version"], "1.0.0");
+    assert_eq!(manifest["bucket"], s3.bucket);
+    assert!(
+        manifest["key"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("lablets/{LAB}/package.zip")),
+        "{manifest}"
+    );
+
+    // node-a gets the same payload (same ETag).
+    let FetchOutcome::Updated {
+        etag: Some(etag_a), ..
+    } = nodes
+        .fetch_node_config_with(&node("node-a", LAB), &FetchOptions::default())
+        .await
+        .unwrap()
+    else {
+        panic!("payload expected");
+    };
+    assert_eq!(etag_a, etag_b);
+
+    // Catalog queries.
+    let list: Vec<serde_json::Value> = operator(
+        url,
+        "/api/v1/lablets?instance=mosaic-prod",
+        Some("op-token"),
+        false,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(list.len(), 1);
+    let shown: serde_json::Value = operator(
+        url,
+        &format!("/api/v1/lablets/{LAB}"),
+        Some("op-token"),
+        false,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(shown["cml_yaml_content"], CML);
+    let missing = operator(url, "/api/v1/lablets/LAB-9.9.9", Some("op-token"), false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.json::<serde_json::Value>().await.unwrap()["code"],
+        "not_found"
+    );
+
+    // A changed package: re-sync bumps the version; node-a, holding the old
+    // ETag, wakes with the new content.
+    let waiting = long_poll(&nodes, node("node-a", LAB), Some(etag_a.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "unchanged content: still waiting");
+    env.mosaic_serves(LAB, sample_package("1.1.0", "  - id: n1\n    label: r2\n"))
+        .await;
+    let report: serde_json::Value = operator(
+        url,
+        &format!("/api/v1/lablets/{LAB}/sync"),
+        Some("op-token"),
+        true,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(report["definition"]["content_version"], 2);
+    let FetchOutcome::Updated {
+        payload,
+        etag: Some(etag_new),
+    } = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("payload expected");
+    };
+    assert_ne!(etag_new, etag_a);
+    assert!(
+        payload
+            .files
+            .get("cml.yaml")
+            .unwrap()
+            .content
+            .contains("label: r2")
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&payload.files.get("content.json").unwrap().content).unwrap();
+    assert_eq!(
+        (
+            manifest["version"].as_u64(),
+            manifest["upstream_version"].as_str()
+        ),
+        (Some(2), Some("1.1.0"))
+    );
+
+    // Nodes without usable lablet metadata are refused at /register with a JSON 400.
+    for bad in [
+        NodeRegistration::new("node-c", "10.1.0.3".parse().unwrap()),
+        node("node-d", "../etc"),
+        NodeRegistration::new("node-e", "10.1.0.5".parse().unwrap())
+            .with_metadata(&serde_json::json!({"lab": LAB}))
+            .unwrap(),
+    ] {
+        let err = nodes.register_node(&bad).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Rejected { status: 400, code, message, .. } if code == "bad_request" && message.contains(&bad.identifier)),
+            "{err:?}"
+        );
+    }
+
+    // A failing sync answers its stage and leaves the served content alone.
+    let response = operator(
+        url,
+        "/api/v1/lablets/LAB-0.0.0/sync",
+        Some("op-token"),
+        true,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["code"].as_str(), body["stage"].as_str()),
+        (Some("cannot_resolve_content"), Some("resolve"))
+    );
+    assert!(body["message"].as_str().unwrap().contains("LAB-0.0.0"));
+    let bad_name = operator(url, "/api/v1/lablets/a..b%20c/sync", Some("op-token"), true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_name.status(), 400);
+
+    // One /metrics: cfgsync routes, sync results and stage durations.
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        r#"lablet_sync_syncs_total{result="synced"} 2"#,
+        r#"lablet_sync_syncs_total{result="error"} 1"#,
+        r#"lablet_sync_stage_duration_seconds_count{stage="store",result="ok"} 2"#,
+        r#"lablet_sync_stage_duration_seconds_count{stage="resolve",result="error"} 1"#,
+        r#"cfgsync_http_requests_total{route="/register",status="202"} 2"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == expected),
+            "missing {expected:?} in\n{metrics}"
+        );
+    }
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn stale_delivery_is_drained_in_the_background_once_the_target_is_back() {
+    let env = Env::start().await;
+    env.publish(LAB, sample_package("1.0.0", "")).await;
+    // SE is down.
+    env.se.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/sync_content"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&env.se)
+        .await;
+    let options = ServeOptions {
+        retry_interval: Duration::from_millis(200),
+        ..ServeOptions::default()
+    };
+    let served = Served::start(env.config(None), options).await;
+    let url = &served.url;
+
+    let report: serde_json::Value =
+        operator(url, &format!("/api/v1/lablets/{LAB}/sync"), None, true)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(report["definition"]["status"], "stale");
+
+    // SE comes back; the background drain delivers and the record turns synced.
+    env.se.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/sync_content"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&env.se)
+        .await;
+    let mut status = String::new();
+    for _ in 0..100 {
+        let shown: serde_json::Value =
+            operator(url, &format!("/api/v1/lablets/{LAB}"), None, false)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        status = shown["status"].as_str().unwrap().to_owned();
+        if status == "synced" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "synced");
+    let delivered = Env::bodies(&env.se).await;
+    assert_eq!(
+        delivered.len(),
+        1,
+        "delivered once after recovery: {delivered:?}"
+    );
+    served.stop().await;
+}
