@@ -1,11 +1,25 @@
-//! The cfgsync flow in one process: a server on a loopback port serving the
-//! example bundle, and nodes that register and fetch their files.
+//! The end-to-end demo, on embedded defaults with no outside service: inside one
+//! process, on loopback ports, a form-environment-resolver, a Mosaic package
+//! server, LDS and SE receivers, and `lablet-sync serve` (`file://` store,
+//! embedded catalog). It syncs LAB-1.1.1, boots three nodes that register and
+//! receive the lablet's files, publishes a new package version, re-syncs, and
+//! shows the nodes picking it up.
 
-use std::sync::Arc;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use cfgsync_core::{
-    BundleConfigSource, CfgsyncClient, CfgsyncServerState, NodeRegistration, serve_cfgsync_on,
-};
+use axum::Router;
+use axum::extract::Path;
+use axum::routing::{get, post};
+use cfgsync_core::{CfgsyncClient, FetchOptions, FetchOutcome, NodeRegistration};
+use cfgsync_lablet::{LabletSyncConfig, ServeOptions, build_lablet_app, serve_lablets};
+use cfgsync_runtime::{ArtifactOutputMap, register_and_fetch_artifacts};
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+const LAB: &str = "LAB-1.1.1";
 
 #[tokio::main]
 async fn main() {
@@ -15,50 +29,233 @@ async fn main() {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let bundle = concat!(env!("CARGO_MANIFEST_DIR"), "/bundle.yaml");
-    let source = BundleConfigSource::from_path(bundle)?;
-    println!("1. loaded {bundle}: nodes {:?}", source.identifiers());
+/// A content package as Mosaic publishes it.
+fn package(version: &str, routers: usize) -> Result<Vec<u8>, Failure> {
+    let nodes: String = (1..=routers)
+        .map(|i| format!("  - id: n{i}\n    label: r{i}\n    node_definition: iosv\n"))
+        .collect();
+    let cml = format!("lab:\n  title: Routing basics\n  version: {version}\nnodes:\n{nodes}");
+    let devices: Vec<_> = (1..=routers)
+        .map(|i| serde_json::json!({"name": format!("r{i}"), "type": "iosv"}))
+        .collect();
+    let meta = serde_json::json!({
+        "Version": version, "DatePublished": "2026-11-20T09:00:00Z",
+        "InstanceName": "mosaic-demo", "FormId": "form-1-1-1",
+    });
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    for (name, bytes) in [
+        ("LAB-1.1.1/cml.yaml", cml.into_bytes()),
+        (
+            "LAB-1.1.1/devices.json",
+            serde_json::to_vec_pretty(&devices)?,
+        ),
+        (
+            "LAB-1.1.1/grading/grade.xml",
+            b"<grade><check id=\"ping\"/></grade>\n".to_vec(),
+        ),
+        (
+            "LAB-1.1.1/mosaic_meta.json",
+            serde_json::to_vec_pretty(&meta)?,
+        ),
+        ("LAB-1.1.1/guide/README.md", b"# Routing basics\n".to_vec()),
+    ] {
+        zip.start_file(name, options)?;
+        zip.write_all(&bytes)?;
+    }
+    Ok(zip.finish()?.into_inner())
+}
 
+/// Serves `router` on a loopback port; returns its base URL.
+async fn spawn(router: Router) -> Result<String, Failure> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(url)
+}
+
+async fn operator_sync(url: &str) -> Result<serde_json::Value, Failure> {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/api/v1/lablets/{LAB}/sync"))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await?;
+    if !status.is_success() {
+        return Err(format!("sync answered {status}: {body}").into());
+    }
+    let d = &body["definition"];
+    println!(
+        "   synced {LAB}: upstream {} -> content version {}, status {}",
+        d["upstream_version"].as_str().unwrap_or("?"),
+        d["content_version"],
+        d["status"].as_str().unwrap_or("?")
+    );
+    println!(
+        "   package sha256 {}",
+        d["content_package_hash"].as_str().unwrap_or("?")
+    );
+    println!(
+        "   stored at {} ({} bytes uploaded)",
+        d["store"]["url"].as_str().unwrap_or("?"),
+        body["uploaded_bytes"]
+    );
+    for target in d["fanout"].as_array().into_iter().flatten() {
+        println!(
+            "   fan-out {}: {}",
+            target["target"].as_str().unwrap_or("?"),
+            target["status"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(body)
+}
+
+async fn run() -> Result<(), Failure> {
+    let work = tempfile::tempdir()?;
+    println!("1. starting the outside services on loopback");
+    let published = Arc::new(RwLock::new(package("1.0.0", 2)?));
+    let mosaic = spawn(Router::new().route(
+        "/content/{name}/package.zip",
+        get({
+            let published = published.clone();
+            move || async move { published.read().map(|p| p.clone()).unwrap_or_default() }
+        }),
+    ))
+    .await?;
+    let resolver = spawn(Router::new().route(
+        "/resolve/{name}",
+        get({
+            let mosaic = mosaic.clone();
+            move |Path(name): Path<String>| async move {
+                axum::Json(
+                    serde_json::json!({"MOSAIC_BASE_URL": format!("{mosaic}/content/{name}")}),
+                )
+            }
+        }),
+    ))
+    .await?;
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    let receiver = |route: &'static str| {
+        let deliveries = deliveries.clone();
+        Router::new().route(
+            route,
+            post(move || async move {
+                deliveries.fetch_add(1, Ordering::SeqCst);
+                "ok"
+            }),
+        )
+    };
+    let lds = spawn(receiver("/sync")).await?;
+    let se = spawn(receiver("/sync_content")).await?;
+    println!("   resolver {resolver}, Mosaic {mosaic}, LDS {lds}, SE {se}");
+
+    println!("2. starting lablet-sync serve (file:// store, embedded catalog)");
+    let config = LabletSyncConfig::default()
+        .with_resolver_url(resolver)
+        .with_lds_url(lds)
+        .with_se_url(se)
+        .with_data_dir(work.path().join("lablet-sync"));
+    let options = ServeOptions::default();
+    let app = build_lablet_app(
+        config,
+        Arc::new(cfgsync_adapter::MemoryRegistrationStore::new()),
+        &options,
+    )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_cfgsync_on(
-        listener,
-        CfgsyncServerState::new(Arc::new(source)),
-        async {
+    let server = tokio::spawn(async move {
+        serve_lablets(app, listener, &options, async {
             let _ = stopped.await;
-        },
-    ));
-    println!("2. cfgsync server listening on {url}");
+        })
+        .await
+    });
+    println!("   serving the operator API and the node routes on {url}");
 
+    println!("3. operator syncs {LAB}");
+    operator_sync(&url).await?;
+
+    println!("4. three nodes boot, register with {{\"lablet\": \"{LAB}\"}} and fetch their files");
+    let nodes: Vec<(NodeRegistration, ArtifactOutputMap)> = (1..=3)
+        .map(|i| {
+            let registration =
+                NodeRegistration::new(format!("pod-{i}"), format!("127.0.0.{}", 10 + i).parse()?)
+                    .with_metadata(&serde_json::json!({"lablet": LAB}))?;
+            Ok((
+                registration,
+                ArtifactOutputMap::new().with_root(work.path().join(format!("pod-{i}"))),
+            ))
+        })
+        .collect::<Result<_, Failure>>()?;
+    for (registration, outputs) in &nodes {
+        let written = register_and_fetch_artifacts(registration, &url, outputs).await?;
+        let files: Vec<String> = written
+            .iter()
+            .map(|w| format!("{} ({} B)", w.path.display(), w.bytes))
+            .collect();
+        println!("   {} wrote {}", registration.identifier, files.join(", "));
+    }
+
+    println!("5. Mosaic publishes 1.1.0 (a third router); the nodes wait for a change");
     let client = CfgsyncClient::new(&url)?;
-    for (identifier, ip) in [("node-1", "127.0.0.11"), ("node-2", "127.0.0.12")] {
-        let registration = NodeRegistration::new(identifier, ip.parse()?);
-        client.register_node(&registration).await?;
-        let payload = client.fetch_node_config(&registration).await?;
+    let mut waiting = Vec::new();
+    for (registration, outputs) in nodes {
+        let FetchOutcome::Updated { etag, .. } = client
+            .fetch_node_config_with(&registration, &FetchOptions::default())
+            .await?
+        else {
+            return Err("expected the current payload".into());
+        };
+        let client = client.clone();
+        waiting.push(tokio::spawn(async move {
+            let options = FetchOptions {
+                if_none_match: etag,
+                wait: Some(Duration::from_secs(30)),
+            };
+            match client
+                .fetch_node_config_with(&registration, &options)
+                .await?
+            {
+                FetchOutcome::Updated { payload, .. } => {
+                    let written =
+                        tokio::task::spawn_blocking(move || outputs.write_files(&payload.files))
+                            .await??;
+                    Ok::<_, Failure>((registration.identifier, written))
+                }
+                _ => Err(format!("{} saw no change", registration.identifier).into()),
+            }
+        }));
+    }
+    *published.write().map_err(|_| "package lock poisoned")? = package("1.1.0", 3)?;
+
+    println!("6. operator re-syncs {LAB}");
+    operator_sync(&url).await?;
+    for task in waiting {
+        let (identifier, written) = tokio::time::timeout(Duration::from_secs(30), task)
+            .await??
+            .map_err(|e| e.to_string())?;
+        let manifest = written
+            .iter()
+            .find(|w| w.artifact == "content.json")
+            .ok_or("no content.json")?;
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest.path)?)?;
         println!(
-            "3. {identifier} registered and received {} file(s):",
-            payload.files.len()
+            "   {identifier} rewrote {} files: now content version {} (upstream {})",
+            written.len(),
+            manifest["version"],
+            manifest["upstream_version"].as_str().unwrap_or("?")
         );
-        for file in &payload.files {
-            let mode = file
-                .mode
-                .map(|m| format!(" (mode {m:o})"))
-                .unwrap_or_default();
-            println!("     {}{mode}: {} bytes", file.path, file.bytes()?.len());
+        if manifest["version"] != 2 {
+            return Err(format!("{identifier} did not get version 2").into());
         }
     }
-    let unknown = NodeRegistration::new("node-9", "127.0.0.19".parse()?);
-    match client.fetch_node_config(&unknown).await {
-        Err(cfgsync_core::Error::MissingConfig { .. }) => {
-            println!("4. node-9 is not in the bundle: 404 missing_config, as expected")
-        }
-        other => return Err(format!("node-9 should be missing, got {other:?}").into()),
-    }
+    println!(
+        "   LDS and SE were told {} times in all",
+        deliveries.load(Ordering::SeqCst)
+    );
 
     let _ = stop.send(());
-    server.await??;
-    println!("5. server shut down cleanly");
+    tokio::time::timeout(Duration::from_secs(10), server).await???;
+    println!("7. done: every step succeeded");
     Ok(())
 }
