@@ -26,6 +26,6 @@ pub use inspect::{InspectError, InspectLimits, PackageInfo, inspect_package};
 pub use lock::{LabletGuard, LabletLocks};
 pub use materializer::{ContentManifest, LabletMaterializer, LabletNodeMetadata};
 pub use metrics::Metrics;
-pub use pipeline::{LabletSync, Progress, RetryReport, SyncReport, validate_name};
+pub use pipeline::{BytesProgress, LabletSync, Progress, RetryReport, SyncReport, validate_name};
 pub use secret::Secret;
 pub use serve::{LabletApp, LabletService, ServeOptions, build_lablet_app, serve_lablets};

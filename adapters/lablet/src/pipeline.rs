@@ -25,6 +25,10 @@ use crate::template;
 /// Progress callback: called when a stage starts.
 pub type Progress<'a> = &'a (dyn Fn(Stage) + Send + Sync);
 
+/// Byte progress callback of the download and store stages: `(stage, bytes
+/// done, bytes in all when known)`.
+pub type BytesProgress<'a> = &'a (dyn Fn(Stage, u64, Option<u64>) + Send + Sync);
+
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SyncReport {
@@ -238,6 +242,17 @@ impl LabletSync {
         name: &str,
         progress: Progress<'_>,
     ) -> Result<SyncReport> {
+        self.sync_observed(name, progress, &|_, _, _| {}).await
+    }
+
+    /// As [`sync_with_progress`](Self::sync_with_progress), also reporting the
+    /// bytes downloaded and uploaded as they move.
+    pub async fn sync_observed(
+        &self,
+        name: &str,
+        progress: Progress<'_>,
+        bytes: BytesProgress<'_>,
+    ) -> Result<SyncReport> {
         validate_name(name)?;
         let id = self.definition_id(name)?;
         let span = tracing::info_span!("lablet_sync", lablet = name, id = id.as_str());
@@ -246,7 +261,7 @@ impl LabletSync {
                 what: format!("lock lablet {name}"),
                 source,
             })?;
-            let result = self.sync_locked(name, &id, progress).await;
+            let result = self.sync_locked(name, &id, progress, bytes).await;
             drop(guard);
             if result.is_ok() {
                 // opportunistically deliver what earlier syncs of other lablets left
@@ -275,6 +290,7 @@ impl LabletSync {
         name: &str,
         id: &str,
         progress: Progress<'_>,
+        bytes: BytesProgress<'_>,
     ) -> Result<SyncReport> {
         let lablet = || name.to_owned();
 
@@ -303,7 +319,9 @@ impl LabletSync {
                 }
             })?;
             self.mosaic
-                .download(&url, &self.tmp_dir)
+                .download_observed(&url, &self.tmp_dir, &|done, total| {
+                    bytes(Stage::Download, done, total)
+                })
                 .await
                 .map_err(|source| Error::Download {
                     lablet: lablet(),
@@ -336,9 +354,12 @@ impl LabletSync {
         progress(Stage::Store);
         let stored = async {
             let loc = self.store.location(&self.config.location, name)?;
+            let size = package.size;
             let outcome = self
                 .store
-                .upload(&loc, &package.path, &package.sha256)
+                .upload_observed(&loc, &package.path, &package.sha256, &|done| {
+                    bytes(Stage::Store, done, Some(size))
+                })
                 .await?;
             Ok((loc, outcome))
         }

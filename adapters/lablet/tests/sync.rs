@@ -95,11 +95,36 @@ async fn run_happy_path(store: StoreKind, catalog: CatalogKind) {
     let sync = LabletSync::from_config(config.clone()).unwrap();
 
     let seen = std::sync::Mutex::new(Vec::new());
+    let moved = std::sync::Mutex::new(Vec::new());
     let report = sync
-        .sync_with_progress(NAME, &|stage| seen.lock().unwrap().push(stage))
+        .sync_observed(
+            NAME,
+            &|stage| seen.lock().unwrap().push(stage),
+            &|stage, done, total| moved.lock().unwrap().push((stage, done, total)),
+        )
         .await
         .unwrap();
     assert_eq!(*seen.lock().unwrap(), Stage::ALL);
+    // Byte progress: both streaming stages report the whole package, in order.
+    let size = package.len() as u64;
+    for stage in [Stage::Download, Stage::Store] {
+        let reports: Vec<_> = moved
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.0 == stage)
+            .cloned()
+            .collect();
+        assert_eq!(
+            reports.last().map(|r| (r.1, r.2)),
+            Some((size, Some(size))),
+            "{stage}: {reports:?}"
+        );
+        assert!(
+            reports.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{stage} goes forward"
+        );
+    }
     assert!(report.uploaded);
     assert_record(&report, &package, "1.0", 1);
 

@@ -263,6 +263,12 @@ async fn sync_one(sync: &LabletSync, name: &str, json: bool) -> anyhow::Result<E
     let interactive = std::io::stderr().is_terminal();
     let bar = interactive.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} {bytes}/{total_bytes} ({binary_bytes_per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
     });
@@ -275,11 +281,24 @@ async fn sync_one(sync: &LabletSync, name: &str, json: bool) -> anyhow::Result<E
             .map_or(0, |i| i + 1);
         let line = format!("[{step}/{}] {name_owned}: {stage}", Stage::ALL.len());
         match &bar_for_progress {
-            Some(bar) => bar.set_message(line),
+            Some(bar) => {
+                bar.reset();
+                bar.set_length(0);
+                bar.set_message(line);
+            }
             None => eprintln!("{line}"),
         }
     };
-    let result = sync.sync_with_progress(name, &progress).await;
+    let bar_for_bytes = bar.clone();
+    let bytes = move |_stage: Stage, done: u64, total: Option<u64>| {
+        if let Some(bar) = &bar_for_bytes {
+            if let Some(total) = total {
+                bar.set_length(total);
+            }
+            bar.set_position(done);
+        }
+    };
+    let result = sync.sync_observed(name, &progress, &bytes).await;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -44,16 +44,32 @@ impl MosaicClient {
         url: &str,
         dir: &Path,
     ) -> Result<DownloadedPackage, DownloadError> {
+        self.download_observed(url, dir, &|_, _| {}).await
+    }
+
+    /// As [`download`](Self::download), telling `on_bytes(done, total)` after
+    /// every chunk (`total` from `Content-Length` when the server sends it).
+    pub async fn download_observed(
+        &self,
+        url: &str,
+        dir: &Path,
+        on_bytes: &(dyn Fn(u64, Option<u64>) + Send + Sync),
+    ) -> Result<DownloadedPackage, DownloadError> {
         self.retry
             .run(
                 "download",
-                || self.attempt(url, dir),
+                || self.attempt(url, dir, on_bytes),
                 DownloadError::is_retryable,
             )
             .await
     }
 
-    async fn attempt(&self, url: &str, dir: &Path) -> Result<DownloadedPackage, DownloadError> {
+    async fn attempt(
+        &self,
+        url: &str,
+        dir: &Path,
+        on_bytes: &(dyn Fn(u64, Option<u64>) + Send + Sync),
+    ) -> Result<DownloadedPackage, DownloadError> {
         let temp_err = |source| DownloadError::TempFile {
             dir: dir.display().to_string(),
             source,
@@ -97,6 +113,8 @@ impl MosaicClient {
 
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
+        let total = response.content_length();
+        on_bytes(0, total);
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(request_err)?;
@@ -106,6 +124,7 @@ impl MosaicClient {
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(temp_err)?;
+            on_bytes(size, total);
         }
         file.flush().await.map_err(temp_err)?;
         file.sync_all().await.map_err(temp_err)?;

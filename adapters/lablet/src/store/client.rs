@@ -281,6 +281,18 @@ impl PackageStore {
         file: &FsPath,
         sha256: &str,
     ) -> Result<UploadOutcome, StoreError> {
+        self.upload_observed(loc, file, sha256, &|_| {}).await
+    }
+
+    /// As [`upload`](Self::upload), telling `on_bytes(done)` as parts are handed
+    /// to the store.
+    pub async fn upload_observed(
+        &self,
+        loc: &StoreLocation,
+        file: &FsPath,
+        sha256: &str,
+        on_bytes: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<UploadOutcome, StoreError> {
         if self.stored_sha256(loc).await?.as_deref() == Some(sha256) {
             return Ok(UploadOutcome {
                 uploaded: false,
@@ -296,8 +308,15 @@ impl PackageStore {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io_err(format!("remove sidecar of {}", loc.url))(e)),
                 }
-                let bytes =
-                    stream_upload(store.as_ref(), &path, file, Attributes::new(), &loc.url).await?;
+                let bytes = stream_upload(
+                    store.as_ref(),
+                    &path,
+                    file,
+                    Attributes::new(),
+                    &loc.url,
+                    on_bytes,
+                )
+                .await?;
                 write_atomic(&side, sha256.as_bytes())
                     .await
                     .map_err(io_err(format!("write sidecar of {}", loc.url)))?;
@@ -310,7 +329,7 @@ impl PackageStore {
                     Attribute::Metadata(SHA256_METADATA.into()),
                     AttributeValue::from(sha256.to_owned()),
                 )]);
-                stream_upload(store.as_ref(), &path, file, attributes, &loc.url).await?
+                stream_upload(store.as_ref(), &path, file, attributes, &loc.url, on_bytes).await?
             }
         };
         Ok(UploadOutcome {
@@ -377,6 +396,7 @@ async fn stream_upload(
     file: &FsPath,
     attributes: Attributes,
     url: &str,
+    on_bytes: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64, StoreError> {
     let mut source = tokio::fs::File::open(file)
         .await
@@ -406,6 +426,7 @@ async fn stream_upload(
         }
         writer.write(&buf[..n]);
         total += n as u64;
+        on_bytes(total);
     }
     writer.finish().await.map_err(os_err("upload", url))?;
     Ok(total)
