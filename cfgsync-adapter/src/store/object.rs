@@ -34,7 +34,8 @@ impl Default for ObjectStoreOptions {
 /// registrations on different replicas never overwrite each other; and a
 /// `generation` counter object, incremented with a compare-and-swap
 /// (`PutMode::Update` on its ETag, retried on conflict) **after** the node
-/// object is written. Every replica numbers changes by that shared counter, so
+/// object is written; concurrent registrations on one replica share one
+/// increment. Every replica numbers changes by that shared counter, so
 /// all see the same generation order; a replica polls the counter and re-lists
 /// (fetching only objects whose ETag changed) when it moves.
 #[derive(Debug)]
@@ -51,6 +52,29 @@ struct Shared {
     counter: Path,
     view: RegistrationView,
     listed: tokio::sync::Mutex<Listed>,
+    /// Node objects written by this replica and not yet covered by a counter
+    /// increment, with a sequence number per write.
+    pending: std::sync::Mutex<Pending>,
+    /// The last counter increment: the writes it covered (up to this sequence
+    /// number) and the generation it made.
+    increments: tokio::sync::Mutex<(u64, u64)>,
+}
+
+/// Concurrent puts on one replica share a counter increment: one put increments
+/// for every write waiting at that moment and applies them all, so a burst of N
+/// local registrations costs a few compare-and-swaps and no re-listing.
+#[derive(Debug, Default)]
+struct Pending {
+    next_seq: u64,
+    writes: Vec<PendingWrite>,
+}
+
+#[derive(Debug)]
+struct PendingWrite {
+    seq: u64,
+    path: Path,
+    e_tag: Option<String>,
+    registration: NodeRegistration,
 }
 
 /// What this replica last listed: the counter value and each object's ETag.
@@ -82,6 +106,8 @@ impl ObjectRegistrationStore {
             store,
             view: RegistrationView::new([], 0),
             listed: tokio::sync::Mutex::new(Listed::default()),
+            pending: std::sync::Mutex::new(Pending::default()),
+            increments: tokio::sync::Mutex::new((0, 0)),
         });
         shared.refresh().await?;
         let poller = tokio::spawn(poll(Arc::downgrade(&shared), options.poll_interval));
@@ -174,6 +200,55 @@ impl Shared {
         }
     }
 
+    /// Makes write number `seq` part of the shared state: either a concurrent
+    /// put's increment already covered it, or this call increments the counter
+    /// for every pending write and applies them to the local view.
+    async fn cover(&self, seq: u64) -> Result<()> {
+        let mut last = self.increments.lock().await;
+        if last.0 >= seq {
+            return Ok(());
+        }
+        let writes = std::mem::take(
+            &mut self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .writes,
+        );
+        let covered = writes.iter().map(|w| w.seq).max().unwrap_or(seq).max(seq);
+        let generation = match self.increment().await {
+            Ok(generation) => generation,
+            Err(error) => {
+                // Leave the writes for the next put (or the poller) to cover.
+                self.pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .writes
+                    .extend(writes);
+                return Err(error);
+            }
+        };
+        let mut listed = self.listed.lock().await;
+        if listed.generation + 1 == generation {
+            // Nobody else moved the counter since our last listing: the new
+            // state is the old one plus these writes.
+            listed.generation = generation;
+            for write in writes {
+                let registration = Arc::new(write.registration);
+                listed
+                    .objects
+                    .insert(write.path, (write.e_tag, registration.clone()));
+                self.view
+                    .insert(Arc::unwrap_or_clone(registration), generation);
+            }
+        } else {
+            drop(listed);
+            self.refresh().await?;
+        }
+        *last = (covered, generation);
+        Ok(())
+    }
+
     fn node_path(&self, identifier: &str) -> Path {
         self.nodes_prefix
             .clone()
@@ -257,23 +332,22 @@ impl RegistrationStore for ObjectRegistrationStore {
             .put(&path, PutPayload::from(body))
             .await
             .map_err(|e| shared.error("put", e))?;
-        let generation = shared.increment().await?;
-        let mut listed = shared.listed.lock().await;
-        if listed.generation + 1 == generation {
-            // Nobody else wrote since our last listing: the new state is the old
-            // one plus this registration.
-            listed.generation = generation;
-            let registration = Arc::new(registration);
-            listed
-                .objects
-                .insert(path, (written.e_tag, registration.clone()));
-            shared
-                .view
-                .insert(Arc::unwrap_or_clone(registration), generation);
-        } else {
-            drop(listed);
-            shared.refresh().await?;
-        }
+        let seq = {
+            let mut pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pending.next_seq += 1;
+            let seq = pending.next_seq;
+            pending.writes.push(PendingWrite {
+                seq,
+                path,
+                e_tag: written.e_tag,
+                registration,
+            });
+            seq
+        };
+        shared.cover(seq).await?;
         Ok(true)
     }
 
