@@ -137,7 +137,7 @@ async fn wait_healthy(url: &str) {
 }
 
 #[tokio::test]
-async fn durable_registrations_survive_kill_9_of_the_binary() {
+async fn durable_registrations_of_1000_nodes_survive_kill_9_of_the_binary() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), port, &dir.path().join("registrations"));
@@ -146,19 +146,23 @@ async fn durable_registrations_survive_kill_9_of_the_binary() {
     let mut server = spawn_server(&config);
     wait_healthy(&url).await;
     let client = Arc::new(CfgsyncClient::new(&url).unwrap());
-    let ids: Vec<String> = (0..100)
+    let ids: Vec<String> = (0..1000)
         .map(|i| {
             if i < 2 {
                 format!("node-{}", i + 1)
             } else {
-                format!("extra-{i:03}")
+                format!("extra-{i:04}")
             }
         })
         .collect();
+    // 1,000 nodes register, 64 at a time; every 202 was committed before it was sent.
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(64));
     let registrations = ids.iter().map(|id| {
-        let client = client.clone();
-        let id = id.clone();
-        tokio::spawn(async move { client.register_node(&reg(&id)).await })
+        let (client, id, semaphore) = (client.clone(), id.clone(), semaphore.clone());
+        tokio::spawn(async move {
+            let _permit = semaphore.acquire().await.unwrap();
+            client.register_node(&reg(&id)).await
+        })
     });
     for done in futures_join(registrations).await {
         done.unwrap();

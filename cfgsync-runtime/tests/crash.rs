@@ -1,0 +1,102 @@
+//! `kill -9` of the client while it writes: the target is the old file or the
+//! new one, never a mix or a prefix.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cfgsync_core::{
+    ArtifactFile, ArtifactSet, BundleConfigSource, CfgsyncServerState, ConfigSource,
+    NodeArtifactsBundle, NodeArtifactsBundleEntry, serve_cfgsync_on,
+};
+
+const SIZE: usize = 16 * 1024 * 1024;
+
+fn version(i: usize) -> ArtifactSet {
+    let fill = char::from(b'a' + (i % 26) as u8);
+    ArtifactSet::from_files([ArtifactFile::new(
+        "/state.bin",
+        fill.to_string().repeat(SIZE),
+    )])
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_client_leaves_the_old_file_or_the_new_one() {
+    let bundle = NodeArtifactsBundle {
+        nodes: vec![NodeArtifactsBundleEntry {
+            identifier: "node-1".into(),
+            files: version(0),
+        }],
+        shared_files: ArtifactSet::new(),
+    };
+    let source = Arc::new(BundleConfigSource::from_bundle(bundle).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve_cfgsync_on(
+        listener,
+        CfgsyncServerState::new(source.clone()),
+        std::future::pending(),
+    ));
+
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("state.bin");
+    std::fs::write(&target, "z".repeat(SIZE)).unwrap();
+    let mut completed = 0;
+    for i in 1..=8 {
+        source.replace("node-1", version(i)).await.unwrap();
+        let mut client = Command::new(env!("CARGO_BIN_EXE_cfgsync-client"))
+            .env_clear()
+            .env("CFG_SERVER_ADDR", &url)
+            .env("CFG_HOST_IDENTIFIER", "node-1")
+            .env("CFG_OUTPUT_ROOT", out.path())
+            .env("CFG_TIMEOUT_SECS", "20")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if i % 2 == 1 {
+            // Kill while the new version is being staged next to the target.
+            let mut staged = false;
+            for _ in 0..10_000 {
+                staged = std::fs::read_dir(out.path()).unwrap().any(|e| {
+                    e.unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(".cfgsync-")
+                });
+                if staged {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(staged, "round {i}: the client never started writing");
+        } else {
+            // Kill at another moment each round: before, during or after the write.
+            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+        }
+        client.kill().unwrap();
+        if client.wait().unwrap().success() {
+            completed += 1;
+        }
+        let bytes = std::fs::read(&target).unwrap();
+        assert_eq!(bytes.len(), SIZE, "round {i}: a partial file");
+        assert!(
+            bytes.iter().all(|b| *b == bytes[0]),
+            "round {i}: a mix of two versions"
+        );
+    }
+    // Let one run finish, so the test also shows the new version does land.
+    let status = Command::new(env!("CARGO_BIN_EXE_cfgsync-client"))
+        .env_clear()
+        .env("CFG_SERVER_ADDR", &url)
+        .env("CFG_HOST_IDENTIFIER", "node-1")
+        .env("CFG_OUTPUT_ROOT", out.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read(&target).unwrap()[0], b'a' + 8);
+    eprintln!("{completed} of 8 killed clients had finished before the kill");
+}
