@@ -301,3 +301,20 @@ async fn auth_matrix_none_shared_and_per_node() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn tokens_of_a_rotated_secret_are_refused() {
+    let old = node_token(&Secret::new("secret-2025"), "node-1");
+    let server = auth_server(AuthConfig::default().with_node_secret("secret-2026")).await;
+    let err = client_with(&server.url, Some(&old))
+        .register_node(&node("node-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    let new = node_token(&Secret::new("secret-2026"), "node-1");
+    client_with(&server.url, Some(&new))
+        .register_node(&node("node-1"))
+        .await
+        .unwrap();
+    server.shutdown().await.unwrap();
+}
