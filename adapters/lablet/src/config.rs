@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::inspect::InspectLimits;
 use crate::retry::RetryPolicy;
-use crate::secret::Secret;
+use cfgsync_core::Secret;
 
 /// Default resolve URL template.
 pub const DEFAULT_RESOLVE_URL: &str = "{resolver_url}/resolve/{name}";
@@ -227,7 +227,7 @@ impl LabletSyncConfig {
             };
         }
         c.cpa_url = s("LABLET_CPA_URL");
-        c.cpa_token = s("LABLET_CPA_TOKEN").map(Secret::from);
+        c.cpa_token = s("LABLET_CPA_TOKEN").map(Secret::new);
         if let Some(v) = s("LABLET_CPA_RECORD_URL") {
             c.cpa_record_url = v;
         }

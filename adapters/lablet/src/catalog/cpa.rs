@@ -16,8 +16,8 @@ use async_trait::async_trait;
 
 use crate::config::LabletSyncConfig;
 use crate::retry::RetryPolicy;
-use crate::secret::Secret;
 use crate::template;
+use cfgsync_core::Secret;
 
 use super::{Catalog, CatalogError, CatalogFilter, ContentSyncResult, LabletDefinition};
 
