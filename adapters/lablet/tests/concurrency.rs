@@ -1,4 +1,4 @@
-//! Many different lablets synced at once, by two pipelines sharing one data dir
+//! Many (50, or `CFGSYNC_LABLET_STRESS_LABLETS`) different lablets synced at once, by two pipelines sharing one data dir
 //! (standing for two processes), on the file store and on S3: all succeed and
 //! every record matches its stored bytes. (20 concurrent syncs of ONE lablet are
 //! in `sync.rs`: `twenty_concurrent_syncs_of_one_lablet_are_serialized`.)
@@ -18,11 +18,17 @@ use common::*;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-const LABLETS: usize = 50;
+/// Lablets synced at once; `CFGSYNC_LABLET_STRESS_LABLETS` raises it for a long run.
+fn lablet_count() -> usize {
+    std::env::var("CFGSYNC_LABLET_STRESS_LABLETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
 
 async fn publish_many(env: &Env) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    for i in 0..LABLETS {
+    for i in 0..lablet_count() {
         let name = format!("LAB-{i}.0.1");
         let package = sample_package(&format!("{i}.0"), &format!("i: {i}\n"));
         Mock::given(method("GET"))
@@ -68,8 +74,14 @@ async fn fifty_lablets_in_parallel(config: LabletSyncConfig, env: &Env, s3: Opti
         assert_eq!(c.status, SyncStatus::Synced, "{name}");
     }
     // every record, read back by either pipeline, matches its bytes
-    assert_eq!(assert_records_match_bytes(&*a.catalog(), s3).await, LABLETS);
-    assert_eq!(assert_records_match_bytes(&*b.catalog(), s3).await, LABLETS);
+    assert_eq!(
+        assert_records_match_bytes(&*a.catalog(), s3).await,
+        lablet_count()
+    );
+    assert_eq!(
+        assert_records_match_bytes(&*b.catalog(), s3).await,
+        lablet_count()
+    );
     for (name, package) in &lablets {
         let def = a.catalog().get(name).await.unwrap().unwrap();
         assert_eq!(def.content.content_package_hash, sha256(package), "{name}");
@@ -77,12 +89,12 @@ async fn fifty_lablets_in_parallel(config: LabletSyncConfig, env: &Env, s3: Opti
     // each target heard of each lablet exactly once
     for server in [&env.lds, &env.se] {
         let bodies = Env::bodies(server).await;
-        assert_eq!(bodies.len(), LABLETS);
+        assert_eq!(bodies.len(), lablet_count());
         let names: BTreeSet<_> = bodies
             .iter()
             .map(|b| b["lablet"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(names.len(), LABLETS);
+        assert_eq!(names.len(), lablet_count());
     }
     assert!(a.retry_queue().pending().await.unwrap().is_empty());
     if let Some(s3) = s3.filter(|s| s.is_in_process()) {
