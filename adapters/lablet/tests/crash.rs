@@ -225,7 +225,7 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
     env.resolver.reset().await;
     env.publish(NAME, v2.clone()).await;
     s3.reset_counters();
-    s3.faults().delay(Duration::from_millis(300));
+    s3.faults().delay(Duration::from_secs(1));
     let child = spawn_sync(&vars);
     kill_when(child, "an upload part", || {
         s3.upload_parts().unwrap_or(0) >= 1
