@@ -3,5 +3,5 @@
 mod s3;
 mod store_suite;
 
-pub use s3::S3Harness;
+pub use s3::{S3Faults, S3Harness};
 pub use store_suite::registration_store_suite;

@@ -1,4 +1,5 @@
-//! In-process S3 server (s3s + s3s-fs) with request and upload-byte counters.
+//! In-process S3 server (s3s + s3s-fs) with request and upload-byte counters and
+//! fault injection ([`S3Faults`]).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -6,8 +7,9 @@ use std::io;
 use std::path::{Path as FsPath, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -28,6 +30,50 @@ struct Counters {
     requests: AtomicU64,
     put_requests: AtomicU64,
     put_body_bytes: AtomicU64,
+    upload_parts: AtomicU64,
+    aborts: AtomicU64,
+    completes: AtomicU64,
+}
+
+/// Faults the in-process server injects, switchable while it runs (all off by
+/// default). Injected failures answer `500 InternalError` without reading the
+/// request body.
+#[derive(Debug, Default)]
+pub struct S3Faults {
+    /// Fail every `UploadPart` from this part on (1-based count of parts received
+    /// since the last reset; 0 = off).
+    fail_parts_from: AtomicU64,
+    /// Answer every request with this status (0 = off).
+    fail_all: AtomicU16,
+    /// Delay every request by this many milliseconds before answering.
+    delay_ms: AtomicU64,
+}
+
+impl S3Faults {
+    /// Fail the `n`th `UploadPart` (counted from now) and every later one.
+    pub fn fail_upload_parts_from(&self, n: u64) {
+        self.fail_parts_from.store(n, Ordering::SeqCst);
+    }
+
+    /// Answer every request with `status` (e.g. 503).
+    pub fn fail_all_with(&self, status: u16) {
+        self.fail_all.store(status, Ordering::SeqCst);
+    }
+
+    /// Hold every request for `delay` before answering.
+    pub fn delay(&self, delay: Duration) {
+        self.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Turn every fault off.
+    pub fn clear(&self) {
+        self.fail_parts_from.store(0, Ordering::SeqCst);
+        self.fail_all.store(0, Ordering::SeqCst);
+        self.delay_ms.store(0, Ordering::SeqCst);
+    }
 }
 
 /// A running S3 endpoint for tests: in-process by default, or an outside S3 when
@@ -52,6 +98,7 @@ pub struct S3Harness {
     /// outside S3.
     pub root: Option<PathBuf>,
     counters: Option<Arc<Counters>>,
+    faults: Arc<S3Faults>,
     server: Option<JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -103,7 +150,13 @@ impl S3Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
-        let server = tokio::spawn(serve(listener, service, Arc::clone(&counters)));
+        let faults = Arc::new(S3Faults::default());
+        let server = tokio::spawn(serve(
+            listener,
+            service,
+            Arc::clone(&counters),
+            Arc::clone(&faults),
+        ));
 
         let endpoint = format!("http://{addr}");
         let region = "us-east-1".to_owned();
@@ -118,6 +171,7 @@ impl S3Harness {
             store,
             root: Some(root),
             counters: Some(counters),
+            faults,
             server: Some(server),
             _dir: Some(dir),
         })
@@ -151,6 +205,7 @@ impl S3Harness {
             store,
             root: None,
             counters: None,
+            faults: Arc::default(),
             server: None,
             _dir: None,
         })
@@ -216,12 +271,45 @@ impl S3Harness {
             .map(|c| c.put_body_bytes.load(Ordering::SeqCst))
     }
 
+    /// `UploadPart` requests received so far.
+    pub fn upload_parts(&self) -> Option<u64> {
+        self.counters
+            .as_ref()
+            .map(|c| c.upload_parts.load(Ordering::SeqCst))
+    }
+
+    /// `AbortMultipartUpload` requests received so far.
+    pub fn aborted_uploads(&self) -> Option<u64> {
+        self.counters
+            .as_ref()
+            .map(|c| c.aborts.load(Ordering::SeqCst))
+    }
+
+    /// `CompleteMultipartUpload` requests received so far.
+    pub fn completed_uploads(&self) -> Option<u64> {
+        self.counters
+            .as_ref()
+            .map(|c| c.completes.load(Ordering::SeqCst))
+    }
+
+    /// The faults of the in-process server (they do nothing for an outside S3).
+    pub fn faults(&self) -> &S3Faults {
+        &self.faults
+    }
+
     /// Set all counters back to zero.
     pub fn reset_counters(&self) {
         if let Some(c) = &self.counters {
-            c.requests.store(0, Ordering::SeqCst);
-            c.put_requests.store(0, Ordering::SeqCst);
-            c.put_body_bytes.store(0, Ordering::SeqCst);
+            for counter in [
+                &c.requests,
+                &c.put_requests,
+                &c.put_body_bytes,
+                &c.upload_parts,
+                &c.aborts,
+                &c.completes,
+            ] {
+                counter.store(0, Ordering::SeqCst);
+            }
         }
     }
 
@@ -277,7 +365,51 @@ fn build_store(
     Ok(Arc::new(store))
 }
 
-async fn serve(listener: TcpListener, service: s3s::service::S3Service, counters: Arc<Counters>) {
+/// Whether the query string has `name` as a parameter.
+fn has_param(req: &http::Request<Incoming>, name: &str) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some(name)))
+}
+
+/// The status to fail `req` with, if a fault says so; counts multipart calls.
+fn inject(req: &http::Request<Incoming>, counters: &Counters, faults: &S3Faults) -> Option<u16> {
+    let upload_part = req.method() == http::Method::PUT && has_param(req, "partNumber");
+    let part = upload_part.then(|| counters.upload_parts.fetch_add(1, Ordering::SeqCst) + 1);
+    if req.method() == http::Method::DELETE && has_param(req, "uploadId") {
+        counters.aborts.fetch_add(1, Ordering::SeqCst);
+    }
+    if req.method() == http::Method::POST && has_param(req, "uploadId") {
+        counters.completes.fetch_add(1, Ordering::SeqCst);
+    }
+    match faults.fail_all.load(Ordering::SeqCst) {
+        0 => {}
+        status => return Some(status),
+    }
+    let from = faults.fail_parts_from.load(Ordering::SeqCst);
+    match part {
+        Some(n) if from > 0 && n >= from => Some(500),
+        _ => None,
+    }
+}
+
+fn injected_error(status: u16) -> s3s::HttpResponse {
+    let mut resp = s3s::HttpResponse::new(s3s::Body::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code>\
+         <Message>injected fault</Message></Error>"
+            .to_owned(),
+    ));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp
+}
+
+async fn serve(
+    listener: TcpListener,
+    service: s3s::service::S3Service,
+    counters: Arc<Counters>,
+    faults: Arc<S3Faults>,
+) {
     // s3s-fs checks If-Match / If-None-Match and then writes, and stores an
     // object's ETag beside its bytes, so a GET racing a PUT may pair one
     // version's body with another's ETag. Real S3 (and RustFS, MinIO) are
@@ -291,12 +423,22 @@ async fn serve(listener: TcpListener, service: s3s::service::S3Service, counters
         let service = service.clone();
         let counters = Arc::clone(&counters);
         let locks = Arc::clone(&locks);
+        let faults = Arc::clone(&faults);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                 let service = service.clone();
                 let counters = Arc::clone(&counters);
                 let locks = Arc::clone(&locks);
+                let faults = Arc::clone(&faults);
                 async move {
+                    let delay = faults.delay_ms.load(Ordering::SeqCst);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
+                    if let Some(status) = inject(&req, &counters, &faults) {
+                        counters.requests.fetch_add(1, Ordering::SeqCst);
+                        return Ok::<_, Infallible>(injected_error(status));
+                    }
                     let _key_lock = locks.acquire(&req).await;
                     counters.requests.fetch_add(1, Ordering::SeqCst);
                     let req = if req.method() == http::Method::PUT {

@@ -12,8 +12,11 @@ pub(crate) fn client(connect: Duration, read: Duration) -> reqwest::Result<reqwe
 }
 
 /// Transport failures worth another attempt (connect, timeouts, broken bodies).
+/// Our clients read bodies as bytes and parse them with `serde_json` themselves, so
+/// a reqwest decode error is a body cut short (a connection reset mid-stream), not
+/// a malformed answer.
 pub(crate) fn transport_retryable(err: &reqwest::Error) -> bool {
-    err.is_connect() || err.is_timeout() || err.is_body() || err.is_request()
+    err.is_connect() || err.is_timeout() || err.is_body() || err.is_request() || err.is_decode()
 }
 
 /// Statuses worth another attempt.

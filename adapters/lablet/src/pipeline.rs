@@ -351,9 +351,22 @@ impl LabletSync {
             });
         let info = self.stage_result(Stage::Inspect, info)?;
 
+        // ask the catalog before the store changes: an unreachable catalog fails the
+        // sync while the stored package still matches the recorded one
+        let previous = self.catalog.get(id).await.map_err(|source| Error::Record {
+            lablet: lablet(),
+            source,
+        });
+        let previous = match previous {
+            Ok(previous) => previous,
+            Err(err) => return self.stage_result(Stage::Record, Err(err)),
+        };
+
         progress(Stage::Store);
         let stored = async {
-            let loc = self.store.location(&self.config.location, name)?;
+            let loc =
+                self.store
+                    .location_for(&self.config.location, name, Some(&package.sha256))?;
             let size = package.size;
             let outcome = self
                 .store
@@ -376,14 +389,6 @@ impl LabletSync {
         drop(package);
 
         progress(Stage::FanOut);
-        let previous = self.catalog.get(id).await.map_err(|source| Error::Record {
-            lablet: lablet(),
-            source,
-        });
-        let previous = match previous {
-            Ok(previous) => previous,
-            Err(err) => return self.stage_result(Stage::Record, Err(err)),
-        };
         let version = next_content_version(previous.as_ref(), &sha256);
         let body = FanOutBody {
             lablet: name.to_owned(),

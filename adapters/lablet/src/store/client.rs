@@ -7,8 +7,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    Attribute, AttributeValue, Attributes, GetOptions, ObjectStore, ObjectStoreExt,
-    PutMultipartOptions, WriteMultipart,
+    Attribute, AttributeValue, Attributes, BackoffConfig, ClientConfigKey, GetOptions, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, RetryConfig, WriteMultipart,
 };
 use tokio::io::AsyncReadExt;
 
@@ -146,6 +146,19 @@ impl PackageStore {
         if let Some(v) = &o.secret_access_key {
             builder = builder.with_secret_access_key(v.expose());
         }
+        // the configured timeouts and retries bound S3 calls as they bound every other
+        // call (object_store's own defaults retry for up to 3 minutes)
+        let secs = |s: u64| format!("{}s", s.max(1));
+        builder = builder
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                secs(config.connect_timeout_secs),
+            )
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ReadTimeout),
+                secs(config.read_timeout_secs),
+            )
+            .with_retry(s3_retry(&config.retry));
         let region = builder
             .get_config_value(&AmazonS3ConfigKey::Region)
             .unwrap_or_else(|| "us-east-1".to_owned());
@@ -185,15 +198,30 @@ impl PackageStore {
 
     /// Render the location template for `name` (`{bucket}`, `{name}`, `{slug}`).
     pub fn location(&self, template_str: &str, name: &str) -> Result<StoreLocation, StoreError> {
+        self.location_for(template_str, name, None)
+    }
+
+    /// As [`location`](Self::location), with `{sha256}` (the package's hash) too when
+    /// given: a content-addressed key, so a re-sync never overwrites the bytes an
+    /// older record points at.
+    pub fn location_for(
+        &self,
+        template_str: &str,
+        name: &str,
+        sha256: Option<&str>,
+    ) -> Result<StoreLocation, StoreError> {
         let default_bucket = match &self.inner {
             Inner::File { bucket, .. } => bucket.clone(),
             Inner::S3(s3) => s3.bucket.clone(),
         };
-        let vars = BTreeMap::from([
+        let mut vars = BTreeMap::from([
             ("bucket".to_owned(), default_bucket.clone()),
             ("name".to_owned(), name.to_owned()),
             ("slug".to_owned(), super::slug(name)),
         ]);
+        if let Some(sha256) = sha256 {
+            vars.insert("sha256".to_owned(), sha256.to_owned());
+        }
         let rendered =
             template::render(template_str, &vars).map_err(|e| StoreError::Config(e.to_string()))?;
         let Some((bucket, key)) = rendered.split_once('/') else {
@@ -376,6 +404,21 @@ impl S3Store {
         create_bucket(&self.http, &store, &self.endpoint, &self.region, bucket).await?;
         ready.insert(bucket.to_owned());
         Ok(())
+    }
+}
+
+/// object_store's retry settings from ours.
+fn s3_retry(retry: &crate::retry::RetryPolicy) -> RetryConfig {
+    RetryConfig {
+        max_retries: retry.max_attempts.saturating_sub(1),
+        backoff: BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(retry.initial_backoff_ms),
+            max_backoff: std::time::Duration::from_millis(
+                retry.max_backoff_ms.max(retry.initial_backoff_ms),
+            ),
+            base: 2.0,
+        },
+        ..RetryConfig::default()
     }
 }
 

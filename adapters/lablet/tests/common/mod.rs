@@ -71,6 +71,27 @@ pub fn mark_encrypted(bytes: &mut [u8]) {
     }
 }
 
+/// A package of `mib` MiB of incompressible bytes (several multipart parts).
+pub fn big_package(mib: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let noise: Vec<u8> = (0..mib * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    w.start_file("LAB/cml.yaml", stored).unwrap();
+    w.write_all(CML.as_bytes()).unwrap();
+    w.start_file("LAB/assets/disk.img", stored).unwrap();
+    w.write_all(&noise).unwrap();
+    w.finish().unwrap().into_inner()
+}
+
 /// SHA-256 hex of bytes.
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -267,5 +288,55 @@ pub mod env {
                 .await;
             (fake, server)
         }
+    }
+}
+
+pub mod consistency {
+    //! The promise: every record points at stored bytes that match it.
+    use cfgsync_lablet::catalog::{Catalog, CatalogFilter};
+    use cfgsync_lablet::store::StoreLocation;
+    use cfgsync_test_support::S3Harness;
+    use object_store::{ObjectStoreExt, path::Path};
+
+    /// The bytes stored at `loc` (`file://` read from disk, `s3://` from `s3`).
+    pub async fn stored_bytes(loc: &StoreLocation, s3: Option<&S3Harness>) -> Option<Vec<u8>> {
+        if let Some(path) = loc.url.strip_prefix("file://") {
+            return match std::fs::read(path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => panic!("read {path}: {e}"),
+            };
+        }
+        let s3 = s3.expect("an s3:// location needs the harness");
+        let store = s3.store_for_bucket(&loc.bucket).unwrap();
+        match store.get(&Path::from(loc.key.as_str())).await {
+            Ok(r) => Some(r.bytes().await.unwrap().to_vec()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("get {}: {e}", loc.url),
+        }
+    }
+
+    /// For every record: the object exists, and its SHA-256 and size are the
+    /// recorded ones. Returns how many records there are.
+    pub async fn assert_records_match_bytes(
+        catalog: &dyn Catalog,
+        s3: Option<&S3Harness>,
+    ) -> usize {
+        let defs = catalog.list(&CatalogFilter::default()).await.unwrap();
+        for def in &defs {
+            let c = &def.content;
+            let bytes = stored_bytes(&c.store, s3)
+                .await
+                .unwrap_or_else(|| panic!("record {} points at missing {}", def.id, c.store.url));
+            assert_eq!(
+                super::sha256(&bytes),
+                c.content_package_hash,
+                "record {} points at other bytes ({})",
+                def.id,
+                c.store.url
+            );
+            assert_eq!(bytes.len() as u64, c.content_package_size, "{}", def.id);
+        }
+        defs.len()
     }
 }
