@@ -1,0 +1,241 @@
+//! What one run measured, as readable tables (and JSON), and the targets of
+//! issue 7 checked against it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::load::{BootResult, LoadResult, WaitMode};
+
+/// Serializes a duration as milliseconds (fractional).
+pub fn ms<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(value.as_secs_f64() * 1000.0)
+}
+
+/// One boot storm and the peak RSS of the server that served it.
+#[derive(Debug, Serialize)]
+pub struct BootRow {
+    #[serde(flatten)]
+    pub result: BootResult,
+    /// Peak RSS of that server process over the storm (and, for the last
+    /// mode, the throughput phase); `None` against `--url`.
+    pub server_peak_rss: Option<u64>,
+}
+
+/// One throughput phase and its server's peak RSS.
+#[derive(Debug, Serialize)]
+pub struct LoadRow {
+    #[serde(flatten)]
+    pub result: LoadResult,
+    pub server_peak_rss: Option<u64>,
+}
+
+/// Everything measured for one N.
+#[derive(Debug, Serialize)]
+pub struct SizeReport {
+    pub nodes: usize,
+    /// Mean `/node` body size.
+    pub payload_bytes: Option<u64>,
+    pub boot: Vec<BootRow>,
+    pub cfgsync: Option<LoadRow>,
+    pub bare: Option<LoadRow>,
+    /// cfgsync rps ÷ bare axum rps.
+    pub throughput_ratio: Option<f64>,
+}
+
+impl SizeReport {
+    pub fn errors(&self) -> usize {
+        self.boot.iter().map(|b| b.result.errors).sum::<usize>()
+            + self.cfgsync.as_ref().map_or(0, |l| l.result.errors)
+            + self.bare.as_ref().map_or(0, |l| l.result.errors)
+    }
+}
+
+fn fmt_ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.2} ms")
+    }
+}
+
+fn fmt_bytes(bytes: Option<u64>) -> String {
+    match bytes {
+        None => "n/a".into(),
+        Some(b) if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / f64::from(1 << 30)),
+        Some(b) if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1 << 20)),
+        Some(b) => format!("{:.1} KiB", b as f64 / 1024.0),
+    }
+}
+
+/// The tables of one N.
+pub fn render(report: &SizeReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n== N = {} nodes, /node payload {} per node",
+        report.nodes,
+        fmt_bytes(report.payload_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11}",
+        "boot",
+        "wall",
+        "registered",
+        "delay p50",
+        "delay p99",
+        "delay max",
+        "/node reqs",
+        "errors",
+        "server RSS"
+    );
+    for row in &report.boot {
+        let b = &row.result;
+        let _ = writeln!(
+            out,
+            "{:<10} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11}",
+            b.mode.name(),
+            fmt_ms(b.wall),
+            fmt_ms(b.registered),
+            fmt_ms(b.delay_p50),
+            fmt_ms(b.delay_p99),
+            fmt_ms(b.delay_max),
+            b.node_requests,
+            b.errors,
+            fmt_bytes(row.server_peak_rss)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7} {:>11}",
+        "/node", "requests", "req/s", "p50", "p99", "max", "errors", "server RSS"
+    );
+    for (name, row) in [("cfgsync", &report.cfgsync), ("bare axum", &report.bare)] {
+        let Some(row) = row else {
+            let _ = writeln!(out, "{name:<10} (not run)");
+            continue;
+        };
+        let l = &row.result;
+        let _ = writeln!(
+            out,
+            "{:<10} {:>10} {:>10.0} {:>10} {:>10} {:>9} {:>7} {:>11}{}",
+            name,
+            l.requests,
+            l.rps,
+            fmt_ms(l.p50),
+            fmt_ms(l.p99),
+            fmt_ms(l.max),
+            l.errors,
+            fmt_bytes(row.server_peak_rss),
+            if l.truncated {
+                "  (stopped at the time limit)"
+            } else {
+                ""
+            }
+        );
+    }
+    match report.throughput_ratio {
+        Some(ratio) => {
+            let _ = writeln!(out, "cfgsync / bare axum throughput: {ratio:.2}");
+        }
+        None => {
+            let _ = writeln!(out, "cfgsync / bare axum throughput: n/a");
+        }
+    }
+    for row in &report.boot {
+        for e in &row.result.first_errors {
+            let _ = writeln!(out, "  error ({}): {e}", row.result.mode.name());
+        }
+    }
+    for (name, row) in [("cfgsync", &report.cfgsync), ("bare", &report.bare)] {
+        for e in row.iter().flat_map(|r| &r.result.first_errors) {
+            let _ = writeln!(out, "  error ({name} /node): {e}");
+        }
+    }
+    out
+}
+
+/// One target of issue 7 with what this run measured.
+#[derive(Debug, Serialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// The issue's targets, checked against this run (never in `--quick`).
+pub fn check_targets(reports: &[SizeReport]) -> Vec<TargetCheck> {
+    let mut checks = Vec::new();
+    let (Some(small), Some(large)) = (
+        reports.iter().min_by_key(|r| r.nodes),
+        reports.iter().max_by_key(|r| r.nodes),
+    ) else {
+        return checks;
+    };
+    if let Some(ratio) = large.throughput_ratio {
+        checks.push(TargetCheck {
+            target: format!(
+                "/node throughput at N={} >= 60% of the bare axum handler",
+                large.nodes
+            ),
+            measured: format!("{:.0}%", ratio * 100.0),
+            met: ratio >= 0.6,
+        });
+    }
+    if small.nodes != large.nodes {
+        let p99 = |r: &SizeReport, bare: bool| {
+            let row = if bare { &r.bare } else { &r.cfgsync };
+            row.as_ref().map(|l| l.result.p99.as_secs_f64())
+        };
+        if let (Some(a), Some(b)) = (p99(small, false), p99(large, false)) {
+            let ratio = b / a.max(1e-9);
+            let bare = match (p99(small, true), p99(large, true)) {
+                (Some(a), Some(b)) => format!(" (bare axum, same bytes: {:.2})", b / a.max(1e-9)),
+                _ => String::new(),
+            };
+            checks.push(TargetCheck {
+                target: format!(
+                    "/node p99 at N={} / p99 at N={} <= 1.5",
+                    large.nodes, small.nodes
+                ),
+                measured: format!("{ratio:.2}{bare}"),
+                met: ratio <= 1.5,
+            });
+        }
+    }
+    for report in reports {
+        for row in report
+            .boot
+            .iter()
+            .filter(|b| b.result.mode == WaitMode::LongPoll)
+        {
+            let median = row.result.delay_p50;
+            checks.push(TargetCheck {
+                target: format!(
+                    "long-poll at N={}: median delay from the readying registration to files <= 20 ms",
+                    report.nodes
+                ),
+                measured: fmt_ms(median),
+                met: median <= Duration::from_millis(20),
+            });
+        }
+    }
+    checks
+}
+
+pub fn render_targets(checks: &[TargetCheck]) -> String {
+    let mut out = String::from("\n== targets (issue 7)\n");
+    for c in checks {
+        let _ = writeln!(
+            out,
+            "{} {} — measured {}",
+            if c.met { "MET   " } else { "MISSED" },
+            c.target,
+            c.measured
+        );
+    }
+    out
+}

@@ -1,0 +1,209 @@
+//! The servers under test, each run in a child process (this binary re-executed
+//! with a hidden subcommand) so its peak RSS is its own: `__serve` is our
+//! server with the peer-list materializer, `__bare` a bare axum handler that
+//! answers `POST /node` with the same payload bytes, precomputed.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use cfgsync_adapter::{
+    MemoryRegistrationStore, RegistrationSnapshot, RegistrationSnapshotMaterializer,
+    SnapshotConfigSource, SnapshotMaterialization,
+};
+use cfgsync_core::{CfgsyncServerState, ServedPayload, serve_cfgsync_on};
+use cfgsync_examples::peer_list::PeerListMaterializer;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::fleet::{Fleet, PEER_PORT};
+
+/// Which server a child process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Cfgsync,
+    Bare,
+}
+
+impl ServerKind {
+    fn subcommand(self) -> &'static str {
+        match self {
+            Self::Cfgsync => "__serve",
+            Self::Bare => "__bare",
+        }
+    }
+}
+
+const LISTENING: &str = "listening ";
+
+/// Completes when the parent closes our stdin (or dies).
+async fn parent_gone() {
+    let mut sink = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+}
+
+async fn bind_and_announce() -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("{LISTENING}http://{}", listener.local_addr()?);
+    Ok(listener)
+}
+
+/// `__serve`: our server, ready once `nodes` registered.
+pub async fn run_cfgsync_server(nodes: usize) -> anyhow::Result<()> {
+    let source = SnapshotConfigSource::new(
+        Arc::new(MemoryRegistrationStore::new()),
+        PeerListMaterializer::new(nodes, PEER_PORT),
+    );
+    let state = CfgsyncServerState::new(Arc::new(source));
+    let listener = bind_and_announce().await?;
+    serve_cfgsync_on(listener, state, parent_gone()).await?;
+    Ok(())
+}
+
+/// `__bare`: `POST /node` answers the payload of the body's `identifier`.
+pub async fn run_bare_server(nodes: usize) -> anyhow::Result<()> {
+    let bodies = Arc::new(payload_bodies(nodes).await?);
+    let router = axum::Router::new()
+        .route("/node", axum::routing::post(bare_node))
+        .with_state(bodies);
+    let listener = bind_and_announce().await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(parent_gone())
+        .await?;
+    Ok(())
+}
+
+/// The exact bytes our server sends each node: the same materializer and the
+/// same encoding, computed up front.
+async fn payload_bodies(nodes: usize) -> anyhow::Result<HashMap<String, Bytes>> {
+    let fleet = Fleet::new(nodes)?;
+    let snapshot = RegistrationSnapshot::new(1, fleet.registrations()?);
+    let materializer = PeerListMaterializer::new(nodes, PEER_PORT);
+    let SnapshotMaterialization::Ready(catalog) =
+        materializer.materialize_snapshot(&snapshot).await?
+    else {
+        anyhow::bail!("the peer-list materializer is not ready with all {nodes} nodes");
+    };
+    fleet
+        .nodes
+        .iter()
+        .map(|node| {
+            let files = catalog
+                .payload_files(&node.identifier)
+                .with_context(|| format!("no files for {}", node.identifier))?;
+            let served = ServedPayload::new(files)?;
+            Ok((node.identifier.clone(), served.body().clone()))
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct Identifier {
+    identifier: String,
+}
+
+async fn bare_node(
+    State(bodies): State<Arc<HashMap<String, Bytes>>>,
+    axum::Json(who): axum::Json<Identifier>,
+) -> Response {
+    match bodies.get(&who.identifier) {
+        Some(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body.clone(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// A server under test, running in a child process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pid: u32,
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts `kind` for `nodes` nodes and waits until it listens.
+    pub async fn start(kind: ServerKind, nodes: usize) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        let mut child = Command::new(exe)
+            .arg(kind.subcommand())
+            .arg("--nodes")
+            .arg(nodes.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start the {kind:?} server"))?;
+        let pid = child.id().context("child exited at once")?;
+        let stdout = child.stdout.take().context("no child stdout")?;
+        let stdin = child.stdin.take();
+        let mut lines = BufReader::new(stdout).lines();
+        // The bare server encodes every payload before it listens.
+        let line = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
+            .await
+            .with_context(|| format!("the {kind:?} server did not start within 600 s"))??
+            .with_context(|| format!("the {kind:?} server exited before listening"))?;
+        let url = line
+            .strip_prefix(LISTENING)
+            .with_context(|| format!("unexpected first line from the {kind:?} server: {line:?}"))?
+            .to_owned();
+        Ok(Self {
+            child,
+            stdin,
+            pid,
+            url,
+        })
+    }
+
+    /// The child's peak resident set so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> anyhow::Result<u64> {
+        peak_rss_of(self.pid)
+    }
+
+    /// Reads the peak RSS, then stops the child (graceful, then killed).
+    pub async fn stop(mut self) -> anyhow::Result<u64> {
+        let peak = self.peak_rss()?;
+        drop(self.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.kill().await?;
+        }
+        Ok(peak)
+    }
+}
+
+/// `VmHWM` of a process, in bytes.
+pub fn peak_rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
