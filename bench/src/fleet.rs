@@ -104,3 +104,53 @@ fn node_ip(index: usize) -> anyhow::Result<IpAddr> {
     anyhow::ensure!(offset < 1 << 24, "at most 2^24 - 1 nodes");
     Ok(IpAddr::V4(Ipv4Addr::from(base + offset)))
 }
+
+#[cfg(test)]
+mod tests {
+    use cfgsync_adapter::{
+        RegistrationSnapshot, RegistrationSnapshotMaterializer, SnapshotMaterialization,
+    };
+    use cfgsync_core::ServedPayload;
+    use cfgsync_examples::peer_list::PeerListMaterializer;
+
+    use super::*;
+
+    async fn served_body(fleet: &Fleet, index: usize) -> Bytes {
+        let snapshot = RegistrationSnapshot::new(1, fleet.registrations().unwrap());
+        let materializer = PeerListMaterializer::new(fleet.len(), PEER_PORT);
+        let SnapshotMaterialization::Ready(catalog) =
+            materializer.materialize_snapshot(&snapshot).await.unwrap()
+        else {
+            panic!("ready with every node registered");
+        };
+        let files = catalog
+            .payload_files(&fleet.nodes[index].identifier)
+            .unwrap();
+        ServedPayload::new(files).unwrap().body().clone()
+    }
+
+    #[tokio::test]
+    async fn verify_accepts_what_the_peer_list_materializer_serves() {
+        let fleet = Fleet::new(12).unwrap();
+        for index in [0, 7, 11] {
+            let body = served_body(&fleet, index).await;
+            assert_eq!(fleet.verify(index, &body), Ok(()));
+        }
+    }
+
+    #[tokio::test]
+    async fn verify_rejects_another_nodes_payload_and_a_short_peer_list() {
+        let fleet = Fleet::new(12).unwrap();
+        let other = served_body(&fleet, 3).await;
+        assert!(
+            fleet
+                .verify(4, &other)
+                .unwrap_err()
+                .contains("/config.yaml")
+        );
+
+        let smaller = Fleet::new(11).unwrap();
+        let short = served_body(&smaller, 4).await;
+        assert!(fleet.verify(4, &short).unwrap_err().contains("/peers.yaml"));
+    }
+}

@@ -246,10 +246,12 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
             server_peak_rss,
         });
     }
+    let mut encode_all = None;
     let bare = match &cli.url {
         Some(_) => None,
         None => {
             let server = ServerProcess::start(ServerKind::Bare, nodes).await?;
+            encode_all = server.encode_time;
             let result = load::throughput(
                 &server.url,
                 fleet.clone(),
@@ -281,5 +283,6 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
         cfgsync,
         bare,
         throughput_ratio,
+        encode_all,
     })
 }

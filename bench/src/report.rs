@@ -42,6 +42,18 @@ pub struct SizeReport {
     pub bare: Option<LoadRow>,
     /// cfgsync rps ÷ bare axum rps.
     pub throughput_ratio: Option<f64>,
+    /// Building all N payloads once (merge with the shared files, SHA-256
+    /// ETag, JSON), timed in the bare server on one thread: the CPU work our
+    /// server does when the fleet becomes ready.
+    #[serde(serialize_with = "ms_opt")]
+    pub encode_all: Option<Duration>,
+}
+
+fn ms_opt<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(d) => ms(d, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 impl SizeReport {
@@ -135,6 +147,14 @@ pub fn render(report: &SizeReport) -> String {
             } else {
                 ""
             }
+        );
+    }
+    if let Some(encode) = report.encode_all {
+        let _ = writeln!(
+            out,
+            "building all {} payloads once (merge + SHA-256 ETag + JSON, one thread): {}",
+            report.nodes,
+            fmt_ms(encode)
         );
     }
     match report.throughput_ratio {

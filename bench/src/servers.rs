@@ -43,6 +43,7 @@ impl ServerKind {
 }
 
 const LISTENING: &str = "listening ";
+const ENCODED: &str = "encoded-us ";
 
 /// Completes when the parent closes our stdin (or dies).
 async fn parent_gone() {
@@ -70,7 +71,9 @@ pub async fn run_cfgsync_server(nodes: usize) -> anyhow::Result<()> {
 
 /// `__bare`: `POST /node` answers the payload of the body's `identifier`.
 pub async fn run_bare_server(nodes: usize) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let bodies = Arc::new(payload_bodies(nodes).await?);
+    println!("{ENCODED}{}", started.elapsed().as_micros());
     let router = axum::Router::new()
         .route("/node", axum::routing::post(bare_node))
         .with_state(bodies);
@@ -134,6 +137,8 @@ pub struct ServerProcess {
     stdin: Option<ChildStdin>,
     pid: u32,
     pub url: String,
+    /// `__bare`: how long building every node's payload took (one thread).
+    pub encode_time: Option<Duration>,
 }
 
 impl ServerProcess {
@@ -154,21 +159,29 @@ impl ServerProcess {
         let stdout = child.stdout.take().context("no child stdout")?;
         let stdin = child.stdin.take();
         let mut lines = BufReader::new(stdout).lines();
-        // The bare server encodes every payload before it listens.
-        let line = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
-            .await
-            .with_context(|| format!("the {kind:?} server did not start within 600 s"))??
-            .with_context(|| format!("the {kind:?} server exited before listening"))?;
-        let url = line
-            .strip_prefix(LISTENING)
-            .with_context(|| format!("unexpected first line from the {kind:?} server: {line:?}"))?
-            .to_owned();
-        Ok(Self {
-            child,
-            stdin,
-            pid,
-            url,
-        })
+        let mut encode_time = None;
+        loop {
+            // The bare server encodes every payload before it listens.
+            let line = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
+                .await
+                .with_context(|| format!("the {kind:?} server did not start within 600 s"))??
+                .with_context(|| format!("the {kind:?} server exited before listening"))?;
+            if let Some(us) = line.strip_prefix(ENCODED) {
+                encode_time = us.parse().ok().map(Duration::from_micros);
+                continue;
+            }
+            let url = line
+                .strip_prefix(LISTENING)
+                .with_context(|| format!("unexpected line from the {kind:?} server: {line:?}"))?
+                .to_owned();
+            return Ok(Self {
+                child,
+                stdin,
+                pid,
+                url,
+                encode_time,
+            });
+        }
     }
 
     /// The child's peak resident set so far (`VmHWM`), in bytes.
