@@ -428,3 +428,100 @@ async fn run_requests(
         truncated: completed < requests,
     }
 }
+
+/// All N nodes asking at the same instant over already open connections —
+/// what a long-poll wake-up is, minus the payload building when the server
+/// has its payloads at hand: the floor of the long-poll delay.
+#[derive(Debug, Clone, Serialize)]
+pub struct BurstResult {
+    #[serde(serialize_with = "crate::report::ms")]
+    pub p50: Duration,
+    #[serde(serialize_with = "crate::report::ms")]
+    pub p99: Duration,
+    #[serde(serialize_with = "crate::report::ms")]
+    pub max: Duration,
+    pub errors: usize,
+    pub first_errors: Vec<String>,
+}
+
+/// One request per node, all N released at once (after an unmeasured round
+/// that opens the N connections); each body's CRC-32 is checked.
+pub async fn burst(
+    base: &str,
+    fleet: Arc<Fleet>,
+    checksums: Arc<Vec<Option<u32>>>,
+    time_limit: Duration,
+) -> anyhow::Result<BurstResult> {
+    let http = http_client()?;
+    let url: Arc<str> = format!("{base}/node").into();
+    let mut result = BurstResult {
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
+        max: Duration::ZERO,
+        errors: 0,
+        first_errors: Vec::new(),
+    };
+    for measured in [false, true] {
+        let (go, _) = tokio::sync::broadcast::channel::<Instant>(1);
+        let mut tasks = JoinSet::new();
+        for index in 0..fleet.len() {
+            let (http, url, fleet, checksums) =
+                (http.clone(), url.clone(), fleet.clone(), checksums.clone());
+            let mut start = go.subscribe();
+            tasks.spawn(async move {
+                let started = start.recv().await.map_err(|e| e.to_string())?;
+                let body = &fleet.nodes[index].body;
+                let (status, bytes) = post(&http, &url, body, REQUEST_TIMEOUT).await?;
+                let took = started.elapsed();
+                if status != StatusCode::OK {
+                    return Err(format!("/node answered {status}"));
+                }
+                match checksums.get(index).copied().flatten() {
+                    Some(expected) if expected == crc32fast::hash(&bytes) => Ok(took),
+                    Some(_) => Err(format!(
+                        "{}: body differs from the verified payload",
+                        fleet.nodes[index].identifier
+                    )),
+                    None => fleet.verify(index, &bytes).map(|()| took),
+                }
+            });
+        }
+        // Let every task reach its `recv` before the start signal.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = go.send(Instant::now());
+        let mut took = Vec::with_capacity(fleet.len());
+        let joined = tokio::time::timeout(time_limit, async {
+            while let Some(outcome) = tasks.join_next().await {
+                match outcome {
+                    Ok(Ok(d)) => took.push(d),
+                    Ok(Err(message)) => {
+                        result.errors += usize::from(measured);
+                        if measured && result.first_errors.len() < 5 {
+                            result.first_errors.push(message);
+                        }
+                    }
+                    Err(e) => {
+                        result.errors += usize::from(measured);
+                        if measured && result.first_errors.len() < 5 {
+                            result.first_errors.push(format!("burst task failed: {e}"));
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        if joined.is_err() && measured {
+            result.errors += tasks.len();
+            result
+                .first_errors
+                .push(format!("burst not done after {time_limit:?}"));
+        }
+        if measured {
+            took.sort_unstable();
+            result.p50 = percentile(&took, 0.50);
+            result.p99 = percentile(&took, 0.99);
+            result.max = took.last().copied().unwrap_or_default();
+        }
+    }
+    Ok(result)
+}

@@ -201,6 +201,8 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
     let modes = cli.mode.modes();
     let mut boot = Vec::new();
     let mut cfgsync = None;
+    let mut cfgsync_burst = None;
+    let mut bare_burst = None;
     let mut checksums = Arc::new(Vec::new());
     for (i, &mode) in modes.iter().enumerate() {
         let server = match &cli.url {
@@ -217,17 +219,18 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
         checksums = Arc::new(result.checksums.clone());
         // The payload is ready on this server: measure /node on the last one.
         let measured = if i + 1 == modes.len() {
-            Some(
-                load::throughput(
-                    &base,
-                    fleet.clone(),
-                    checksums.clone(),
-                    cli.concurrency,
-                    cli.requests,
-                    limit,
-                )
-                .await?,
+            let load = load::throughput(
+                &base,
+                fleet.clone(),
+                checksums.clone(),
+                cli.concurrency,
+                cli.requests,
+                limit,
             )
+            .await?;
+            cfgsync_burst =
+                Some(load::burst(&base, fleet.clone(), checksums.clone(), limit).await?);
+            Some(load)
         } else {
             None
         };
@@ -247,20 +250,23 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
         });
     }
     let mut encode_all = None;
+    let mut encode_breakdown = None;
     let bare = match &cli.url {
         Some(_) => None,
         None => {
             let server = ServerProcess::start(ServerKind::Bare, nodes).await?;
             encode_all = server.encode_time;
+            encode_breakdown = server.breakdown.clone();
             let result = load::throughput(
                 &server.url,
                 fleet.clone(),
-                checksums,
+                checksums.clone(),
                 cli.concurrency,
                 cli.requests,
                 limit,
             )
             .await?;
+            bare_burst = Some(load::burst(&server.url, fleet.clone(), checksums, limit).await?);
             Some(LoadRow {
                 result,
                 server_peak_rss: Some(server.stop().await?),
@@ -284,5 +290,8 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
         bare,
         throughput_ratio,
         encode_all,
+        encode_breakdown,
+        cfgsync_burst,
+        bare_burst,
     })
 }

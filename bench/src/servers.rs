@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -14,10 +14,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cfgsync_adapter::{
-    MemoryRegistrationStore, RegistrationSnapshot, RegistrationSnapshotMaterializer,
-    SnapshotConfigSource, SnapshotMaterialization,
+    MemoryRegistrationStore, NodeArtifactsCatalog, RegistrationSnapshot,
+    RegistrationSnapshotMaterializer, SnapshotConfigSource, SnapshotMaterialization,
 };
-use cfgsync_core::{CfgsyncServerState, ServedPayload, serve_cfgsync_on};
+use cfgsync_core::{CfgsyncServerState, NodeArtifactsPayload, ServedPayload, serve_cfgsync_on};
 use cfgsync_examples::peer_list::PeerListMaterializer;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
@@ -44,6 +44,7 @@ impl ServerKind {
 
 const LISTENING: &str = "listening ";
 const ENCODED: &str = "encoded-us ";
+const BREAKDOWN: &str = "breakdown ";
 
 /// Completes when the parent closes our stdin (or dies).
 async fn parent_gone() {
@@ -71,9 +72,7 @@ pub async fn run_cfgsync_server(nodes: usize) -> anyhow::Result<()> {
 
 /// `__bare`: `POST /node` answers the payload of the body's `identifier`.
 pub async fn run_bare_server(nodes: usize) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
     let bodies = Arc::new(payload_bodies(nodes).await?);
-    println!("{ENCODED}{}", started.elapsed().as_micros());
     let router = axum::Router::new()
         .route("/node", axum::routing::post(bare_node))
         .with_state(bodies);
@@ -95,7 +94,8 @@ async fn payload_bodies(nodes: usize) -> anyhow::Result<HashMap<String, Bytes>> 
     else {
         anyhow::bail!("the peer-list materializer is not ready with all {nodes} nodes");
     };
-    fleet
+    let started = Instant::now();
+    let bodies = fleet
         .nodes
         .iter()
         .map(|node| {
@@ -105,7 +105,71 @@ async fn payload_bodies(nodes: usize) -> anyhow::Result<HashMap<String, Bytes>> 
             let served = ServedPayload::new(files)?;
             Ok((node.identifier.clone(), served.body().clone()))
         })
-        .collect()
+        .collect::<anyhow::Result<HashMap<_, _>>>()?;
+    println!("{ENCODED}{}", started.elapsed().as_micros());
+    breakdown(&fleet, &catalog, &bodies)?;
+    Ok(bodies)
+}
+
+/// Where building a payload spends its time, measured on the same catalog:
+/// the merge with the shared files alone, the SHA-256 ETag over the merged set,
+/// and the alternative of encoding the shared files once and splicing them
+/// after each node's own (checked byte for byte against the served body).
+fn breakdown(
+    fleet: &Fleet,
+    catalog: &NodeArtifactsCatalog,
+    bodies: &HashMap<String, Bytes>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut merged_files = 0;
+    for node in &fleet.nodes {
+        merged_files += catalog
+            .payload_files(&node.identifier)
+            .map_or(0, |f| f.len());
+    }
+    let merge = started.elapsed();
+
+    let started = Instant::now();
+    let mut digests = 0;
+    for node in &fleet.nodes {
+        if let Some(files) = catalog.payload_files(&node.identifier) {
+            digests += files.digest().as_bytes()[0] as usize;
+        }
+    }
+    let merge_and_digest = started.elapsed();
+
+    let started = Instant::now();
+    let shared = serde_json::to_vec(catalog.shared())?;
+    let shared_inner = shared
+        .strip_prefix(b"[")
+        .and_then(|s| s.strip_suffix(b"]"))
+        .context("shared files do not encode as a JSON array")?;
+    let mut identical = 0;
+    for node in &fleet.nodes {
+        let own = catalog
+            .node(&node.identifier)
+            .with_context(|| format!("no files for {}", node.identifier))?;
+        let own_body = serde_json::to_vec(&NodeArtifactsPayload::new(own.clone()))?;
+        let head = own_body
+            .strip_suffix(b"]}")
+            .context("payload does not end with ]}")?;
+        let mut body = Vec::with_capacity(head.len() + shared_inner.len() + 3);
+        body.extend_from_slice(head);
+        body.push(b',');
+        body.extend_from_slice(shared_inner);
+        body.extend_from_slice(b"]}");
+        identical += usize::from(bodies.get(&node.identifier).map(|b| &b[..]) == Some(&body[..]));
+    }
+    let splice = started.elapsed();
+    println!(
+        "{BREAKDOWN}merge_us={} merge_digest_us={} splice_us={} splice_identical={}/{} ({merged_files} files, {digests})",
+        merge.as_micros(),
+        merge_and_digest.as_micros(),
+        splice.as_micros(),
+        identical,
+        fleet.len()
+    );
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -139,6 +203,8 @@ pub struct ServerProcess {
     pub url: String,
     /// `__bare`: how long building every node's payload took (one thread).
     pub encode_time: Option<Duration>,
+    /// `__bare`: where that time goes (see `breakdown`).
+    pub breakdown: Option<String>,
 }
 
 impl ServerProcess {
@@ -160,6 +226,7 @@ impl ServerProcess {
         let stdin = child.stdin.take();
         let mut lines = BufReader::new(stdout).lines();
         let mut encode_time = None;
+        let mut breakdown = None;
         loop {
             // The bare server encodes every payload before it listens.
             let line = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
@@ -168,6 +235,10 @@ impl ServerProcess {
                 .with_context(|| format!("the {kind:?} server exited before listening"))?;
             if let Some(us) = line.strip_prefix(ENCODED) {
                 encode_time = us.parse().ok().map(Duration::from_micros);
+                continue;
+            }
+            if let Some(text) = line.strip_prefix(BREAKDOWN) {
+                breakdown = Some(text.to_owned());
                 continue;
             }
             let url = line
@@ -180,6 +251,7 @@ impl ServerProcess {
                 pid,
                 url,
                 encode_time,
+                breakdown,
             });
         }
     }
