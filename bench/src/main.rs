@@ -52,6 +52,10 @@ struct Cli {
     /// unmeasured warm-up).
     #[arg(long, default_value_t = 20_000)]
     requests: usize,
+    /// Throughput rounds per server, alternating ours and the bare handler;
+    /// the median round (by req/s) is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Long-poll wait asked for (`/node?wait=SECS`).
     #[arg(long, default_value_t = 30)]
     wait: u64,
@@ -146,6 +150,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     if cli.quick {
         cli.nodes = vec![20, 50];
         cli.requests = cli.requests.min(500);
+        cli.rounds = 1;
         cli.mode = ModeArg::Both;
         cli.concurrency = cli.concurrency.min(16);
     }
@@ -200,10 +205,8 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
     let fleet = Arc::new(Fleet::new(nodes)?);
     let modes = cli.mode.modes();
     let mut boot = Vec::new();
-    let mut cfgsync = None;
-    let mut cfgsync_burst = None;
-    let mut bare_burst = None;
     let mut checksums = Arc::new(Vec::new());
+    let mut ready = None;
     for (i, &mode) in modes.iter().enumerate() {
         let server = match &cli.url {
             Some(_) => None,
@@ -214,12 +217,47 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
             (None, Some(url)) => url.trim_end_matches('/').to_owned(),
             (None, None) => anyhow::bail!("no server to target"),
         };
+        let cpu_before = server.as_ref().map(ServerProcess::cpu_time).transpose()?;
         let result =
             load::boot_storm(&base, fleet.clone(), mode, cli.concurrency, cli.wait, limit).await?;
+        let server_cpu = match (&server, cpu_before) {
+            (Some(server), Some(before)) => Some(server.cpu_time()?.saturating_sub(before)),
+            _ => None,
+        };
         checksums = Arc::new(result.checksums.clone());
-        // The payload is ready on this server: measure /node on the last one.
-        let measured = if i + 1 == modes.len() {
-            let load = load::throughput(
+        if i + 1 == modes.len() {
+            // The payload is ready on this server: /node is measured there,
+            // and its peak RSS read at the end.
+            boot.push(BootRow {
+                result,
+                server_cpu,
+                server_peak_rss: None,
+            });
+            ready = Some((server, base));
+        } else {
+            let server_peak_rss = match server {
+                Some(server) => Some(server.stop().await?),
+                None => None,
+            };
+            boot.push(BootRow {
+                result,
+                server_cpu,
+                server_peak_rss,
+            });
+        }
+    }
+    let (server, base) = ready.context("no boot storm ran")?;
+    let bare = match &cli.url {
+        Some(_) => None,
+        None => Some(ServerProcess::start(ServerKind::Bare, nodes).await?),
+    };
+    // Alternate the two servers round by round, so a busy moment of the
+    // machine hits both alike; each reports its median round.
+    let mut ours_rounds = Vec::new();
+    let mut bare_rounds = Vec::new();
+    for _ in 0..cli.rounds.max(1) {
+        ours_rounds.push(
+            load::throughput(
                 &base,
                 fleet.clone(),
                 checksums.clone(),
@@ -227,52 +265,44 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
                 cli.requests,
                 limit,
             )
-            .await?;
-            cfgsync_burst =
-                Some(load::burst(&base, fleet.clone(), checksums.clone(), limit).await?);
-            Some(load)
-        } else {
-            None
-        };
-        let server_peak_rss = match server {
-            Some(server) => Some(server.stop().await?),
-            None => None,
-        };
-        if let Some(result) = measured {
-            cfgsync = Some(LoadRow {
-                result,
-                server_peak_rss,
-            });
+            .await?,
+        );
+        if let Some(bare) = &bare {
+            bare_rounds.push(
+                load::throughput(
+                    &bare.url,
+                    fleet.clone(),
+                    checksums.clone(),
+                    cli.concurrency,
+                    cli.requests,
+                    limit,
+                )
+                .await?,
+            );
         }
-        boot.push(BootRow {
-            result,
-            server_peak_rss,
-        });
     }
-    let mut encode_all = None;
-    let mut encode_breakdown = None;
-    let bare = match &cli.url {
-        Some(_) => None,
-        None => {
-            let server = ServerProcess::start(ServerKind::Bare, nodes).await?;
-            encode_all = server.encode_time;
-            encode_breakdown = server.breakdown.clone();
-            let result = load::throughput(
-                &server.url,
-                fleet.clone(),
-                checksums.clone(),
-                cli.concurrency,
-                cli.requests,
-                limit,
-            )
-            .await?;
-            bare_burst = Some(load::burst(&server.url, fleet.clone(), checksums, limit).await?);
-            Some(LoadRow {
-                result,
-                server_peak_rss: Some(server.stop().await?),
-            })
-        }
+    let cfgsync_burst = Some(load::burst(&base, fleet.clone(), checksums.clone(), limit).await?);
+    let bare_burst = match &bare {
+        Some(bare) => Some(load::burst(&bare.url, fleet.clone(), checksums, limit).await?),
+        None => None,
     };
+    let ours_rss = match server {
+        Some(server) => Some(server.stop().await?),
+        None => None,
+    };
+    if let Some(last) = boot.last_mut() {
+        last.server_peak_rss = ours_rss;
+    }
+    let (encode_all, encode_breakdown, bare_rss) = match bare {
+        Some(bare) => (
+            bare.encode_time,
+            bare.breakdown.clone(),
+            Some(bare.stop().await?),
+        ),
+        None => (None, None, None),
+    };
+    let cfgsync = LoadRow::from_rounds(ours_rounds, ours_rss);
+    let bare = LoadRow::from_rounds(bare_rounds, bare_rss);
     let payload_bytes = cfgsync
         .as_ref()
         .and_then(|l| l.result.body_bytes.checked_div(l.result.requests as u64));

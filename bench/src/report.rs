@@ -18,17 +18,42 @@ pub fn ms<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Er
 pub struct BootRow {
     #[serde(flatten)]
     pub result: BootResult,
+    /// CPU time (user + system) the server used during the storm.
+    #[serde(serialize_with = "ms_opt")]
+    pub server_cpu: Option<Duration>,
     /// Peak RSS of that server process over the storm (and, for the last
     /// mode, the throughput phase); `None` against `--url`.
     pub server_peak_rss: Option<u64>,
 }
 
-/// One throughput phase and its server's peak RSS.
+/// A server's median throughput round and its peak RSS.
 #[derive(Debug, Serialize)]
 pub struct LoadRow {
     #[serde(flatten)]
     pub result: LoadResult,
+    /// req/s of every round, in the order run.
+    pub rounds_rps: Vec<f64>,
+    /// Errors over all rounds.
+    pub errors_all_rounds: usize,
     pub server_peak_rss: Option<u64>,
+}
+
+impl LoadRow {
+    /// The median round (by req/s) of `rounds`; `None` when none ran.
+    pub fn from_rounds(rounds: Vec<LoadResult>, server_peak_rss: Option<u64>) -> Option<Self> {
+        let rounds_rps = rounds.iter().map(|r| r.rps).collect();
+        let errors_all_rounds = rounds.iter().map(|r| r.errors).sum();
+        let mut rounds = rounds;
+        rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let median = rounds.len() / 2;
+        let result = rounds.into_iter().nth(median)?;
+        Some(Self {
+            result,
+            rounds_rps,
+            errors_all_rounds,
+            server_peak_rss,
+        })
+    }
 }
 
 /// Everything measured for one N.
@@ -67,8 +92,8 @@ fn ms_opt<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::O
 impl SizeReport {
     pub fn errors(&self) -> usize {
         self.boot.iter().map(|b| b.result.errors).sum::<usize>()
-            + self.cfgsync.as_ref().map_or(0, |l| l.result.errors)
-            + self.bare.as_ref().map_or(0, |l| l.result.errors)
+            + self.cfgsync.as_ref().map_or(0, |l| l.errors_all_rounds)
+            + self.bare.as_ref().map_or(0, |l| l.errors_all_rounds)
             + self.cfgsync_burst.as_ref().map_or(0, |b| b.errors)
             + self.bare_burst.as_ref().map_or(0, |b| b.errors)
     }
@@ -103,7 +128,7 @@ pub fn render(report: &SizeReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11}",
+        "{:<10} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11} {:>11}",
         "boot",
         "wall",
         "registered",
@@ -112,13 +137,14 @@ pub fn render(report: &SizeReport) -> String {
         "delay max",
         "/node reqs",
         "errors",
+        "server CPU",
         "server RSS"
     );
     for row in &report.boot {
         let b = &row.result;
         let _ = writeln!(
             out,
-            "{:<10} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11}",
+            "{:<10} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11} {:>11}",
             b.mode.name(),
             fmt_ms(b.wall),
             fmt_ms(b.registered),
@@ -127,13 +153,14 @@ pub fn render(report: &SizeReport) -> String {
             fmt_ms(b.delay_max),
             b.node_requests,
             b.errors,
+            row.server_cpu.map_or_else(|| "n/a".into(), fmt_ms),
             fmt_bytes(row.server_peak_rss)
         );
     }
     let _ = writeln!(
         out,
-        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7} {:>11}",
-        "/node", "requests", "req/s", "p50", "p99", "max", "errors", "server RSS"
+        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>7} {:>11}  (median round; req/s of each round)",
+        "/node", "requests", "req/s", "p50", "p99", "max", "errors", "server RSS",
     );
     for (name, row) in [("cfgsync", &report.cfgsync), ("bare axum", &report.bare)] {
         let Some(row) = row else {
@@ -143,15 +170,20 @@ pub fn render(report: &SizeReport) -> String {
         let l = &row.result;
         let _ = writeln!(
             out,
-            "{:<10} {:>10} {:>10.0} {:>10} {:>10} {:>9} {:>7} {:>11}{}",
+            "{:<10} {:>10} {:>10.0} {:>10} {:>10} {:>9} {:>7} {:>11}  ({}){}",
             name,
             l.requests,
             l.rps,
             fmt_ms(l.p50),
             fmt_ms(l.p99),
             fmt_ms(l.max),
-            l.errors,
+            row.errors_all_rounds,
             fmt_bytes(row.server_peak_rss),
+            row.rounds_rps
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
             if l.truncated {
                 "  (stopped at the time limit)"
             } else {

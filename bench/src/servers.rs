@@ -261,6 +261,26 @@ impl ServerProcess {
         peak_rss_of(self.pid)
     }
 
+    /// CPU time the child used so far (user + system).
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .with_context(|| format!("cannot read /proc/{}/stat", self.pid))?;
+        // Fields after the `(comm)` one; utime and stime are the 14th and 15th.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .context("malformed /proc/PID/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i)
+                .context("short /proc/PID/stat")?
+                .parse::<u64>()?)
+        };
+        // Clock ticks are 1/100 s on Linux (USER_HZ).
+        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+    }
+
     /// Reads the peak RSS, then stops the child (graceful, then killed).
     pub async fn stop(mut self) -> anyhow::Result<u64> {
         let peak = self.peak_rss()?;
