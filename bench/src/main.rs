@@ -247,6 +247,9 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
         }
     }
     let (server, base) = ready.context("no boot storm ran")?;
+    // Memory at N = 10 000 is ~9 GiB for our server, ~4.6 GiB for the bare one
+    // and up to ~4.6 GiB in this process during a burst: never hold all three.
+    let cfgsync_burst = Some(load::burst(&base, fleet.clone(), checksums.clone(), limit).await?);
     let bare = match &cli.url {
         Some(_) => None,
         None => Some(ServerProcess::start(ServerKind::Bare, nodes).await?),
@@ -281,11 +284,6 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
             );
         }
     }
-    let cfgsync_burst = Some(load::burst(&base, fleet.clone(), checksums.clone(), limit).await?);
-    let bare_burst = match &bare {
-        Some(bare) => Some(load::burst(&bare.url, fleet.clone(), checksums, limit).await?),
-        None => None,
-    };
     let ours_rss = match server {
         Some(server) => Some(server.stop().await?),
         None => None,
@@ -293,6 +291,10 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
     if let Some(last) = boot.last_mut() {
         last.server_peak_rss = ours_rss;
     }
+    let bare_burst = match &bare {
+        Some(bare) => Some(load::burst(&bare.url, fleet.clone(), checksums, limit).await?),
+        None => None,
+    };
     let (encode_all, encode_breakdown, bare_rss) = match bare {
         Some(bare) => (
             bare.encode_time,

@@ -52,8 +52,16 @@ async fn parent_gone() {
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;
 }
 
+/// Accept backlog of both bench servers (the kernel caps it at
+/// `net.core.somaxconn`, 4096 here): with tokio's default of 1024, the burst
+/// of 10 000 connections overflowed the queue and the kernel fell back to SYN
+/// cookies.
+const BACKLOG: u32 = 16_384;
+
 async fn bind_and_announce() -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let listener = socket.listen(BACKLOG)?;
     println!("{LISTENING}http://{}", listener.local_addr()?);
     Ok(listener)
 }
