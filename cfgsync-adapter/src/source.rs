@@ -17,22 +17,48 @@ use crate::{
 /// materializer (wrapped in a [`CachedSnapshotMaterializer`]): nodes register
 /// into the store; `/node` answers `425` until the node is registered and the
 /// policy is met, then the node's files from the cached catalog.
+///
+/// Long-polling nodes are woken only when an answer can have changed: while
+/// the policy is not met, a new registration leaves every answer at `425`, so
+/// a watcher materializes each new generation once and wakes the waiting nodes
+/// only when the result is (or was) ready. Without this, each of N
+/// registrations woke every node already waiting: O(N²) wake-ups in a boot
+/// storm.
 #[derive(Debug)]
 pub struct SnapshotConfigSource<M> {
     store: Arc<dyn RegistrationStore>,
-    cache: CachedSnapshotMaterializer<M>,
-    changes: MergedChanges,
+    cache: Arc<CachedSnapshotMaterializer<M>>,
+    answers: OnceLock<Arc<ChangeNotifier>>,
 }
 
 impl<M: RegistrationSnapshotMaterializer> SnapshotConfigSource<M> {
     /// Serves `materializer`'s policy over the registrations in `store`.
     pub fn new(store: Arc<dyn RegistrationStore>, materializer: M) -> Self {
-        let inputs = materializer.changes();
         Self {
-            changes: MergedChanges::new(store.changes(), inputs),
             store,
-            cache: CachedSnapshotMaterializer::new(materializer),
+            cache: Arc::new(CachedSnapshotMaterializer::new(materializer)),
+            answers: OnceLock::new(),
         }
+    }
+
+    /// The change channel of the answers, with its watcher started on first
+    /// use (inside the server's runtime; outside one, the store's channel).
+    fn subscribe_answers(&self) -> watch::Receiver<u64> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.store.changes();
+        }
+        let notifier = self.answers.get_or_init(|| {
+            let notifier = Arc::new(ChangeNotifier::new());
+            tokio::spawn(watch_answers(
+                Arc::downgrade(&self.store),
+                Arc::downgrade(&self.cache),
+                Arc::downgrade(&notifier),
+                self.store.changes(),
+                self.cache.inner().changes(),
+            ));
+            notifier
+        });
+        notifier.subscribe()
     }
 
     /// The cache (e.g. to read how often the materializer ran).
@@ -67,11 +93,70 @@ impl<M: RegistrationSnapshotMaterializer> ConfigSource for SnapshotConfigSource<
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.changes.subscribe())
+        Some(self.subscribe_answers())
     }
 
     async fn check_ready(&self) -> cfgsync_core::Result<()> {
         Ok(self.store.check().await?)
+    }
+}
+
+/// Follows the store's and the materializer's changes for a
+/// [`SnapshotConfigSource`]: materializes each new generation (bursts
+/// coalesce: only the latest is looked at) and notifies `answers` when the
+/// result is ready, was ready before, or could not be computed — never for a
+/// not-ready result after a not-ready one, which changes no answer. Ends when
+/// the source is dropped.
+async fn watch_answers<M: RegistrationSnapshotMaterializer>(
+    store: std::sync::Weak<dyn RegistrationStore>,
+    cache: std::sync::Weak<CachedSnapshotMaterializer<M>>,
+    answers: std::sync::Weak<ChangeNotifier>,
+    mut store_changes: watch::Receiver<u64>,
+    mut input_changes: Option<watch::Receiver<u64>>,
+) {
+    // Unknown before the first look: the first change always wakes.
+    let mut was_ready = true;
+    loop {
+        let changed = match input_changes.as_mut() {
+            Some(inputs) => tokio::select! {
+                r = store_changes.changed() => r,
+                r = inputs.changed() => r,
+            },
+            None => store_changes.changed().await,
+        };
+        if changed.is_err() {
+            return;
+        }
+        store_changes.borrow_and_update();
+        if let Some(inputs) = input_changes.as_mut() {
+            inputs.borrow_and_update();
+        }
+        let (Some(store), Some(cache)) = (store.upgrade(), cache.upgrade()) else {
+            return;
+        };
+        let ready = match store.snapshot().await {
+            Ok(snapshot) => cache.materialize(&snapshot).await.map(|c| c.is_ready()),
+            Err(e) => Err(e),
+        };
+        drop((store, cache));
+        let wake = match ready {
+            Ok(ready) => {
+                let wake = ready || was_ready;
+                was_ready = ready;
+                wake
+            }
+            // Waiting nodes resolve again and answer the error themselves.
+            Err(_) => {
+                was_ready = true;
+                true
+            }
+        };
+        let Some(answers) = answers.upgrade() else {
+            return;
+        };
+        if wake {
+            answers.notify();
+        }
     }
 }
 
