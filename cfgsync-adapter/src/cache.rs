@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
-use cfgsync_core::{ConfigResolveResponse, ServedPayload};
+use cfgsync_core::{ConfigResolveResponse, ServedPayload, SharedFiles};
 use tokio::sync::watch;
 
 use crate::{
@@ -41,6 +41,8 @@ enum CachedOutcome {
     NotReady,
     Ready {
         catalog: crate::NodeArtifactsCatalog,
+        /// The catalog's shared files, encoded once for every node's payload.
+        shared: SharedFiles,
         payloads: HashMap<String, OnceLock<Result<Arc<ServedPayload>, String>>>,
     },
 }
@@ -48,15 +50,20 @@ enum CachedOutcome {
 impl CachedSnapshot {
     /// The `/node` answer for a registered node of this generation.
     pub fn resolve(&self, identifier: &str) -> cfgsync_core::Result<ConfigResolveResponse> {
-        let CachedOutcome::Ready { catalog, payloads } = &self.outcome else {
+        let CachedOutcome::Ready {
+            catalog,
+            shared,
+            payloads,
+        } = &self.outcome
+        else {
             return Ok(ConfigResolveResponse::NotReady);
         };
         let Some(slot) = payloads.get(identifier) else {
             return Ok(ConfigResolveResponse::Missing);
         };
         let built = slot.get_or_init(|| {
-            let files = catalog.payload_files(identifier).unwrap_or_default();
-            ServedPayload::new(files)
+            let own = catalog.node(identifier).cloned().unwrap_or_default();
+            ServedPayload::merged(&own, shared)
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
         });
@@ -139,7 +146,12 @@ impl<M: RegistrationSnapshotMaterializer> CachedSnapshotMaterializer<M> {
                     .filter(|r| catalog.node(&r.identifier).is_some())
                     .map(|r| (r.identifier.clone(), OnceLock::new()))
                     .collect();
-                CachedOutcome::Ready { catalog, payloads }
+                let shared = SharedFiles::new(catalog.shared().clone())?;
+                CachedOutcome::Ready {
+                    catalog,
+                    shared,
+                    payloads,
+                }
             }
         };
         let fresh = Arc::new(CachedSnapshot { key, outcome });

@@ -98,11 +98,26 @@ async fn cached_materializer_runs_once_per_generation_under_100_concurrent_reque
             panic!("all registered: ready");
         };
         assert_eq!(
-            payload.files().get("/peers.txt").unwrap().content,
+            payload
+                .payload()
+                .unwrap()
+                .files
+                .get("/peers.txt")
+                .unwrap()
+                .content,
             "10.0.0.1\n10.0.0.2\n10.0.0.3\n"
         );
         etags
-            .entry(payload.files().get("/config.yaml").unwrap().content.clone())
+            .entry(
+                payload
+                    .payload()
+                    .unwrap()
+                    .files
+                    .get("/config.yaml")
+                    .unwrap()
+                    .content
+                    .clone(),
+            )
             .or_insert_with(|| payload.etag().to_owned());
     }
     assert_eq!(
@@ -412,10 +427,24 @@ async fn deployment_adapter_derives_node_and_shared_files_from_its_model() {
         panic!("ready with two members");
     };
     assert_eq!(
-        payload.files().get("/node.yaml").unwrap().content,
+        payload
+            .payload()
+            .unwrap()
+            .files
+            .get("/node.yaml")
+            .unwrap()
+            .content,
         "index: 1\n"
     );
-    let members: Vec<String> =
-        serde_json::from_str(&payload.files().get("/members.json").unwrap().content).unwrap();
+    let members: Vec<String> = serde_json::from_str(
+        &payload
+            .payload()
+            .unwrap()
+            .files
+            .get("/members.json")
+            .unwrap()
+            .content,
+    )
+    .unwrap();
     assert_eq!(members, ["x", "y"]);
 }

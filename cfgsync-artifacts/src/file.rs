@@ -3,7 +3,9 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{Error, Result};
+use sha2::{Digest as _, Sha256};
+
+use crate::{ArtifactDigest, Error, Result};
 
 /// How an [`ArtifactFile`]'s `content` is encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,6 +68,30 @@ impl ArtifactFile {
     pub fn with_mode(mut self, mode: u32) -> Self {
         self.mode = Some(mode);
         self
+    }
+
+    /// SHA-256 over a canonical, length-prefixed encoding of every field: path,
+    /// content, mode and encoding.
+    pub fn digest(&self) -> ArtifactDigest {
+        let mut hasher = Sha256::new();
+        hasher.update(b"cfgsync-artifact-file/v1\n");
+        for field in [self.path.as_bytes(), self.content.as_bytes()] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field);
+        }
+        match self.mode {
+            None => hasher.update([0]),
+            Some(mode) => {
+                hasher.update([1]);
+                hasher.update(mode.to_be_bytes());
+            }
+        }
+        hasher.update([match self.encoding {
+            None => 0,
+            Some(ArtifactEncoding::Utf8) => 1,
+            Some(ArtifactEncoding::Base64) => 2,
+        }]);
+        ArtifactDigest(hasher.finalize().into())
     }
 
     /// The bytes to write: `content` itself, or its base64 decoding.

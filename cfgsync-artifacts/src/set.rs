@@ -4,7 +4,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::{ArtifactEncoding, ArtifactFile, Error, Result};
+use crate::{ArtifactFile, Error, Result};
 
 /// An ordered set of files with unique paths.
 ///
@@ -108,32 +108,14 @@ impl ArtifactSet {
         self
     }
 
-    /// SHA-256 over a canonical, length-prefixed encoding of every field of every
-    /// file, in order. Equal sets give equal digests; any change of a path, a byte
-    /// of content, a mode, an encoding or the order gives a different one.
+    /// SHA-256 over the files' own digests ([`ArtifactFile::digest`]), in
+    /// order. Equal sets give equal digests; any change of a path, a byte of
+    /// content, a mode, an encoding or the order gives a different one. Being
+    /// built from per-file digests, the digest of a merged set can be computed
+    /// from digests computed once ([`ArtifactDigest::of_files`]) without reading
+    /// the contents again.
     pub fn digest(&self) -> ArtifactDigest {
-        let mut hasher = Sha256::new();
-        hasher.update(b"cfgsync-artifact-set/v1\n");
-        hasher.update((self.files.len() as u64).to_be_bytes());
-        for file in &self.files {
-            for field in [file.path.as_bytes(), file.content.as_bytes()] {
-                hasher.update((field.len() as u64).to_be_bytes());
-                hasher.update(field);
-            }
-            match file.mode {
-                None => hasher.update([0]),
-                Some(mode) => {
-                    hasher.update([1]);
-                    hasher.update(mode.to_be_bytes());
-                }
-            }
-            hasher.update([match file.encoding {
-                None => 0,
-                Some(ArtifactEncoding::Utf8) => 1,
-                Some(ArtifactEncoding::Base64) => 2,
-            }]);
-        }
-        ArtifactDigest(hasher.finalize().into())
+        ArtifactDigest::of_files(self.files.iter().map(ArtifactFile::digest))
     }
 }
 
@@ -171,9 +153,19 @@ impl IntoIterator for ArtifactSet {
 
 /// A SHA-256 digest of an [`ArtifactSet`]; `Display` prints lowercase hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ArtifactDigest([u8; 32]);
+pub struct ArtifactDigest(pub(crate) [u8; 32]);
 
 impl ArtifactDigest {
+    /// The digest of a set whose files have these digests, in order.
+    pub fn of_files(files: impl IntoIterator<Item = ArtifactDigest>) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"cfgsync-artifact-set/v2\n");
+        for file in files {
+            hasher.update(file.0);
+        }
+        Self(hasher.finalize().into())
+    }
+
     /// The raw digest bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
@@ -200,6 +192,7 @@ impl fmt::Debug for ArtifactDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ArtifactEncoding;
 
     fn set(files: &[(&str, &str)]) -> ArtifactSet {
         ArtifactSet::from_files(files.iter().map(|(p, c)| ArtifactFile::new(*p, *c))).unwrap()

@@ -18,7 +18,8 @@ pub use client::{CfgsyncClient, CfgsyncClientBuilder, FetchOptions, FetchOutcome
 pub use document::{NodeArtifactsBundle, NodeArtifactsBundleEntry, RegistrationArtifacts};
 pub use error::{BoxError, Error, Result};
 pub use payload::{
-    ErrorBody, ErrorCode, NodeArtifactsPayload, NodeFilesReplacement, SCHEMA_VERSION, ServedPayload,
+    ErrorBody, ErrorCode, NodeArtifactsPayload, NodeFilesReplacement, SCHEMA_VERSION,
+    ServedPayload, SharedFiles,
 };
 pub use registration::{
     DEFAULT_MAX_METADATA_BYTES, MAX_IDENTIFIER_LEN, NodeRegistration, RegistrationPayload,

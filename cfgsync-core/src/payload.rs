@@ -1,7 +1,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use cfgsync_artifacts::ArtifactSet;
+use cfgsync_artifacts::{ArtifactDigest, ArtifactFile, ArtifactSet};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -35,39 +35,145 @@ impl NodeArtifactsPayload {
 }
 
 /// A payload ready to serve: the JSON body is encoded and its ETag computed once,
-/// when the source builds it, so answering `/node` costs no serialization.
+/// when the source builds it, so answering `/node` costs no serialization. Only
+/// the encoded body is kept; [`payload`](Self::payload) decodes it on demand.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServedPayload {
-    payload: NodeArtifactsPayload,
     etag: String,
     body: Bytes,
+    files: usize,
 }
+
+/// Files shared by many payloads, encoded once: each file's JSON and digest.
+/// [`ServedPayload::merged`] splices them after a node's own files, so building
+/// N payloads that share a large file (a peer list) costs one encoding of it,
+/// not N.
+#[derive(Debug, Clone, Default)]
+pub struct SharedFiles {
+    files: ArtifactSet,
+    encoded: Vec<EncodedFile>,
+    /// Every encoded file, comma-separated: spliced whole when a node overrides
+    /// none of the shared paths.
+    joined: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+struct EncodedFile {
+    json: Vec<u8>,
+    digest: ArtifactDigest,
+}
+
+fn encode_file(file: &ArtifactFile) -> Result<EncodedFile> {
+    let json = serde_json::to_vec(file).map_err(|e| Error::Source {
+        message: format!("cannot encode file {:?} as JSON", file.path),
+        source: Some(Box::new(e)),
+    })?;
+    Ok(EncodedFile {
+        json,
+        digest: file.digest(),
+    })
+}
+
+impl SharedFiles {
+    /// Encodes `files` once.
+    pub fn new(files: ArtifactSet) -> Result<Self> {
+        let encoded = files.iter().map(encode_file).collect::<Result<Vec<_>>>()?;
+        let mut joined = Vec::with_capacity(encoded.iter().map(|e| e.json.len() + 1).sum());
+        for (i, file) in encoded.iter().enumerate() {
+            if i > 0 {
+                joined.push(b',');
+            }
+            joined.extend_from_slice(&file.json);
+        }
+        Ok(Self {
+            files,
+            encoded,
+            joined,
+        })
+    }
+
+    /// The shared files.
+    pub fn files(&self) -> &ArtifactSet {
+        &self.files
+    }
+}
+
+const BODY_PREFIX: &[u8] = br#"{"schema_version":1,"files":["#;
+const BODY_SUFFIX: &[u8] = b"]}";
 
 impl ServedPayload {
     /// Encodes `files` as a schema-1 payload and computes its ETag (the quoted
     /// SHA-256 digest of the set).
     pub fn new(files: ArtifactSet) -> Result<Self> {
-        let etag = format!("\"{}\"", files.digest());
-        let payload = NodeArtifactsPayload::new(files);
-        let body = serde_json::to_vec(&payload).map_err(|e| Error::Source {
-            message: "cannot encode payload as JSON".into(),
-            source: Some(Box::new(e)),
-        })?;
+        Self::merged(&files, &SharedFiles::default())
+    }
+
+    /// The payload of `own` files merged with `shared` ones (a node's own file
+    /// wins a path clash), byte for byte what encoding
+    /// `own.merged_with_shared(shared.files())` gives, with the same ETag — but
+    /// the shared files are not encoded or hashed again.
+    pub fn merged(own: &ArtifactSet, shared: &SharedFiles) -> Result<Self> {
+        let own_encoded = own.iter().map(encode_file).collect::<Result<Vec<_>>>()?;
+        let kept: Vec<&EncodedFile> = shared
+            .files
+            .iter()
+            .zip(&shared.encoded)
+            .filter(|(file, _)| !own.contains(&file.path))
+            .map(|(_, encoded)| encoded)
+            .collect();
+        let digest = ArtifactDigest::of_files(
+            own_encoded
+                .iter()
+                .map(|e| e.digest)
+                .chain(kept.iter().map(|e| e.digest)),
+        );
+        let mut body = Vec::with_capacity(
+            BODY_PREFIX.len()
+                + BODY_SUFFIX.len()
+                + own_encoded.iter().map(|e| e.json.len() + 1).sum::<usize>()
+                + shared.joined.len()
+                + 1,
+        );
+        body.extend_from_slice(BODY_PREFIX);
+        let mut first = true;
+        let mut push = |json: &[u8], body: &mut Vec<u8>| {
+            if !first {
+                body.push(b',');
+            }
+            first = false;
+            body.extend_from_slice(json);
+        };
+        for file in &own_encoded {
+            push(&file.json, &mut body);
+        }
+        if kept.len() == shared.encoded.len() {
+            if !shared.joined.is_empty() {
+                push(&shared.joined, &mut body);
+            }
+        } else {
+            for file in &kept {
+                push(&file.json, &mut body);
+            }
+        }
+        body.extend_from_slice(BODY_SUFFIX);
         Ok(Self {
-            payload,
-            etag,
+            etag: format!("\"{digest}\""),
             body: Bytes::from(body),
+            files: own_encoded.len() + kept.len(),
         })
     }
 
-    /// The payload.
-    pub fn payload(&self) -> &NodeArtifactsPayload {
-        &self.payload
+    /// The payload, decoded from the body.
+    pub fn payload(&self) -> Result<NodeArtifactsPayload> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::Source {
+            message: "cannot decode a payload this crate encoded".into(),
+            source: Some(Box::new(e)),
+        })
     }
 
-    /// The files.
-    pub fn files(&self) -> &ArtifactSet {
-        &self.payload.files
+    /// Number of files.
+    pub fn file_count(&self) -> usize {
+        self.files
     }
 
     /// The strong ETag, quoted as sent in the `ETag` header.
@@ -94,7 +200,7 @@ impl fmt::Debug for ServedPayload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServedPayload")
             .field("etag", &self.etag)
-            .field("files", &self.payload.files.len())
+            .field("files", &self.files)
             .field("bytes", &self.body.len())
             .finish()
     }
@@ -220,6 +326,52 @@ mod tests {
         assert!(served.matches_if_none_match(&format!("\"other\", W/{etag}")));
         assert!(served.matches_if_none_match("*"));
         assert!(!served.matches_if_none_match("\"other\""));
+    }
+
+    #[test]
+    fn merged_payload_is_byte_for_byte_the_full_encoding() {
+        let own = ArtifactSet::from_files([
+            ArtifactFile::new("/config.yaml", "id: 1\n"),
+            ArtifactFile::new("/b", "own b").with_mode(0o600),
+        ])
+        .unwrap();
+        let shared_set = ArtifactSet::from_files([
+            ArtifactFile::new("/peers.yaml", "peers: [a, b]\n"),
+            ArtifactFile::binary("/key", b"\x00\x01"),
+        ])
+        .unwrap();
+        let shared = SharedFiles::new(shared_set.clone()).unwrap();
+        for own in [own.clone(), ArtifactSet::new()] {
+            let full = ServedPayload::new(own.clone().merged_with_shared(&shared_set)).unwrap();
+            let merged = ServedPayload::merged(&own, &shared).unwrap();
+            assert_eq!(merged, full);
+            let expected = serde_json::to_vec(&NodeArtifactsPayload::new(
+                own.clone().merged_with_shared(&shared_set),
+            ))
+            .unwrap();
+            assert_eq!(merged.body().as_ref(), expected.as_slice());
+            assert_eq!(
+                merged.payload().unwrap().files,
+                own.merged_with_shared(&shared_set)
+            );
+        }
+        // A node overriding a shared path: the node's file wins, same bytes again.
+        let overriding =
+            ArtifactSet::from_files([ArtifactFile::new("/peers.yaml", "mine")]).unwrap();
+        let merged = ServedPayload::merged(&overriding, &shared).unwrap();
+        assert_eq!(
+            merged,
+            ServedPayload::new(overriding.merged_with_shared(&shared_set)).unwrap()
+        );
+        assert_eq!(merged.file_count(), 2);
+        // Empty everything.
+        assert_eq!(
+            ServedPayload::new(ArtifactSet::new())
+                .unwrap()
+                .body()
+                .as_ref(),
+            br#"{"schema_version":1,"files":[]}"#
+        );
     }
 
     #[test]

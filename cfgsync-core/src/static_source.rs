@@ -10,27 +10,27 @@ use crate::document::{NodeArtifactsBundle, RegistrationArtifacts};
 use crate::registration::validate_identifier;
 use crate::{
     ChangeNotifier, ConfigResolveResponse, ConfigSource, Error, NodeRegistration, Result,
-    ServedPayload,
+    ServedPayload, SharedFiles,
 };
 
 /// Per-node payloads built once from node files merged with shared files.
 #[derive(Debug, Default)]
 struct NodePayloads {
-    shared: ArtifactSet,
+    shared: SharedFiles,
     nodes: HashMap<String, Arc<ServedPayload>>,
 }
 
 impl NodePayloads {
-    fn new(shared: ArtifactSet) -> Self {
-        Self {
-            shared,
+    fn new(shared: ArtifactSet) -> Result<Self> {
+        Ok(Self {
+            shared: SharedFiles::new(shared)?,
             nodes: HashMap::new(),
-        }
+        })
     }
 
     fn set(&mut self, identifier: &str, files: ArtifactSet) -> Result<()> {
         validate_identifier(identifier)?;
-        let payload = ServedPayload::new(files.merged_with_shared(&self.shared))?;
+        let payload = ServedPayload::merged(&files, &self.shared)?;
         self.nodes.insert(identifier.to_owned(), Arc::new(payload));
         Ok(())
     }
@@ -62,11 +62,11 @@ pub struct StaticConfigSource {
 
 impl StaticConfigSource {
     /// A source with `shared` files merged into every node's payload.
-    pub fn new(shared: ArtifactSet) -> Self {
-        Self {
-            payloads: RwLock::new(NodePayloads::new(shared)),
+    pub fn new(shared: ArtifactSet) -> Result<Self> {
+        Ok(Self {
+            payloads: RwLock::new(NodePayloads::new(shared)?),
             ..Self::default()
-        }
+        })
     }
 
     /// Adds (or replaces) a node's own files.
@@ -77,7 +77,7 @@ impl StaticConfigSource {
 
     /// Builds the source from a [`RegistrationArtifacts`] document.
     pub fn from_artifacts(artifacts: RegistrationArtifacts) -> Result<Self> {
-        let mut payloads = NodePayloads::new(artifacts.shared.files);
+        let mut payloads = NodePayloads::new(artifacts.shared.files)?;
         for (identifier, list) in artifacts.nodes {
             payloads.set(&identifier, list.files)?;
         }
@@ -145,7 +145,7 @@ impl BundleConfigSource {
     /// Builds the source from a bundle; fails on a duplicate identifier, a bad
     /// identifier or a duplicate path within a node.
     pub fn from_bundle(bundle: NodeArtifactsBundle) -> Result<Self> {
-        let mut payloads = NodePayloads::new(bundle.shared_files);
+        let mut payloads = NodePayloads::new(bundle.shared_files)?;
         for entry in bundle.nodes {
             if payloads.nodes.contains_key(&entry.identifier) {
                 return Err(Error::Invalid {

@@ -258,6 +258,7 @@ async fn answers_that_waiting_cannot_change_fail_at_once() {
 
     // Auth on: no token is 401 at register, at once; the right token works.
     let source = StaticConfigSource::new(files(&[]))
+        .unwrap()
         .with_node("node-1", files(&[("/config.yaml", "id: node-1\n")]))
         .unwrap();
     let server = TestServer::start(

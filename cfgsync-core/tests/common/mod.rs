@@ -58,6 +58,7 @@ pub fn two_node_static_source() -> StaticConfigSource {
         ("/peers.txt", "shared peers\n"),
         ("/shared.yaml", "shared\n"),
     ]))
+    .unwrap()
     .with_node("node-1", files(&[("/config.yaml", "id: node-1\n")]))
     .unwrap()
     .with_node(
