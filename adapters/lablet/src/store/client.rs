@@ -19,9 +19,11 @@ use super::bucket::create_bucket;
 use super::location::validate_bucket;
 use super::{StoreError, StoreLocation};
 
-/// Multipart chunk size: memory per upload is about `CHUNK * (CONCURRENCY + 1)`.
-const CHUNK: usize = 8 * 1024 * 1024;
-const CONCURRENCY: usize = 2;
+/// Multipart part size of an upload: memory per upload is about
+/// `UPLOAD_CHUNK_BYTES * (UPLOAD_CONCURRENCY + 1)`.
+pub const UPLOAD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// Parts of one upload in flight at once.
+pub const UPLOAD_CONCURRENCY: usize = 2;
 const READ_BUF: usize = 1024 * 1024;
 /// Metadata key carrying the package SHA-256 on S3.
 pub const SHA256_METADATA: &str = "sha256";
@@ -406,7 +408,7 @@ async fn stream_upload(
         .put_multipart_opts(path, opts)
         .await
         .map_err(os_err("upload", url))?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_CHUNK_BYTES);
     let mut buf = vec![0u8; READ_BUF];
     let mut total: u64 = 0;
     loop {
@@ -420,7 +422,7 @@ async fn stream_upload(
         if n == 0 {
             break;
         }
-        if let Err(e) = writer.wait_for_capacity(CONCURRENCY).await {
+        if let Err(e) = writer.wait_for_capacity(UPLOAD_CONCURRENCY).await {
             let _ = writer.abort().await;
             return Err(os_err("upload", url)(e));
         }
