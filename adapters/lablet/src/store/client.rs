@@ -310,15 +310,24 @@ impl PackageStore {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io_err(format!("remove sidecar of {}", loc.url))(e)),
                 }
-                let bytes = stream_upload(
-                    store.as_ref(),
-                    &path,
-                    file,
-                    Attributes::new(),
-                    &loc.url,
-                    on_bytes,
-                )
-                .await?;
+                let bytes = match link_into_place(store, &path, file).await {
+                    Ok(bytes) => {
+                        on_bytes(bytes);
+                        bytes
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, url = %loc.url, "cannot link the package into the store; copying it");
+                        stream_upload(
+                            store.as_ref(),
+                            &path,
+                            file,
+                            Attributes::new(),
+                            &loc.url,
+                            on_bytes,
+                        )
+                        .await?
+                    }
+                };
                 write_atomic(&side, sha256.as_bytes())
                     .await
                     .map_err(io_err(format!("write sidecar of {}", loc.url)))?;
@@ -389,6 +398,42 @@ fn sidecar(dir: &FsPath, key: &str) -> PathBuf {
     let mut name = p.into_os_string();
     name.push(".sha256");
     PathBuf::from(name)
+}
+
+/// Put `file` at `path` of a local store as a hard link: the downloaded temp file
+/// already holds the bytes on the same file system, so copying them again would
+/// only double the disk traffic. Atomic like the store's own writes (a link under
+/// a temporary name in the target directory, then a rename); fails (and the caller
+/// copies instead) e.g. across file systems. Returns the package size.
+async fn link_into_place(
+    store: &LocalFileSystem,
+    path: &Path,
+    file: &FsPath,
+) -> std::io::Result<u64> {
+    let dest = store
+        .path_to_filesystem(path)
+        .map_err(std::io::Error::other)?;
+    let file = file.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let dir = dest
+            .parent()
+            .ok_or_else(|| std::io::Error::other("object path has no parent"))?;
+        std::fs::create_dir_all(dir)?;
+        let staged = tempfile::Builder::new()
+            .prefix(".link-")
+            .make_in(dir, |p| std::fs::hard_link(&file, p))?;
+        let size = std::fs::metadata(staged.path())?.len();
+        #[cfg(unix)]
+        {
+            // the temp download is private (0600); stored objects are not
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(0o644))?;
+        }
+        staged.persist(&dest).map_err(|e| e.error)?;
+        Ok(size)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Stream `file` into a multipart upload; abort on any failure.
