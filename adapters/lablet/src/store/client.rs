@@ -1,5 +1,5 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +10,6 @@ use object_store::{
     Attribute, AttributeValue, Attributes, GetOptions, ObjectStore, ObjectStoreExt,
     PutMultipartOptions, WriteMultipart,
 };
-use tokio::io::AsyncReadExt;
 
 use crate::config::LabletSyncConfig;
 use crate::template;
@@ -24,7 +23,6 @@ use super::{StoreError, StoreLocation};
 pub const UPLOAD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// Parts of one upload in flight at once.
 pub const UPLOAD_CONCURRENCY: usize = 2;
-const READ_BUF: usize = 1024 * 1024;
 /// Metadata key carrying the package SHA-256 on S3.
 pub const SHA256_METADATA: &str = "sha256";
 
@@ -445,34 +443,48 @@ async fn stream_upload(
     url: &str,
     on_bytes: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64, StoreError> {
-    let mut source = tokio::fs::File::open(file)
-        .await
-        .map_err(io_err(format!("open {}", file.display())))?;
+    let source = std::fs::File::open(file).map_err(io_err(format!("open {}", file.display())))?;
+    let mut source = Some(source);
     let opts = PutMultipartOptions::from(attributes);
     let upload = store
         .put_multipart_opts(path, opts)
         .await
         .map_err(os_err("upload", url))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_CHUNK_BYTES);
-    let mut buf = vec![0u8; READ_BUF];
     let mut total: u64 = 0;
     loop {
-        let n = match source.read(&mut buf).await {
-            Ok(n) => n,
+        // read a whole part straight into its own buffer (one blocking-pool hop per
+        // part) and hand it over without copying it again
+        let read = match source.take() {
+            Some(f) => tokio::task::spawn_blocking(move || {
+                let mut part = Vec::with_capacity(UPLOAD_CHUNK_BYTES);
+                let n = (&f).take(UPLOAD_CHUNK_BYTES as u64).read_to_end(&mut part);
+                n.map(|_| (f, part))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r),
+            None => Err(std::io::Error::other("upload source lost")),
+        };
+        let part = match read {
+            Ok((f, part)) => {
+                source = Some(f);
+                part
+            }
             Err(e) => {
                 let _ = writer.abort().await;
                 return Err(io_err(format!("read {}", file.display()))(e));
             }
         };
-        if n == 0 {
+        if part.is_empty() {
             break;
         }
         if let Err(e) = writer.wait_for_capacity(UPLOAD_CONCURRENCY).await {
             let _ = writer.abort().await;
             return Err(os_err("upload", url)(e));
         }
-        writer.write(&buf[..n]);
-        total += n as u64;
+        total += part.len() as u64;
+        writer.put(bytes::Bytes::from(part));
         on_bytes(total);
     }
     writer.finish().await.map_err(os_err("upload", url))?;
