@@ -19,7 +19,8 @@ use super::location::validate_bucket;
 use super::{StoreError, StoreLocation};
 
 /// Multipart part size of an upload: memory per upload is about
-/// `UPLOAD_CHUNK_BYTES * (UPLOAD_CONCURRENCY + 1)`.
+/// `UPLOAD_CHUNK_BYTES * (UPLOAD_CONCURRENCY + 2)` (parts in flight, one being
+/// filled, one being read).
 pub const UPLOAD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// Parts of one upload in flight at once.
 pub const UPLOAD_CONCURRENCY: usize = 2;
