@@ -1,5 +1,5 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +10,6 @@ use object_store::{
     Attribute, AttributeValue, Attributes, BackoffConfig, ClientConfigKey, GetOptions, ObjectStore,
     ObjectStoreExt, PutMultipartOptions, RetryConfig, WriteMultipart,
 };
-use tokio::io::AsyncReadExt;
 
 use crate::config::LabletSyncConfig;
 use crate::template;
@@ -19,10 +18,12 @@ use super::bucket::create_bucket;
 use super::location::validate_bucket;
 use super::{StoreError, StoreLocation};
 
-/// Multipart chunk size: memory per upload is about `CHUNK * (CONCURRENCY + 1)`.
-const CHUNK: usize = 8 * 1024 * 1024;
-const CONCURRENCY: usize = 2;
-const READ_BUF: usize = 1024 * 1024;
+/// Multipart part size of an upload: memory per upload is about
+/// `UPLOAD_CHUNK_BYTES * (UPLOAD_CONCURRENCY + 2)` (parts in flight, one being
+/// filled, one being read).
+pub const UPLOAD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// Parts of one upload in flight at once.
+pub const UPLOAD_CONCURRENCY: usize = 2;
 /// Metadata key carrying the package SHA-256 on S3.
 pub const SHA256_METADATA: &str = "sha256";
 
@@ -336,15 +337,24 @@ impl PackageStore {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io_err(format!("remove sidecar of {}", loc.url))(e)),
                 }
-                let bytes = stream_upload(
-                    store.as_ref(),
-                    &path,
-                    file,
-                    Attributes::new(),
-                    &loc.url,
-                    on_bytes,
-                )
-                .await?;
+                let bytes = match link_into_place(store, &path, file).await {
+                    Ok(bytes) => {
+                        on_bytes(bytes);
+                        bytes
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, url = %loc.url, "cannot link the package into the store; copying it");
+                        stream_upload(
+                            store.as_ref(),
+                            &path,
+                            file,
+                            Attributes::new(),
+                            &loc.url,
+                            on_bytes,
+                        )
+                        .await?
+                    }
+                };
                 write_atomic(&side, sha256.as_bytes())
                     .await
                     .map_err(io_err(format!("write sidecar of {}", loc.url)))?;
@@ -432,6 +442,42 @@ fn sidecar(dir: &FsPath, key: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Put `file` at `path` of a local store as a hard link: the downloaded temp file
+/// already holds the bytes on the same file system, so copying them again would
+/// only double the disk traffic. Atomic like the store's own writes (a link under
+/// a temporary name in the target directory, then a rename); fails (and the caller
+/// copies instead) e.g. across file systems. Returns the package size.
+async fn link_into_place(
+    store: &LocalFileSystem,
+    path: &Path,
+    file: &FsPath,
+) -> std::io::Result<u64> {
+    let dest = store
+        .path_to_filesystem(path)
+        .map_err(std::io::Error::other)?;
+    let file = file.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let dir = dest
+            .parent()
+            .ok_or_else(|| std::io::Error::other("object path has no parent"))?;
+        std::fs::create_dir_all(dir)?;
+        let staged = tempfile::Builder::new()
+            .prefix(".link-")
+            .make_in(dir, |p| std::fs::hard_link(&file, p))?;
+        let size = std::fs::metadata(staged.path())?.len();
+        #[cfg(unix)]
+        {
+            // the temp download is private (0600); stored objects are not
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(0o644))?;
+        }
+        staged.persist(&dest).map_err(|e| e.error)?;
+        Ok(size)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// Stream `file` into a multipart upload; abort on any failure.
 async fn stream_upload(
     store: &dyn ObjectStore,
@@ -441,34 +487,48 @@ async fn stream_upload(
     url: &str,
     on_bytes: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64, StoreError> {
-    let mut source = tokio::fs::File::open(file)
-        .await
-        .map_err(io_err(format!("open {}", file.display())))?;
+    let source = std::fs::File::open(file).map_err(io_err(format!("open {}", file.display())))?;
+    let mut source = Some(source);
     let opts = PutMultipartOptions::from(attributes);
     let upload = store
         .put_multipart_opts(path, opts)
         .await
         .map_err(os_err("upload", url))?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
-    let mut buf = vec![0u8; READ_BUF];
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_CHUNK_BYTES);
     let mut total: u64 = 0;
     loop {
-        let n = match source.read(&mut buf).await {
-            Ok(n) => n,
+        // read a whole part straight into its own buffer (one blocking-pool hop per
+        // part) and hand it over without copying it again
+        let read = match source.take() {
+            Some(f) => tokio::task::spawn_blocking(move || {
+                let mut part = Vec::with_capacity(UPLOAD_CHUNK_BYTES);
+                let n = (&f).take(UPLOAD_CHUNK_BYTES as u64).read_to_end(&mut part);
+                n.map(|_| (f, part))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r),
+            None => Err(std::io::Error::other("upload source lost")),
+        };
+        let part = match read {
+            Ok((f, part)) => {
+                source = Some(f);
+                part
+            }
             Err(e) => {
                 let _ = writer.abort().await;
                 return Err(io_err(format!("read {}", file.display()))(e));
             }
         };
-        if n == 0 {
+        if part.is_empty() {
             break;
         }
-        if let Err(e) = writer.wait_for_capacity(CONCURRENCY).await {
+        if let Err(e) = writer.wait_for_capacity(UPLOAD_CONCURRENCY).await {
             let _ = writer.abort().await;
             return Err(os_err("upload", url)(e));
         }
-        writer.write(&buf[..n]);
-        total += n as u64;
+        total += part.len() as u64;
+        writer.put(bytes::Bytes::from(part));
         on_bytes(total);
     }
     writer.finish().await.map_err(os_err("upload", url))?;

@@ -17,6 +17,6 @@ mod client;
 mod error;
 mod location;
 
-pub use client::{PackageStore, UploadOutcome};
+pub use client::{PackageStore, UPLOAD_CHUNK_BYTES, UPLOAD_CONCURRENCY, UploadOutcome};
 pub use error::StoreError;
 pub use location::{StoreLocation, slug};
