@@ -26,7 +26,9 @@ pub use registration::{
     validate_identifier,
 };
 pub use router::build_cfgsync_router;
-pub use serve::{serve_app_on, serve_cfgsync, serve_cfgsync_on, shutdown_signal};
+pub use serve::{
+    LISTEN_BACKLOG, bind_listener, serve_app_on, serve_cfgsync, serve_cfgsync_on, shutdown_signal,
+};
 pub use server::{CfgsyncServerState, CfgsyncServerStateBuilder, ServerLimits};
 pub use source::{ChangeNotifier, ConfigResolveResponse, ConfigSource};
 pub use static_source::{BundleConfigSource, StaticConfigSource};

@@ -7,12 +7,31 @@ use crate::router::build_cfgsync_router;
 use crate::server::CfgsyncServerState;
 use crate::{Error, Result};
 
+/// Pending connections the kernel may queue for us (it caps this at
+/// `net.core.somaxconn`): a fleet booting at once connects in the same instant,
+/// and tokio's default of 1024 makes the kernel fall back to SYN cookies.
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` for serving, with [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (a
+/// restarted server can bind while old connections linger in TIME_WAIT).
+pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| Error::Bind { addr, source })
+}
+
 /// Binds `addr` and serves the cfgsync routes until SIGTERM or ctrl-c, then
 /// finishes in-flight requests (held long-polls answer at once) and returns.
 pub async fn serve_cfgsync(addr: SocketAddr, state: CfgsyncServerState) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
+    let listener = bind_listener(addr)?;
     serve_cfgsync_on(listener, state, shutdown_signal()).await
 }
 

@@ -223,9 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let store = cfgsync_runtime::open_registration_store(registration_store).await?;
             let app = build_lablet_app(config(&cli)?, store, &options)?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+            let listener = cfgsync_core::bind_listener(*listen)?;
             eprintln!("lablet-sync serving on http://{listen}");
             serve_lablets(app, listener, &options, cfgsync_core::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
