@@ -1,7 +1,12 @@
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::router::build_cfgsync_router;
 use crate::server::CfgsyncServerState;
@@ -58,7 +63,7 @@ pub async fn serve_app_on(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "cfgsync server listening");
     }
-    axum::serve(listener, app)
+    axum::serve(LingeringListener(listener), app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
@@ -90,4 +95,140 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// How long a closed connection may keep draining a request body the server
+/// refused, so the client sees the answer rather than a reset.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much of a refused body a closed connection reads and discards at most.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Accepts like tokio's listener (axum retries accept errors), handing out
+/// [`LingeringStream`]s.
+struct LingeringListener(TcpListener);
+
+impl axum::serve::Listener for LingeringListener {
+    type Io = LingeringStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        (LingeringStream(Some(stream)), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A connection that closes the way RFC 9112 §9.6 asks ("lingering close").
+///
+/// When the server answers without reading the whole body (405, 413, 404 on a
+/// route that takes none), the HTTP layer closes the connection. Closing a
+/// socket with unread bytes makes the kernel send a reset, and a client that is
+/// still writing its body gets a broken pipe instead of the answer. So on drop,
+/// if the peer has sent bytes nobody read, the socket is handed to a task that
+/// sends FIN and reads and discards for at most [`LINGER_TIME`] and
+/// [`LINGER_BYTES`]. Connections with nothing pending close at once.
+struct LingeringStream(Option<TcpStream>);
+
+impl LingeringStream {
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+fn ready_err<T>(error: io::Error) -> Poll<io::Result<T>> {
+    Poll::Ready(Err(error))
+}
+
+impl AsyncRead for LingeringStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(stream) => Pin::new(stream).poll_read(cx, buf),
+            Err(error) => ready_err(error),
+        }
+    }
+}
+
+impl AsyncWrite for LingeringStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream() {
+            Ok(stream) => Pin::new(stream).poll_write(cx, buf),
+            Err(error) => ready_err(error),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream() {
+            Ok(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Err(error) => ready_err(error),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(stream) => Pin::new(stream).poll_flush(cx),
+            Err(error) => ready_err(error),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(stream) => Pin::new(stream).poll_shutdown(cx),
+            Err(error) => ready_err(error),
+        }
+    }
+}
+
+impl Drop for LingeringStream {
+    fn drop(&mut self) {
+        let Some(stream) = self.0.take() else { return };
+        // Anything (or EOF, or an error) other than "would block" means there
+        // is nothing left to protect: close now.
+        let mut probe = [0u8; 1];
+        if !matches!(stream.try_read(&mut probe), Ok(n) if n > 0) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(linger(stream));
+    }
+}
+
+async fn linger(mut stream: TcpStream) {
+    // FIN after the answer already written, so the client reads it to the end.
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }

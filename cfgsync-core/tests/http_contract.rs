@@ -688,3 +688,44 @@ async fn replace_answers_405_when_the_source_cannot_replace() {
     let _ = ArtifactFile::new("unused", "");
     server.shutdown().await.unwrap();
 }
+
+/// A server that refuses a body it will not read (405 on a route without one,
+/// 413 past the limit) must still let a client that writes its whole request
+/// before reading (as Python's http.client, or a hyper client racing the reset)
+/// see the answer. Closing at once with unread bytes resets the connection and
+/// such a client only saw a broken pipe; the server now drains (bounded) first.
+#[tokio::test]
+async fn a_refused_body_still_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::with_source(Arc::new(two_node_static_source())).await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    // Well past what the socket buffers on both sides can hold.
+    let declared = 32 * 1024 * 1024;
+    for (route, status) in [("/readyz", 405), ("/register", 413)] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {route} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             content-length: {declared}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'a'; 64 * 1024];
+        for written in (0..declared).step_by(chunk.len()) {
+            stream
+                .write_all(&chunk)
+                .await
+                .unwrap_or_else(|e| panic!("{route}: writing at byte {written}: {e}"));
+        }
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{route}: read {read:?}, answer {answer:?}"
+        );
+    }
+    assert_eq!(
+        reqwest::get(server.url("/healthz")).await.unwrap().status(),
+        200
+    );
+}

@@ -19,7 +19,7 @@ struct Harness {
     /// leave the connection usable.
     http: reqwest::Client,
     /// For bodies over the limit, after which the server rightly closes the
-    /// connection instead of reading megabytes it will not use.
+    /// connection (draining, bounded, so the answer is not lost to a reset).
     fresh: reqwest::Client,
 }
 
