@@ -127,9 +127,10 @@ impl axum::serve::Listener for LingeringListener {
 /// route that takes none), the HTTP layer closes the connection. Closing a
 /// socket with unread bytes makes the kernel send a reset, and a client that is
 /// still writing its body gets a broken pipe instead of the answer. So on drop,
-/// if the peer has sent bytes nobody read, the socket is handed to a task that
-/// sends FIN and reads and discards for at most [`LINGER_TIME`] and
-/// [`LINGER_BYTES`]. Connections with nothing pending close at once.
+/// unless the peer has already closed, the socket is handed to a task that
+/// sends FIN and reads and discards until the peer closes, for at most
+/// [`LINGER_TIME`] and [`LINGER_BYTES`]. Connections the peer closed (the
+/// usual end of keep-alive) close at once.
 struct LingeringStream(Option<TcpStream>);
 
 impl LingeringStream {
@@ -202,11 +203,15 @@ impl AsyncWrite for LingeringStream {
 impl Drop for LingeringStream {
     fn drop(&mut self) {
         let Some(stream) = self.0.take() else { return };
-        // Anything (or EOF, or an error) other than "would block" means there
-        // is nothing left to protect: close now.
         let mut probe = [0u8; 1];
-        if !matches!(stream.try_read(&mut probe), Ok(n) if n > 0) {
-            return;
+        match stream.try_read(&mut probe) {
+            // The peer closed, or the connection failed: nothing to protect.
+            Ok(0) => return,
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return,
+            // Pending bytes, or none yet: the HTTP layer may just have drained
+            // what had arrived while more is in flight, so the peer may still
+            // be writing.
+            _ => {}
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -221,7 +226,7 @@ async fn linger(mut stream: TcpStream) {
         return;
     }
     let drain = async {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = [0u8; 4096];
         let mut left = LINGER_BYTES;
         while left > 0 {
             match stream.read(&mut buf).await {
