@@ -3,11 +3,13 @@
 //! open elsewhere waits (bounded) for its turn. Inside one process, operations on a
 //! file take turns through a mutex.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redb::{Database, DatabaseError};
+use redb::{Database, DatabaseError, TableDefinition};
+use tokio::task::JoinError;
 
 /// How long an operation waits for another process to release the file.
 const WAIT: Duration = Duration::from_secs(30);
@@ -53,5 +55,51 @@ impl DbFile {
             }
         };
         f(&db)
+    }
+}
+
+/// A store kept in one [`DbFile`]: names its error type once, and gets error
+/// mapping, table creation and blocking-thread access from here.
+pub(crate) trait DbStore: Clone + Send + Sync + 'static {
+    type Error: Send + 'static;
+
+    fn file(&self) -> &DbFile;
+
+    /// The store's error for a `redb` failure on the file at `path`.
+    fn db_error(path: &Path, source: redb::Error) -> Self::Error;
+
+    /// The store's error for a blocking task that did not finish.
+    fn task_error(source: JoinError) -> Self::Error;
+
+    fn err(&self, e: impl Into<redb::Error>) -> Self::Error {
+        Self::db_error(self.file().path(), e.into())
+    }
+
+    /// Creates `table` if missing, so reads of an empty store work.
+    fn create_table(&self, table: TableDefinition<'_, &str, &str>) -> Result<(), Self::Error> {
+        self.file().with(
+            |e| self.err(e),
+            |db| {
+                let tx = db.begin_write().map_err(|e| self.err(e))?;
+                tx.open_table(table).map_err(|e| self.err(e))?;
+                tx.commit().map_err(|e| self.err(e))
+            },
+        )
+    }
+
+    /// Runs `f` on the open database on a blocking thread.
+    fn blocking<T, F>(&self, f: F) -> impl Future<Output = Result<T, Self::Error>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&Self, &Database) -> Result<T, Self::Error> + Send + 'static,
+    {
+        let this = self.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                this.file().with(|e| this.err(e), |db| f(&this, db))
+            })
+            .await
+            .map_err(Self::task_error)?
+        }
     }
 }

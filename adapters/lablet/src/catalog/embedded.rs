@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::db::DbFile;
+use crate::db::{DbFile, DbStore};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -26,31 +26,8 @@ impl EmbeddedCatalog {
         let this = Self {
             db: Arc::new(DbFile::new(path)),
         };
-        // make sure the table exists so reads on an empty catalog work
-        this.db.with(
-            |e| this.err(e),
-            |db| {
-                let tx = db.begin_write().map_err(|e| this.err(e))?;
-                tx.open_table(DEFINITIONS).map_err(|e| this.err(e))?;
-                tx.commit().map_err(|e| this.err(e))
-            },
-        )?;
+        this.create_table(DEFINITIONS)?;
         Ok(this)
-    }
-
-    fn err(&self, e: impl Into<redb::Error>) -> CatalogError {
-        db_err(self.db.path(), e)
-    }
-
-    async fn blocking<T, F>(&self, f: F) -> Result<T, CatalogError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Self, &Database) -> Result<T, CatalogError> + Send + 'static,
-    {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.db.with(|e| this.err(e), |db| f(&this, db)))
-            .await
-            .map_err(CatalogError::Task)?
     }
 
     fn get_sync(&self, db: &Database, id: &str) -> Result<Option<LabletDefinition>, CatalogError> {
@@ -63,10 +40,22 @@ impl EmbeddedCatalog {
     }
 }
 
-fn db_err(path: &Path, e: impl Into<redb::Error>) -> CatalogError {
-    CatalogError::Db {
-        path: path.display().to_string(),
-        source: Box::new(e.into()),
+impl DbStore for EmbeddedCatalog {
+    type Error = CatalogError;
+
+    fn file(&self) -> &DbFile {
+        &self.db
+    }
+
+    fn db_error(path: &Path, source: redb::Error) -> CatalogError {
+        CatalogError::Db {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    fn task_error(source: tokio::task::JoinError) -> CatalogError {
+        CatalogError::Task(source)
     }
 }
 

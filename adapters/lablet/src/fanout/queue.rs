@@ -1,9 +1,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::db::DbFile;
+use crate::db::{DbFile, DbStore};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{FanOutBody, QueueError};
@@ -55,30 +55,8 @@ impl RetryQueue {
         let this = Self {
             db: Arc::new(DbFile::new(path)),
         };
-        this.db.with(
-            |e| this.err(e),
-            |db| {
-                let tx = db.begin_write().map_err(|e| this.err(e))?;
-                tx.open_table(PENDING).map_err(|e| this.err(e))?;
-                tx.commit().map_err(|e| this.err(e))
-            },
-        )?;
+        this.create_table(PENDING)?;
         Ok(this)
-    }
-
-    fn err(&self, e: impl Into<redb::Error>) -> QueueError {
-        db_err(self.db.path(), e)
-    }
-
-    async fn blocking<T, F>(&self, f: F) -> Result<T, QueueError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Self, &Database) -> Result<T, QueueError> + Send + 'static,
-    {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.db.with(|e| this.err(e), |db| f(&this, db)))
-            .await
-            .map_err(QueueError::Task)?
     }
 
     /// Add or replace the pending delivery for its target and lablet.
@@ -136,9 +114,21 @@ impl RetryQueue {
     }
 }
 
-fn db_err(path: &Path, e: impl Into<redb::Error>) -> QueueError {
-    QueueError::Db {
-        path: path.display().to_string(),
-        source: Box::new(e.into()),
+impl DbStore for RetryQueue {
+    type Error = QueueError;
+
+    fn file(&self) -> &DbFile {
+        &self.db
+    }
+
+    fn db_error(path: &Path, source: redb::Error) -> QueueError {
+        QueueError::Db {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    fn task_error(source: tokio::task::JoinError) -> QueueError {
+        QueueError::Task(source)
     }
 }
