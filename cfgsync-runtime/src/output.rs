@@ -22,7 +22,10 @@ use crate::{Error, Result};
 /// inside the root) is refused, and then nothing of the payload is written. Each
 /// file is written atomically: a temp file in the target's directory, written,
 /// given its mode, fsynced, renamed onto the target, then the directory fsynced.
-/// A reader sees the old file or the new one, never a part.
+/// A reader sees the old file or the new one, never a part. A writer killed
+/// mid-write can leave a `.cfgsync-*.tmp` beside the target (never at it); a
+/// later write into that directory removes such files once they are 15
+/// minutes old.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactOutputMap {
     root: PathBuf,
@@ -262,12 +265,49 @@ fn write_plan(plan: Vec<PlannedWrite<'_>>) -> Result<Vec<WrittenFile>> {
     for (dir, artifact) in dirs {
         sync_dir(&dir).map_err(|source| Error::Io {
             artifact: artifact.to_owned(),
-            path: dir,
+            path: dir.clone(),
             action: "fsync directory",
             source,
         })?;
+        remove_abandoned_temps(&dir);
     }
     Ok(written)
+}
+
+/// Temp files untouched for this long belong to a writer that was killed
+/// mid-write (a live one finishes within moments).
+const ABANDONED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Best effort: removes our temp files in `dir` that a killed writer left
+/// behind, so repeated crashes do not pile them up beside the targets.
+fn remove_abandoned_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)) {
+            continue;
+        }
+        let abandoned = entry
+            .metadata()
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= ABANDONED_TEMP_AGE);
+        if abandoned {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed an abandoned temp file")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %entry.path().display(), error = %e, "cannot remove an abandoned temp file")
+                }
+            }
+        }
+    }
 }
 
 fn stage(planned: &PlannedWrite<'_>) -> Result<NamedTempFile> {
@@ -301,9 +341,12 @@ fn stage(planned: &PlannedWrite<'_>) -> Result<NamedTempFile> {
     Ok(temp)
 }
 
+const TEMP_PREFIX: &str = ".cfgsync-";
+const TEMP_SUFFIX: &str = ".tmp";
+
 fn temp_builder(default_permissions: bool) -> tempfile::Builder<'static, 'static> {
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".cfgsync-").suffix(".tmp");
+    builder.prefix(TEMP_PREFIX).suffix(TEMP_SUFFIX);
     #[cfg(unix)]
     if default_permissions {
         use std::os::unix::fs::PermissionsExt as _;

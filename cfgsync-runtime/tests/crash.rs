@@ -87,6 +87,31 @@ async fn killed_client_leaves_the_old_file_or_the_new_one() {
             "round {i}: a mix of two versions"
         );
     }
+    // The killed writers' temp files are still there; age them past the
+    // threshold, and add one a live writer could own right now.
+    let temps = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".cfgsync-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let leftovers = temps(out.path());
+    assert!(!leftovers.is_empty(), "the kills during staging left nothing");
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for name in &leftovers {
+        std::fs::File::options()
+            .write(true)
+            .open(out.path().join(name))
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+    }
+    std::fs::write(out.path().join(".cfgsync-live.tmp"), "in use").unwrap();
+    std::fs::write(out.path().join("notes.tmp"), "not ours").unwrap();
+
     // Let one run finish, so the test also shows the new version does land.
     let status = Command::new(env!("CARGO_BIN_EXE_cfgsync-client"))
         .env_clear()
@@ -98,5 +123,8 @@ async fn killed_client_leaves_the_old_file_or_the_new_one() {
         .unwrap();
     assert!(status.success());
     assert_eq!(std::fs::read(&target).unwrap()[0], b'a' + 8);
+    // The abandoned temp files are gone; the fresh one and other files stay.
+    assert_eq!(temps(out.path()), [".cfgsync-live.tmp"]);
+    assert!(out.path().join("notes.tmp").exists());
     eprintln!("{completed} of 8 killed clients had finished before the kill");
 }
