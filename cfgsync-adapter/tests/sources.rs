@@ -14,11 +14,10 @@ use cfgsync_adapter::{
     SnapshotMaterialization,
 };
 use cfgsync_core::{
-    ArtifactFile, ArtifactSet, CfgsyncClient, CfgsyncServerState, ChangeNotifier,
-    ConfigResolveResponse, ConfigSource, FetchOptions, FetchOutcome, NodeRegistration,
-    serve_cfgsync_on,
+    ArtifactFile, ArtifactSet, CfgsyncClient, ChangeNotifier, ConfigResolveResponse, ConfigSource,
+    FetchOptions, FetchOutcome, NodeRegistration,
 };
-use cfgsync_test_support::S3Harness;
+use cfgsync_test_support::{S3Harness, TestServer};
 use tokio::sync::watch;
 
 fn reg(id: &str, ip: &str) -> NodeRegistration {
@@ -59,20 +58,6 @@ impl RegistrationSnapshotMaterializer for Peers {
         .with_shared(one_file("/peers.txt", peers));
         Ok(SnapshotMaterialization::Ready(catalog))
     }
-}
-
-async fn serve(source: Arc<dyn ConfigSource>) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_cfgsync_on(
-        listener,
-        CfgsyncServerState::new(source),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    (url, stop)
 }
 
 #[tokio::test]
@@ -157,8 +142,8 @@ async fn long_polling_node_wakes_when_the_last_peer_registers() {
             ..Peers::default()
         },
     ));
-    let (url, _stop) = serve(source).await;
-    let client = CfgsyncClient::new(&url).unwrap();
+    let server = TestServer::with_source(source).await;
+    let client = CfgsyncClient::new(&server.url).unwrap();
     client.register_node(&reg("a", "10.0.0.1")).await.unwrap();
     let waiting = {
         let client = client.clone();
@@ -214,10 +199,10 @@ async fn two_servers_sharing_s3_serve_the_same_payload_and_etag() {
                 ..Peers::default()
             },
         ));
-        servers.push(serve(source).await);
+        servers.push(TestServer::with_source(source).await);
     }
-    let on_a = CfgsyncClient::new(&servers[0].0).unwrap();
-    let on_b = CfgsyncClient::new(&servers[1].0).unwrap();
+    let on_a = CfgsyncClient::new(&servers[0].url).unwrap();
+    let on_b = CfgsyncClient::new(&servers[1].url).unwrap();
     on_a.register_node(&reg("node-1", "10.0.0.1"))
         .await
         .unwrap();
@@ -298,8 +283,8 @@ async fn materializing_source_follows_its_inputs_and_rejects_bad_metadata() {
         Arc::new(MemoryRegistrationStore::new()),
         channels.clone(),
     ));
-    let (url, _stop) = serve(source).await;
-    let client = CfgsyncClient::new(&url).unwrap();
+    let server = TestServer::with_source(source).await;
+    let client = CfgsyncClient::new(&server.url).unwrap();
     let node = reg("n1", "10.0.0.1")
         .with_metadata(&serde_json::json!({"channel": "stable"}))
         .unwrap();

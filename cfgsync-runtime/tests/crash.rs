@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cfgsync_core::{
-    ArtifactFile, ArtifactSet, BundleConfigSource, CfgsyncServerState, ConfigSource,
-    NodeArtifactsBundle, NodeArtifactsBundleEntry, serve_cfgsync_on,
+    ArtifactFile, ArtifactSet, BundleConfigSource, ConfigSource, NodeArtifactsBundle,
+    NodeArtifactsBundleEntry,
 };
+use cfgsync_test_support::TestServer;
 
 const SIZE: usize = 16 * 1024 * 1024;
 
@@ -32,13 +33,8 @@ async fn killed_client_leaves_the_old_file_or_the_new_one() {
         shared_files: ArtifactSet::new(),
     };
     let source = Arc::new(BundleConfigSource::from_bundle(bundle).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve_cfgsync_on(
-        listener,
-        CfgsyncServerState::new(source.clone()),
-        std::future::pending(),
-    ));
+    let server = TestServer::with_source(source.clone()).await;
+    let url = &server.url;
 
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("state.bin");
@@ -48,7 +44,7 @@ async fn killed_client_leaves_the_old_file_or_the_new_one() {
         source.replace("node-1", version(i)).await.unwrap();
         let mut client = Command::new(env!("CARGO_BIN_EXE_cfgsync-client"))
             .env_clear()
-            .env("CFG_SERVER_ADDR", &url)
+            .env("CFG_SERVER_ADDR", url)
             .env("CFG_HOST_IDENTIFIER", "node-1")
             .env("CFG_OUTPUT_ROOT", out.path())
             .env("CFG_TIMEOUT_SECS", "20")
@@ -99,7 +95,10 @@ async fn killed_client_leaves_the_old_file_or_the_new_one() {
         names
     };
     let leftovers = temps(out.path());
-    assert!(!leftovers.is_empty(), "the kills during staging left nothing");
+    assert!(
+        !leftovers.is_empty(),
+        "the kills during staging left nothing"
+    );
     let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
     for name in &leftovers {
         std::fs::File::options()
@@ -115,7 +114,7 @@ async fn killed_client_leaves_the_old_file_or_the_new_one() {
     // Let one run finish, so the test also shows the new version does land.
     let status = Command::new(env!("CARGO_BIN_EXE_cfgsync-client"))
         .env_clear()
-        .env("CFG_SERVER_ADDR", &url)
+        .env("CFG_SERVER_ADDR", url)
         .env("CFG_HOST_IDENTIFIER", "node-1")
         .env("CFG_OUTPUT_ROOT", out.path())
         .stdout(Stdio::null())

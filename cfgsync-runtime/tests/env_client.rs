@@ -194,7 +194,7 @@ async fn the_env_client_registers_fetches_and_writes_every_file_where_the_variab
         registration.metadata.as_value(),
         &serde_json::json!({"api_port": 18080})
     );
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
 }
 
 fn client() -> Command {
@@ -273,7 +273,7 @@ async fn the_binary_writes_the_payload_and_flags_win_over_variables() {
         lines[0].starts_with("cfgsync-client: register: /register: unauthorized (401)"),
         "{lines:?}"
     );
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
 }
 
 #[test]

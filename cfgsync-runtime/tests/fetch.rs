@@ -70,7 +70,7 @@ async fn long_poll_waits_for_readiness_in_one_request() {
         source.registration("node-1").unwrap().metadata.as_value(),
         &serde_json::json!({"role": "seed"})
     );
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
 }
 
 /// What an original cfgsync server does: `wait` is ignored, 425 comes at once.
@@ -254,7 +254,7 @@ async fn answers_that_waiting_cannot_change_fail_at_once() {
     assert!(error.to_string().starts_with("fetch: "), "{error}");
     assert!(!error.is_retryable());
     assert_eq!(server.node_answers().await, [(404, 1)].into());
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
 
     // Auth on: no token is 401 at register, at once; the right token works.
     let source = StaticConfigSource::new(files(&[]))
@@ -295,7 +295,7 @@ async fn answers_that_waiting_cannot_change_fail_at_once() {
         "id: node-1\n"
     );
     assert!(!format!("{options:?}").contains("s3cret"));
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
 
     // A URL that cannot address a server fails before any request.
     for url in [

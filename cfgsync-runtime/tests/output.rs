@@ -266,5 +266,5 @@ async fn a_served_payload_with_an_escaping_path_writes_nothing() {
     assert_eq!(error.step(), Some(cfgsync_runtime::Step::Write));
     assert!(entries(&root).is_empty());
     assert!(entries(dir.path()).iter().all(|e| e == "root"));
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
 }

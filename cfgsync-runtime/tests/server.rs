@@ -6,10 +6,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cfgsync_core::{CfgsyncClient, Error, NodeRegistration, serve_cfgsync_on};
+use cfgsync_core::{CfgsyncClient, Error, NodeRegistration};
 use cfgsync_runtime::{
     CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig, build_server_state,
 };
+use cfgsync_test_support::TestServer;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_cfgsync-server");
 
@@ -21,12 +22,8 @@ fn reg(id: &str) -> NodeRegistration {
     NodeRegistration::new(id, "127.0.0.1".parse().unwrap())
 }
 
-async fn serve_config(config: &CfgsyncServerConfig) -> String {
-    let state = build_server_state(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve_cfgsync_on(listener, state, std::future::pending()));
-    url
+async fn serve_config(config: &CfgsyncServerConfig) -> TestServer {
+    TestServer::start(build_server_state(config).await.unwrap()).await
 }
 
 #[tokio::test]
@@ -37,7 +34,8 @@ async fn example_configs_load_and_serve() {
     assert!(
         matches!(&config.source, CfgsyncServingMode::Bundle { artifacts_path } if artifacts_path.is_absolute() || artifacts_path.starts_with(examples()))
     );
-    let client = CfgsyncClient::new(serve_config(&config).await).unwrap();
+    let server = serve_config(&config).await;
+    let client = CfgsyncClient::new(&server.url).unwrap();
     let payload = client.fetch_node_config(&reg("node-1")).await.unwrap();
     assert_eq!(
         payload.files.get("/deployment.yaml").unwrap().content,
@@ -51,8 +49,8 @@ async fn example_configs_load_and_serve() {
     let dir = tempfile::tempdir().unwrap();
     config.registration_store = RegistrationStoreConfig::Durable(dir.path().to_path_buf());
     let token = cfgsync_core::auth::node_token(config.auth.node_secret.as_ref().unwrap(), "node-1");
-    let url = serve_config(&config).await;
-    let client = CfgsyncClient::builder(&url)
+    let server = serve_config(&config).await;
+    let client = CfgsyncClient::builder(&server.url)
         .bearer_token(&token)
         .build()
         .unwrap();
@@ -68,7 +66,7 @@ async fn example_configs_load_and_serve() {
     );
     assert_eq!(payload.files.len(), 2);
     // Without the token: 401.
-    let anonymous = CfgsyncClient::new(&url).unwrap();
+    let anonymous = CfgsyncClient::new(&server.url).unwrap();
     assert!(matches!(
         anonymous.fetch_node_config(&reg("node-1")).await,
         Err(Error::Unauthorized { .. })
@@ -283,8 +281,9 @@ async fn node_token_command_prints_tokens_the_server_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, &config_text).unwrap();
-    let url = serve_config(&CfgsyncServerConfig::from_path(&path).unwrap()).await;
-    let as_1 = CfgsyncClient::builder(&url)
+    let server = serve_config(&CfgsyncServerConfig::from_path(&path).unwrap()).await;
+    let url = &server.url;
+    let as_1 = CfgsyncClient::builder(url)
         .bearer_token(tokens[0].1)
         .build()
         .unwrap();

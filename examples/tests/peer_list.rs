@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use cfgsync_adapter::{MemoryRegistrationStore, SnapshotConfigSource};
-use cfgsync_core::{CfgsyncClient, CfgsyncServerState, Error, NodeRegistration, serve_cfgsync_on};
+use cfgsync_core::{CfgsyncClient, Error, NodeRegistration};
 use cfgsync_examples::peer_list::PeerListMaterializer;
+use cfgsync_test_support::TestServer;
 
 #[tokio::test]
 async fn nodes_get_their_config_and_the_peer_list_once_all_registered() {
@@ -12,14 +13,8 @@ async fn nodes_get_their_config_and_the_peer_list_once_all_registered() {
         Arc::new(MemoryRegistrationStore::new()),
         PeerListMaterializer::new(3, 3000),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve_cfgsync_on(
-        listener,
-        CfgsyncServerState::new(Arc::new(source)),
-        std::future::pending(),
-    ));
-    let client = CfgsyncClient::new(&url).unwrap();
+    let server = TestServer::with_source(Arc::new(source)).await;
+    let client = CfgsyncClient::new(&server.url).unwrap();
 
     let nodes = [
         NodeRegistration::new("c", "10.0.0.3".parse().unwrap()),

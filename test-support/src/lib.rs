@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 mod s3;
+mod server;
 mod store_suite;
 
 pub use s3::{S3Faults, S3Harness};
+pub use server::{TestServer, files};
 pub use store_suite::registration_store_suite;

@@ -5,99 +5,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use cfgsync_core::{
-    ArtifactFile, ArtifactSet, CfgsyncServerState, ConfigResolveResponse, ConfigSource,
-    NodeRegistration, serve_cfgsync_on,
-};
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use cfgsync_core::{ArtifactSet, ConfigResolveResponse, ConfigSource, NodeRegistration};
+use tokio::sync::watch;
 
-/// A real cfgsync server (cfgsync-core's router) on 127.0.0.1:0.
-pub struct TestServer {
-    pub url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<cfgsync_core::Result<()>>,
-}
-
-impl TestServer {
-    pub async fn start(state: CfgsyncServerState) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_cfgsync_on(listener, state, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            url,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    pub async fn with_source(source: Arc<dyn ConfigSource>) -> Self {
-        Self::start(CfgsyncServerState::new(source)).await
-    }
-
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await.unwrap().unwrap();
-    }
-
-    /// `/node` answers so far, by status, from the server's own `/metrics`.
-    pub async fn node_answers(&self) -> BTreeMap<u16, u64> {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let mut answers = BTreeMap::new();
-        for line in text.lines() {
-            if !line.starts_with("cfgsync_http_requests_total{")
-                || !line.contains("route=\"/node\"")
-            {
-                continue;
-            }
-            let status: u16 = line
-                .split("status=\"")
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .unwrap()
-                .parse()
-                .unwrap();
-            let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-            *answers.entry(status).or_default() += count as u64;
-        }
-        answers
-    }
-
-    /// How many `/node` requests the server holds by long-poll right now.
-    pub async fn long_polls_waiting(&self) -> u64 {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("cfgsync_long_polls_waiting "))
-            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-            .unwrap_or(0)
-    }
-
-    /// Waits until the server holds `n` long-polls (the client is parked on it).
-    pub async fn until_long_polls_waiting(&self, n: u64) {
-        while self.long_polls_waiting().await != n {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
-}
-
-pub fn files(entries: &[(&str, &str)]) -> ArtifactSet {
-    ArtifactSet::from_files(entries.iter().map(|(p, c)| ArtifactFile::new(*p, *c))).unwrap()
-}
+pub use cfgsync_test_support::{TestServer, files};
 
 pub fn node(identifier: &str) -> NodeRegistration {
     NodeRegistration::new(identifier, "10.0.0.5".parse().unwrap())
