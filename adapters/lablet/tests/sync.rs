@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cfgsync_lablet::catalog::{
     Catalog, CatalogFilter, DeliveryStatus, EmbeddedCatalog, SyncStatus,
@@ -614,15 +615,7 @@ async fn twenty_concurrent_syncs_of_one_lablet_are_serialized() {
     let package = sample_package("1.0", "");
     env.publish(NAME, package.clone()).await;
     // slow downloads: without the lock, the syncs would all see no object and upload
-    env.mosaic.reset().await;
-    Mock::given(method("GET"))
-        .and(path(format!("/content/{NAME}/package.zip")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_bytes(package.clone())
-                .set_delay(std::time::Duration::from_millis(20)),
-        )
-        .mount(&env.mosaic)
+    env.mosaic_serves_after(NAME, package.clone(), Duration::from_millis(20))
         .await;
     let sync = Arc::new(s3_sync(&env, &s3).await);
     let tasks: Vec<_> = (0..20)
@@ -674,7 +667,7 @@ async fn invalid_names_are_rejected_before_any_call() {
     let stale = config.data_dir.join("tmp/package-crashed.zip.part");
     std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
     std::fs::write(&stale, b"half a download").unwrap();
-    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
     std::fs::File::options()
         .write(true)
         .open(&stale)
@@ -757,15 +750,7 @@ async fn two_pipelines_sharing_a_data_dir_stand_for_two_processes() {
     let s3 = S3Harness::start().await.unwrap();
     let package = sample_package("1.0", "");
     env.publish(NAME, package.clone()).await;
-    env.mosaic.reset().await;
-    Mock::given(method("GET"))
-        .and(path(format!("/content/{NAME}/package.zip")))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_bytes(package.clone())
-                .set_delay(std::time::Duration::from_millis(20)),
-        )
-        .mount(&env.mosaic)
+    env.mosaic_serves_after(NAME, package.clone(), Duration::from_millis(20))
         .await;
     Mock::given(method("GET"))
         .and(path("/resolve/LAB-2"))

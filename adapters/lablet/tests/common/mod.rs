@@ -162,13 +162,20 @@ pub mod env {
 
         /// Replace what Mosaic serves for `name`.
         pub async fn mosaic_serves(&self, name: &str, bytes: Vec<u8>) {
+            self.mosaic_serves_after(name, bytes, Duration::ZERO).await;
+        }
+
+        /// Replace what Mosaic serves for `name`, answering each download
+        /// only after `delay` (so concurrent syncs overlap).
+        pub async fn mosaic_serves_after(&self, name: &str, bytes: Vec<u8>, delay: Duration) {
             self.mosaic.reset().await;
             Mock::given(method("GET"))
                 .and(path(format!("/content/{name}/package.zip")))
                 .respond_with(
                     ResponseTemplate::new(200)
                         .set_body_bytes(bytes)
-                        .insert_header("content-type", "application/zip"),
+                        .insert_header("content-type", "application/zip")
+                        .set_delay(delay),
                 )
                 .mount(&self.mosaic)
                 .await;
