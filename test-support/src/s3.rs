@@ -292,6 +292,24 @@ impl S3Harness {
             .map(|c| c.completes.load(Ordering::SeqCst))
     }
 
+    /// Multipart uploads the in-process server holds open (created, neither
+    /// completed nor aborted): s3s-fs keeps one `.upload-ID.json` per upload in
+    /// its root.
+    pub fn open_uploads(&self) -> Option<usize> {
+        let root = self.root.as_deref()?;
+        let entries = std::fs::read_dir(root).ok()?;
+        Some(
+            entries
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with(".upload-") && name.ends_with(".json")
+                })
+                .count(),
+        )
+    }
+
     /// The faults of the in-process server (they do nothing for an outside S3).
     pub fn faults(&self) -> &S3Faults {
         &self.faults

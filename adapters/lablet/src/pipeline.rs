@@ -363,6 +363,19 @@ impl LabletSync {
         };
 
         progress(Stage::Store);
+        // Uploads of this lablet a killed run left open (we hold its lock, so
+        // none of them is live); best effort, the sync does not depend on it.
+        match self.store.abort_abandoned_uploads(name).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                lablet = name,
+                aborted = n,
+                "aborted uploads a killed run left open"
+            ),
+            Err(e) => {
+                tracing::warn!(lablet = name, error = %e, "cannot abort uploads a killed run left open")
+            }
+        }
         let stored = async {
             let loc =
                 self.store
@@ -370,7 +383,7 @@ impl LabletSync {
             let size = package.size;
             let outcome = self
                 .store
-                .upload_observed(&loc, &package.path, &package.sha256, &|done| {
+                .upload_observed(name, &loc, &package.path, &package.sha256, &|done| {
                     bytes(Stage::Store, done, Some(size))
                 })
                 .await?;

@@ -233,6 +233,7 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
     .await;
     s3.faults().clear();
     assert_eq!(s3.completed_uploads(), Some(0));
+    assert_eq!(s3.open_uploads(), Some(1), "the killed upload stays open");
     check("killed mid-upload").await;
 
     // 3. SE is back; the same sync re-run succeeds and drains the queue
@@ -252,6 +253,8 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // the re-run aborted the upload the kill left open
+    assert_eq!(s3.open_uploads(), Some(0), "an upload left open");
     let sync = in_process(&vars, &s3);
     let after = sync.catalog().get(NAME).await.unwrap().unwrap();
     assert_eq!(after.content.content_package_hash, sha256(&v2));

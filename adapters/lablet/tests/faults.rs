@@ -322,6 +322,7 @@ async fn s3_faults_fail_at_store_leave_no_partial_object_and_keep_the_record() {
             assert!(s3.upload_parts().unwrap() >= 2, "{label}");
             assert_eq!(s3.completed_uploads(), Some(0), "{label}");
             assert_eq!(s3.aborted_uploads(), Some(1), "{label}: upload not aborted");
+            assert_eq!(s3.open_uploads(), Some(0), "{label}: upload left open");
         }
         // the previous object is intact, the record unchanged and consistent
         assert_eq!(
@@ -354,6 +355,8 @@ async fn s3_faults_fail_at_store_leave_no_partial_object_and_keep_the_record() {
         assert_records_match_bytes(&*sync.catalog(), Some(&s3)).await,
         1
     );
+    // an upload whose abort failed too (S3 slow or gone) is aborted by this sync
+    assert_eq!(s3.open_uploads(), Some(0), "an upload left open");
 }
 
 #[tokio::test]

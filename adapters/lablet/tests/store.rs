@@ -19,18 +19,24 @@ async fn failed_upload_keeps_previous_object(store: &PackageStore) {
     let v1 = sample_package("1.0", "");
     let v1_path = dir.path().join("v1.zip");
     std::fs::write(&v1_path, &v1).unwrap();
-    let first = store.upload(&loc, &v1_path, &sha256(&v1)).await.unwrap();
+    let first = store
+        .upload("LAB-7", &loc, &v1_path, &sha256(&v1))
+        .await
+        .unwrap();
     assert!(first.uploaded);
     assert_eq!(first.bytes, v1.len() as u64);
     assert_eq!(store.stored_sha256(&loc).await.unwrap(), Some(sha256(&v1)));
     // same SHA-256: skipped
-    let again = store.upload(&loc, &v1_path, &sha256(&v1)).await.unwrap();
+    let again = store
+        .upload("LAB-7", &loc, &v1_path, &sha256(&v1))
+        .await
+        .unwrap();
     assert_eq!((again.uploaded, again.bytes), (false, 0));
 
     // a source that fails while being read (a directory: open works, read fails),
     // after the multipart upload was started
     let err = store
-        .upload(&loc, dir.path(), "feedbeef")
+        .upload("LAB-7", &loc, dir.path(), "feedbeef")
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err}");

@@ -3,8 +3,10 @@ use std::io::{Read, Write};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
     Attribute, AttributeValue, Attributes, BackoffConfig, ClientConfigKey, GetOptions, ObjectStore,
@@ -15,6 +17,7 @@ use crate::config::LabletSyncConfig;
 use crate::template;
 
 use super::bucket::create_bucket;
+use super::journal::{OpenUpload, UploadJournal};
 use super::location::validate_bucket;
 use super::{StoreError, StoreLocation};
 
@@ -59,6 +62,7 @@ struct S3Store {
     http: reqwest::Client,
     stores: Mutex<HashMap<String, Arc<AmazonS3>>>,
     ready_buckets: tokio::sync::Mutex<HashSet<String>>,
+    journal: UploadJournal,
 }
 
 impl std::fmt::Debug for PackageStore {
@@ -189,6 +193,7 @@ impl PackageStore {
             http,
             stores: Mutex::new(HashMap::new()),
             ready_buckets: tokio::sync::Mutex::new(HashSet::new()),
+            journal: UploadJournal::open(config.data_dir.join("uploads.redb"))?,
         };
         // fail early on bad settings
         s3.store_for(&s3.bucket)?;
@@ -303,20 +308,35 @@ impl PackageStore {
         }
     }
 
-    /// Upload `file` to `loc` unless the stored object already carries `sha256`.
+    /// Upload `file` (the package of `lablet`) to `loc` unless the stored object
+    /// already carries `sha256`.
     pub async fn upload(
         &self,
+        lablet: &str,
         loc: &StoreLocation,
         file: &FsPath,
         sha256: &str,
     ) -> Result<UploadOutcome, StoreError> {
-        self.upload_observed(loc, file, sha256, &|_| {}).await
+        self.upload_observed(lablet, loc, file, sha256, &|_| {})
+            .await
+    }
+
+    /// Aborts the S3 multipart uploads of `lablet` that a process killed
+    /// mid-upload left open (recorded in `DATA_DIR/uploads.redb`); returns how
+    /// many. Call it holding the lablet's lock, as the pipeline does before
+    /// each upload. A no-op for `file://` stores.
+    pub async fn abort_abandoned_uploads(&self, lablet: &str) -> Result<usize, StoreError> {
+        match &self.inner {
+            Inner::File { .. } => Ok(0),
+            Inner::S3(s3) => s3.abort_abandoned(lablet).await,
+        }
     }
 
     /// As [`upload`](Self::upload), telling `on_bytes(done)` as parts are handed
     /// to the store.
     pub async fn upload_observed(
         &self,
+        lablet: &str,
         loc: &StoreLocation,
         file: &FsPath,
         sha256: &str,
@@ -344,15 +364,7 @@ impl PackageStore {
                     }
                     Err(err) => {
                         tracing::debug!(error = %err, url = %loc.url, "cannot link the package into the store; copying it");
-                        stream_upload(
-                            store.as_ref(),
-                            &path,
-                            file,
-                            Attributes::new(),
-                            &loc.url,
-                            on_bytes,
-                        )
-                        .await?
+                        stream_upload(store.as_ref(), &path, file, &loc.url, on_bytes).await?
                     }
                 };
                 write_atomic(&side, sha256.as_bytes())
@@ -367,7 +379,8 @@ impl PackageStore {
                     Attribute::Metadata(SHA256_METADATA.into()),
                     AttributeValue::from(sha256.to_owned()),
                 )]);
-                stream_upload(store.as_ref(), &path, file, attributes, &loc.url, on_bytes).await?
+                s3.upload(&store, lablet, loc, &path, file, attributes, on_bytes)
+                    .await?
             }
         };
         Ok(UploadOutcome {
@@ -478,28 +491,26 @@ async fn link_into_place(
     .map_err(std::io::Error::other)?
 }
 
-/// Stream `file` into a multipart upload; abort on any failure.
-async fn stream_upload(
-    store: &dyn ObjectStore,
-    path: &Path,
-    file: &FsPath,
-    attributes: Attributes,
-    url: &str,
-    on_bytes: &(dyn Fn(u64) + Send + Sync),
-) -> Result<u64, StoreError> {
-    let source = std::fs::File::open(file).map_err(io_err(format!("open {}", file.display())))?;
-    let mut source = Some(source);
-    let opts = PutMultipartOptions::from(attributes);
-    let upload = store
-        .put_multipart_opts(path, opts)
-        .await
-        .map_err(os_err("upload", url))?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_CHUNK_BYTES);
-    let mut total: u64 = 0;
-    loop {
-        // read a whole part straight into its own buffer (one blocking-pool hop per
-        // part) and hand it over without copying it again
-        let read = match source.take() {
+/// Reads a file one upload part at a time, each part straight into its own
+/// buffer (one blocking-pool hop per part), so it is handed on without another
+/// copy.
+struct PartReader {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl PartReader {
+    fn open(path: &FsPath) -> Result<Self, StoreError> {
+        let file = std::fs::File::open(path).map_err(io_err(format!("open {}", path.display())))?;
+        Ok(Self {
+            file: Some(file),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The next part; empty at the end of the file.
+    async fn next(&mut self) -> Result<Vec<u8>, StoreError> {
+        let read = match self.file.take() {
             Some(f) => tokio::task::spawn_blocking(move || {
                 let mut part = Vec::with_capacity(UPLOAD_CHUNK_BYTES);
                 let n = (&f).take(UPLOAD_CHUNK_BYTES as u64).read_to_end(&mut part);
@@ -510,14 +521,33 @@ async fn stream_upload(
             .and_then(|r| r),
             None => Err(std::io::Error::other("upload source lost")),
         };
-        let part = match read {
-            Ok((f, part)) => {
-                source = Some(f);
-                part
-            }
+        let (file, part) = read.map_err(io_err(format!("read {}", self.path.display())))?;
+        self.file = Some(file);
+        Ok(part)
+    }
+}
+
+/// Stream `file` into a multipart upload of a local store; abort on any failure.
+async fn stream_upload(
+    store: &dyn ObjectStore,
+    path: &Path,
+    file: &FsPath,
+    url: &str,
+    on_bytes: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64, StoreError> {
+    let mut reader = PartReader::open(file)?;
+    let upload = store
+        .put_multipart_opts(path, PutMultipartOptions::default())
+        .await
+        .map_err(os_err("upload", url))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_CHUNK_BYTES);
+    let mut total: u64 = 0;
+    loop {
+        let part = match reader.next().await {
+            Ok(part) => part,
             Err(e) => {
                 let _ = writer.abort().await;
-                return Err(io_err(format!("read {}", file.display()))(e));
+                return Err(e);
             }
         };
         if part.is_empty() {
@@ -533,6 +563,144 @@ async fn stream_upload(
     }
     writer.finish().await.map_err(os_err("upload", url))?;
     Ok(total)
+}
+
+impl S3Store {
+    /// Stream `file` to `path` as an S3 multipart upload, written down in the
+    /// upload journal from its creation until it is completed or aborted; on
+    /// any failure the upload is aborted.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload(
+        &self,
+        store: &AmazonS3,
+        lablet: &str,
+        loc: &StoreLocation,
+        path: &Path,
+        file: &FsPath,
+        attributes: Attributes,
+        on_bytes: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, StoreError> {
+        let url = loc.url.as_str();
+        let mut reader = PartReader::open(file)?;
+        let upload_id = store
+            .create_multipart_opts(path, PutMultipartOptions::from(attributes))
+            .await
+            .map_err(os_err("upload", url))?;
+        let open = OpenUpload {
+            lablet: lablet.to_owned(),
+            bucket: loc.bucket.clone(),
+            key: loc.key.clone(),
+            upload_id: upload_id.clone(),
+        };
+        if let Err(e) = self.journal.add(&open).await {
+            let _ = store.abort_multipart(path, &upload_id).await;
+            return Err(e);
+        }
+        let sent = put_parts(store, path, &upload_id, &mut reader, url, on_bytes).await;
+        let done = match sent {
+            Ok((parts, total)) => store
+                .complete_multipart(path, &upload_id, parts)
+                .await
+                .map(|_| total)
+                .map_err(os_err("complete upload", url)),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(total) => {
+                // Completed: an entry left by a failure here is harmless (aborting
+                // a completed upload finds nothing) and is struck off next time.
+                if let Err(e) = self.journal.remove(&upload_id).await {
+                    tracing::warn!(error = %e, upload_id, "cannot strike a completed upload off the journal");
+                }
+                Ok(total)
+            }
+            Err(e) => {
+                match store.abort_multipart(path, &upload_id).await {
+                    Ok(()) => {
+                        let _ = self.journal.remove(&upload_id).await;
+                    }
+                    Err(abort) => {
+                        tracing::warn!(error = %abort, upload_id, "cannot abort the failed upload; the next sync of this lablet retries");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Aborts the uploads of `lablet` that a killed process left open.
+    async fn abort_abandoned(&self, lablet: &str) -> Result<usize, StoreError> {
+        let mut aborted = 0;
+        for open in self.journal.of_lablet(lablet).await? {
+            let store = self.store_for(&open.bucket)?;
+            let path = Path::from(open.key.as_str());
+            match store.abort_multipart(&path, &open.upload_id).await {
+                // Gone already (completed, or aborted by a lifecycle rule): S3
+                // says NoSuchUpload, some servers deny access to an unknown id.
+                Ok(())
+                | Err(object_store::Error::NotFound { .. })
+                | Err(object_store::Error::PermissionDenied { .. }) => {}
+                Err(e) => {
+                    return Err(os_err(
+                        "abort upload",
+                        &format!("s3://{}/{}", open.bucket, open.key),
+                    )(e));
+                }
+            }
+            self.journal.remove(&open.upload_id).await?;
+            aborted += 1;
+        }
+        Ok(aborted)
+    }
+}
+
+/// Sends every part of `reader` (at most [`UPLOAD_CONCURRENCY`] at a time) and
+/// returns their ids in order, with the bytes sent.
+async fn put_parts(
+    store: &AmazonS3,
+    path: &Path,
+    upload_id: &object_store::MultipartId,
+    reader: &mut PartReader,
+    url: &str,
+    on_bytes: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(Vec<PartId>, u64), StoreError> {
+    let mut in_flight = FuturesUnordered::new();
+    let mut parts: Vec<Option<PartId>> = Vec::new();
+    let send = |idx: usize, payload: object_store::PutPayload| async move {
+        (idx, store.put_part(path, upload_id, idx, payload).await)
+    };
+    let mut total: u64 = 0;
+    loop {
+        let part = reader.next().await?;
+        // S3 needs at least one part, even for an empty file.
+        if part.is_empty() && !parts.is_empty() {
+            break;
+        }
+        while in_flight.len() >= UPLOAD_CONCURRENCY {
+            let sent: Option<(usize, object_store::Result<PartId>)> = in_flight.next().await;
+            if let Some((idx, result)) = sent {
+                parts[idx] = Some(result.map_err(os_err("upload part", url))?);
+            }
+        }
+        let idx = parts.len();
+        parts.push(None);
+        let last = part.is_empty();
+        total += part.len() as u64;
+        let payload = object_store::PutPayload::from(bytes::Bytes::from(part));
+        in_flight.push(send(idx, payload));
+        on_bytes(total);
+        if last {
+            break;
+        }
+    }
+    while let Some((idx, result)) = in_flight.next().await {
+        parts[idx] = Some(result.map_err(os_err("upload part", url))?);
+    }
+    let parts = parts
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| StoreError::Config(format!("upload of {url}: a part went missing")))?;
+    Ok((parts, total))
 }
 
 /// Write `bytes` to `path` atomically: temp file in the same directory, fsync, rename.

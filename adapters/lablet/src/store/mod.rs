@@ -1,9 +1,11 @@
 //! Where package bytes live: `file://` or `s3://` through `object_store`.
 //!
-//! Upload streams the temp file in chunks through `WriteMultipart` (memory bounded
-//! by chunk size x concurrency) and never leaves a partial object at the final key:
-//! S3 multipart uploads are aborted on failure, and the file store writes a temp file
-//! it renames into place on completion.
+//! Upload streams the temp file in parts (memory bounded by part size x
+//! concurrency) and never leaves a partial object at the final key: S3 multipart
+//! uploads are aborted on failure, and the file store writes a temp file it
+//! renames into place on completion. Each S3 upload is written down in
+//! `DATA_DIR/uploads.redb` while open, so one left open by a killed process is
+//! aborted by the next sync of its lablet.
 //!
 //! **SHA-256 bookkeeping.** On S3 the package's SHA-256 travels as user metadata
 //! (`x-amz-meta-sha256`, [`object_store::Attribute::Metadata`]) and is read back with
@@ -15,8 +17,10 @@
 mod bucket;
 mod client;
 mod error;
+mod journal;
 mod location;
 
 pub use client::{PackageStore, UPLOAD_CHUNK_BYTES, UPLOAD_CONCURRENCY, UploadOutcome};
 pub use error::StoreError;
+pub use journal::OpenUpload;
 pub use location::{StoreLocation, slug};
