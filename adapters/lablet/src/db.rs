@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redb::{Database, DatabaseError, TableDefinition};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::task::JoinError;
 
 /// How long an operation waits for another process to release the file.
@@ -58,8 +58,12 @@ impl DbFile {
     }
 }
 
+/// A table of string keys to string (JSON) values.
+pub(crate) type Table = TableDefinition<'static, &'static str, &'static str>;
+
 /// A store kept in one [`DbFile`]: names its error type once, and gets error
-/// mapping, table creation and blocking-thread access from here.
+/// mapping, table creation, blocking-thread access and the plain row
+/// operations from here.
 pub(crate) trait DbStore: Clone + Send + Sync + 'static {
     type Error: Send + 'static;
 
@@ -76,7 +80,7 @@ pub(crate) trait DbStore: Clone + Send + Sync + 'static {
     }
 
     /// Creates `table` if missing, so reads of an empty store work.
-    fn create_table(&self, table: TableDefinition<'_, &str, &str>) -> Result<(), Self::Error> {
+    fn create_table(&self, table: Table) -> Result<(), Self::Error> {
         self.file().with(
             |e| self.err(e),
             |db| {
@@ -101,5 +105,57 @@ pub(crate) trait DbStore: Clone + Send + Sync + 'static {
             .await
             .map_err(Self::task_error)?
         }
+    }
+
+    /// Inserts or replaces `key` in `table`; committed (fsynced) on return.
+    fn put_row(
+        &self,
+        table: Table,
+        key: String,
+        value: String,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.blocking(move |this, db| {
+            let tx = db.begin_write().map_err(|e| this.err(e))?;
+            {
+                let mut table = tx.open_table(table).map_err(|e| this.err(e))?;
+                table
+                    .insert(key.as_str(), value.as_str())
+                    .map_err(|e| this.err(e))?;
+            }
+            tx.commit().map_err(|e| this.err(e))
+        })
+    }
+
+    /// Removes `key` from `table` (nothing when absent); committed on return.
+    fn remove_row(
+        &self,
+        table: Table,
+        key: String,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.blocking(move |this, db| {
+            let tx = db.begin_write().map_err(|e| this.err(e))?;
+            {
+                let mut table = tx.open_table(table).map_err(|e| this.err(e))?;
+                table.remove(key.as_str()).map_err(|e| this.err(e))?;
+            }
+            tx.commit().map_err(|e| this.err(e))
+        })
+    }
+
+    /// Every `(key, value)` of `table`, in key order.
+    fn rows(
+        &self,
+        table: Table,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, Self::Error>> + Send {
+        self.blocking(move |this, db| {
+            let tx = db.begin_read().map_err(|e| this.err(e))?;
+            let table = tx.open_table(table).map_err(|e| this.err(e))?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| this.err(e))? {
+                let (key, value) = row.map_err(|e| this.err(e))?;
+                out.push((key.value().to_owned(), value.value().to_owned()));
+            }
+            Ok(out)
+        })
     }
 }

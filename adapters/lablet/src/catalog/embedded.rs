@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::db::{DbFile, DbStore};
+use crate::db::{DbFile, DbStore, Table};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -10,7 +10,7 @@ use super::{
     Catalog, CatalogError, CatalogFilter, ContentSyncResult, LabletDefinition, next_content_version,
 };
 
-const DEFINITIONS: TableDefinition<'_, &str, &str> = TableDefinition::new("lablet_definitions");
+const DEFINITIONS: Table = TableDefinition::new("lablet_definitions");
 
 /// The embedded default catalog: one `redb` file (durable, crash-safe commits),
 /// definitions stored as JSON by id, opened per operation so several processes can
@@ -112,20 +112,13 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn list(&self, filter: &CatalogFilter) -> Result<Vec<LabletDefinition>, CatalogError> {
-        let filter = filter.clone();
-        self.blocking(move |this, db| {
-            let tx = db.begin_read().map_err(|e| this.err(e))?;
-            let table = tx.open_table(DEFINITIONS).map_err(|e| this.err(e))?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(|e| this.err(e))? {
-                let (key, value) = row.map_err(|e| this.err(e))?;
-                let def = decode(key.value(), value.value())?;
-                if filter.matches(&def) {
-                    out.push(def);
-                }
+        let mut out = Vec::new();
+        for (id, json) in self.rows(DEFINITIONS).await? {
+            let def = decode(&id, &json)?;
+            if filter.matches(&def) {
+                out.push(def);
             }
-            Ok(out)
-        })
-        .await
+        }
+        Ok(out)
     }
 }

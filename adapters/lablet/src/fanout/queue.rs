@@ -1,14 +1,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::db::{DbFile, DbStore};
+use crate::db::{DbFile, DbStore, Table};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use super::{FanOutBody, QueueError};
 
-const PENDING: TableDefinition<'_, &str, &str> = TableDefinition::new("pending_deliveries");
+const PENDING: Table = TableDefinition::new("pending_deliveries");
 
 /// A delivery waiting for its target to come back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,56 +61,28 @@ impl RetryQueue {
 
     /// Add or replace the pending delivery for its target and lablet.
     pub async fn push(&self, delivery: QueuedDelivery) -> Result<(), QueueError> {
-        self.blocking(move |this, db| {
-            let key = delivery.key();
-            let json = serde_json::to_string(&delivery).map_err(|source| QueueError::Decode {
-                key: key.clone(),
-                source,
-            })?;
-            let tx = db.begin_write().map_err(|e| this.err(e))?;
-            {
-                let mut table = tx.open_table(PENDING).map_err(|e| this.err(e))?;
-                table
-                    .insert(key.as_str(), json.as_str())
-                    .map_err(|e| this.err(e))?;
-            }
-            tx.commit().map_err(|e| this.err(e))
-        })
-        .await
+        let key = delivery.key();
+        let json = serde_json::to_string(&delivery).map_err(|source| QueueError::Decode {
+            key: key.clone(),
+            source,
+        })?;
+        self.put_row(PENDING, key, json).await
     }
 
     /// Drop the pending delivery of `target` for `lablet`, if any.
     pub async fn remove(&self, target: &str, lablet: &str) -> Result<(), QueueError> {
-        let key = queue_key(target, lablet);
-        self.blocking(move |this, db| {
-            let tx = db.begin_write().map_err(|e| this.err(e))?;
-            {
-                let mut table = tx.open_table(PENDING).map_err(|e| this.err(e))?;
-                table.remove(key.as_str()).map_err(|e| this.err(e))?;
-            }
-            tx.commit().map_err(|e| this.err(e))
-        })
-        .await
+        self.remove_row(PENDING, queue_key(target, lablet)).await
     }
 
     /// All pending deliveries, ordered by target then lablet.
     pub async fn pending(&self) -> Result<Vec<QueuedDelivery>, QueueError> {
-        self.blocking(|this, db| {
-            let tx = db.begin_read().map_err(|e| this.err(e))?;
-            let table = tx.open_table(PENDING).map_err(|e| this.err(e))?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(|e| this.err(e))? {
-                let (key, value) = row.map_err(|e| this.err(e))?;
-                let delivery =
-                    serde_json::from_str(value.value()).map_err(|source| QueueError::Decode {
-                        key: key.value().to_owned(),
-                        source,
-                    })?;
-                out.push(delivery);
-            }
-            Ok(out)
-        })
-        .await
+        self.rows(PENDING)
+            .await?
+            .into_iter()
+            .map(|(key, value)| {
+                serde_json::from_str(&value).map_err(|source| QueueError::Decode { key, source })
+            })
+            .collect()
     }
 }
 

@@ -9,13 +9,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::db::{DbFile, DbStore};
+use crate::db::{DbFile, DbStore, Table};
 
-const UPLOADS: TableDefinition<'_, &str, &str> = TableDefinition::new("open_multipart_uploads");
+const UPLOADS: Table = TableDefinition::new("open_multipart_uploads");
 
 /// One multipart upload that was started and not yet completed or aborted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,53 +51,24 @@ impl UploadJournal {
             what: "encode an upload journal entry".to_owned(),
             source: e.into(),
         })?;
-        let id = upload.upload_id.clone();
-        self.blocking(move |this, db| {
-            let tx = db.begin_write().map_err(|e| this.err(e))?;
-            {
-                let mut table = tx.open_table(UPLOADS).map_err(|e| this.err(e))?;
-                table
-                    .insert(id.as_str(), json.as_str())
-                    .map_err(|e| this.err(e))?;
-            }
-            tx.commit().map_err(|e| this.err(e))
-        })
-        .await
+        self.put_row(UPLOADS, upload.upload_id.clone(), json).await
     }
 
     /// Strikes `upload_id` off.
     pub(crate) async fn remove(&self, upload_id: &str) -> Result<(), StoreError> {
-        let id = upload_id.to_owned();
-        self.blocking(move |this, db| {
-            let tx = db.begin_write().map_err(|e| this.err(e))?;
-            {
-                let mut table = tx.open_table(UPLOADS).map_err(|e| this.err(e))?;
-                table.remove(id.as_str()).map_err(|e| this.err(e))?;
-            }
-            tx.commit().map_err(|e| this.err(e))
-        })
-        .await
+        self.remove_row(UPLOADS, upload_id.to_owned()).await
     }
 
     /// The open uploads of `lablet`.
     pub(crate) async fn of_lablet(&self, lablet: &str) -> Result<Vec<OpenUpload>, StoreError> {
-        let lablet = lablet.to_owned();
-        self.blocking(move |this, db| {
-            let tx = db.begin_read().map_err(|e| this.err(e))?;
-            let table = tx.open_table(UPLOADS).map_err(|e| this.err(e))?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(|e| this.err(e))? {
-                let (_, value) = row.map_err(|e| this.err(e))?;
-                // An entry that does not decode cannot be acted on; skip it.
-                if let Ok(upload) = serde_json::from_str::<OpenUpload>(value.value())
-                    && upload.lablet == lablet
-                {
-                    out.push(upload);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        Ok(self
+            .rows(UPLOADS)
+            .await?
+            .into_iter()
+            // An entry that does not decode cannot be acted on; skip it.
+            .filter_map(|(_, value)| serde_json::from_str::<OpenUpload>(&value).ok())
+            .filter(|upload| upload.lablet == lablet)
+            .collect())
     }
 }
 
