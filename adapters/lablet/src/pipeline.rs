@@ -12,7 +12,7 @@ use crate::catalog::{
 };
 use crate::config::{CatalogKind, ConfigError, LabletSyncConfig};
 use crate::error::{Error, Result, Stage};
-use crate::fanout::{FanOutBody, FanOutClient, QueuedDelivery, RetryQueue};
+use crate::fanout::{FanOutBody, FanOutClient, PendingRecord, QueuedDelivery, RetryQueue};
 use crate::inspect::{PackageInfo, inspect_package};
 use crate::lock::LabletLocks;
 use crate::metrics::Metrics;
@@ -54,8 +54,20 @@ pub struct RetryReport {
     pub delivered: usize,
     /// Deliveries still failing (still queued).
     pub still_pending: usize,
-    /// Deliveries skipped because their lablet is being synced right now.
+    /// Catalog records (of syncs whose record step failed) now recorded.
+    pub recorded: usize,
+    /// Catalog records still failing (still kept).
+    pub records_pending: usize,
+    /// Deliveries and records skipped because their lablet is being synced
+    /// right now.
     pub skipped_locked: usize,
+}
+
+impl RetryReport {
+    /// Whether anything is still waiting for its target or the catalog.
+    pub fn anything_pending(&self) -> bool {
+        self.still_pending > 0 || self.records_pending > 0
+    }
 }
 
 /// The content sync pipeline.
@@ -432,11 +444,13 @@ impl LabletSync {
             .catalog
             .record(id, &result)
             .instrument(tracing::info_span!("record"))
-            .await
-            .map_err(|source| Error::Record {
-                lablet: lablet(),
-                source,
-            });
+            .await;
+        self.keep_pending_record(id, result, recorded.as_ref().err())
+            .await;
+        let recorded = recorded.map_err(|source| Error::Record {
+            lablet: lablet(),
+            source,
+        });
         let definition = self.stage_result(Stage::Record, recorded)?;
         if let Some(msg) = definition.content.stale_message() {
             tracing::warn!(lablet = name, "{msg}");
@@ -446,6 +460,42 @@ impl LabletSync {
             uploaded: outcome.uploaded,
             uploaded_bytes: outcome.bytes,
         })
+    }
+
+    /// After the record step: a record that failed is kept for the retry drain
+    /// (the package is stored and the targets told, so the catalog must catch
+    /// up); one that succeeded supersedes whatever an earlier failure kept.
+    /// Best effort: the sync's outcome is the record's.
+    async fn keep_pending_record(
+        &self,
+        id: &str,
+        content: ContentSyncResult,
+        failed: Option<&crate::catalog::CatalogError>,
+    ) {
+        let lablet = content.lablet.clone();
+        let kept = match failed {
+            Some(err) => {
+                self.queue
+                    .push_record(&PendingRecord {
+                        definition_id: id.to_owned(),
+                        content,
+                        attempts: 1,
+                        last_error: err.to_string(),
+                        queued_at: now_rfc3339(),
+                    })
+                    .await
+            }
+            None => match self.queue.pending_records().await {
+                Ok(pending) if pending.iter().any(|r| r.lablet() == lablet) => {
+                    self.queue.remove_record(&lablet).await
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = kept {
+            tracing::warn!(lablet, error = %e, "cannot update the pending record of this lablet");
+        }
     }
 
     /// The configured targets with their rendered URLs.
@@ -558,6 +608,7 @@ impl LabletSync {
             by_lablet.entry(d.body.lablet.clone()).or_default().push(d);
         }
         let mut report = RetryReport::default();
+        self.drain_records(except, &mut report).await?;
         let single = FanOutClient::new(
             http_client(&self.config)?,
             RetryPolicy::default().with_max_attempts(1),
@@ -596,6 +647,67 @@ impl LabletSync {
             self.mark_delivered(&lablet, &delivered).await?;
         }
         Ok(report)
+    }
+
+    /// Try every pending record once (before the deliveries, so a lablet's
+    /// deliveries are marked on the record they belong to).
+    async fn drain_records(&self, except: Option<&str>, report: &mut RetryReport) -> Result<()> {
+        let queue_err = |source| Error::Queue {
+            lablet: "*".to_owned(),
+            source,
+        };
+        for mut pending in self.queue.pending_records().await.map_err(queue_err)? {
+            let lablet = pending.lablet().to_owned();
+            if except == Some(lablet.as_str()) {
+                continue;
+            }
+            let guard = self
+                .locks
+                .try_lock(&lablet)
+                .map_err(|source| Error::Local {
+                    what: format!("lock lablet {lablet}"),
+                    source,
+                })?;
+            let Some(_guard) = guard else {
+                report.skipped_locked += 1;
+                continue;
+            };
+            // Record only what the store still holds: a later run may have
+            // overwritten the key (then its own sync records the new bytes).
+            let sha = &pending.content.content_package_hash;
+            let recorded = match self.store.stored_sha256(&pending.content.store).await {
+                Ok(stored) if stored.as_ref() == Some(sha) => self
+                    .catalog
+                    .record(&pending.definition_id, &pending.content)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Ok(stored) => {
+                    tracing::warn!(
+                        lablet,
+                        kept = sha.as_str(),
+                        stored = stored.as_deref().unwrap_or("nothing"),
+                        "dropping a kept record: the store no longer holds its package"
+                    );
+                    self.queue.remove_record(&lablet).await.map_err(queue_err)?;
+                    continue;
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match recorded {
+                Ok(()) => {
+                    self.queue.remove_record(&lablet).await.map_err(queue_err)?;
+                    report.recorded += 1;
+                }
+                Err(err) => {
+                    pending.attempts = pending.attempts.saturating_add(1);
+                    pending.last_error = err;
+                    self.queue.push_record(&pending).await.map_err(queue_err)?;
+                    report.records_pending += 1;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Update the catalog after queued deliveries of `lablet` went through.

@@ -167,6 +167,17 @@ impl LabletService {
         }
         result
     }
+
+    /// Drains the retry queue once ([`LabletSync::retry_pending`]) and wakes
+    /// the nodes when a record changed (a kept record landed, or deliveries
+    /// turned a `stale` record `synced`).
+    pub async fn retry_pending(&self) -> Result<crate::RetryReport> {
+        let report = self.sync.retry_pending().await?;
+        if report.delivered > 0 || report.recorded > 0 {
+            self.materializer.notify_synced();
+        }
+        Ok(report)
+    }
 }
 
 /// An operator API error: `{"code", "message", "stage"}`.
@@ -369,14 +380,18 @@ pub async fn serve_lablets(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let drainer = {
-        let sync = app.service.sync.clone();
+        let service = app.service.clone();
         let interval = options.retry_interval.max(Duration::from_millis(100));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                match sync.retry_pending().await {
-                    Ok(report) if report.delivered > 0 || report.still_pending > 0 => {
-                        tracing::info!(?report, "fan-out retry queue drained");
+                match service.retry_pending().await {
+                    Ok(report)
+                        if report.delivered > 0
+                            || report.recorded > 0
+                            || report.anything_pending() =>
+                    {
+                        tracing::info!(?report, "retry queue drained");
                     }
                     Ok(_) => {}
                     Err(error) => tracing::warn!(%error, "draining the retry queue failed"),

@@ -16,6 +16,7 @@ use cfgsync_test_support::S3Harness;
 use common::consistency::{assert_records_match_bytes, stored_bytes};
 use common::env::{Env, FakeCpa, s3_config};
 use common::*;
+use object_store::{ObjectStoreExt, path::Path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -545,5 +546,122 @@ async fn record_failure_with_content_addressed_keys_keeps_every_record_matching_
     assert_eq!(
         assert_records_match_bytes(&*sync.catalog(), Some(&s3)).await,
         1
+    );
+    // the successful sync superseded the record the failure kept
+    assert!(
+        sync.retry_queue()
+            .pending_records()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_record_refused_after_the_store_is_kept_and_lands_when_the_catalog_is_back() {
+    let env = Env::start().await;
+    let s3 = S3Harness::start().await.unwrap();
+    let (cpa, cpa_server) = FakeCpa::start().await;
+    let v1 = sample_package("1.0", "");
+    let v2 = sample_package("2.0", "v: 2\n");
+    env.publish(NAME, v1.clone()).await;
+    // the default layout: one fixed key per lablet, overwritten by a re-sync
+    let config = fault_config(s3_config(env.config(None), &s3)).with_cpa_url(cpa_server.uri());
+    let sync = LabletSync::from_config(config).unwrap();
+    let before = sync.sync(NAME).await.unwrap().definition;
+
+    // CPA answers reads but refuses the record once v2 is stored
+    env.mosaic_serves(NAME, v2.clone()).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .with_priority(1)
+        .mount(&cpa_server)
+        .await;
+    let err = sync.sync(NAME).await.unwrap_err();
+    assert_eq!(err.stage(), Some(Stage::Record), "{err}");
+    assert_eq!(sync.catalog().get(NAME).await.unwrap(), Some(before));
+    let kept = sync.retry_queue().pending_records().await.unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].content.content_package_hash, sha256(&v2));
+    assert_eq!(kept[0].attempts, 1);
+
+    // a drain while CPA still refuses keeps it
+    let r = sync.retry_pending().await.unwrap();
+    assert_eq!((r.recorded, r.records_pending), (0, 1));
+    assert!(r.anything_pending());
+    assert_eq!(
+        sync.retry_queue().pending_records().await.unwrap()[0].attempts,
+        2
+    );
+
+    // CPA is back: the drain records v2 with no new download or upload
+    cpa_server.reset().await;
+    Mock::given(wiremock::matchers::path_regex(
+        "^/api/internal/lablet-definitions",
+    ))
+    .respond_with(cpa.clone())
+    .mount(&cpa_server)
+    .await;
+    let downloads = env.mosaic.received_requests().await.unwrap().len();
+    s3.reset_counters();
+    let r = sync.retry_pending().await.unwrap();
+    assert_eq!((r.recorded, r.records_pending), (1, 0));
+    assert!(!r.anything_pending());
+    let after = sync.catalog().get(NAME).await.unwrap().unwrap();
+    assert_eq!(after.content.content_package_hash, sha256(&v2));
+    assert_eq!(after.content.content_version, 2);
+    assert_eq!(
+        assert_records_match_bytes(&*sync.catalog(), Some(&s3)).await,
+        1
+    );
+    assert_eq!(
+        env.mosaic.received_requests().await.unwrap().len(),
+        downloads
+    );
+    assert_eq!(s3.put_body_bytes().unwrap_or(0), 0);
+    assert!(
+        sync.retry_queue()
+            .pending_records()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(sync.retry_pending().await.unwrap().recorded, 0);
+
+    // A kept record whose bytes are no longer what the store holds is dropped,
+    // not recorded: v3 is stored but refused, then the key is overwritten.
+    let v3 = sample_package("3.0", "v: 3\n");
+    env.mosaic_serves(NAME, v3.clone()).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .with_priority(1)
+        .mount(&cpa_server)
+        .await;
+    sync.sync(NAME).await.unwrap_err();
+    cpa_server.reset().await;
+    Mock::given(wiremock::matchers::path_regex(
+        "^/api/internal/lablet-definitions",
+    ))
+    .respond_with(cpa.clone())
+    .mount(&cpa_server)
+    .await;
+    let loc = &after.content.store;
+    s3.store_for_bucket(&loc.bucket)
+        .unwrap()
+        .put(
+            &Path::from(loc.key.as_str()),
+            b"other bytes".to_vec().into(),
+        )
+        .await
+        .unwrap();
+    let r = sync.retry_pending().await.unwrap();
+    assert_eq!((r.recorded, r.records_pending), (0, 0));
+    assert_eq!(sync.catalog().get(NAME).await.unwrap(), Some(after));
+    assert!(
+        sync.retry_queue()
+            .pending_records()
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

@@ -1,5 +1,5 @@
 //! `lablet-sync`: sync lablets, inspect packages, query the catalog, drain the
-//! fan-out retry queue. Configuration comes from the `LABLET_*` / `AWS_*`
+//! retry queue (fan-out deliveries and kept catalog records). Configuration comes from the `LABLET_*` / `AWS_*`
 //! environment variables (see the crate README).
 
 use std::io::IsTerminal;
@@ -15,7 +15,7 @@ use cfgsync_lablet::{
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Exit code of a sync that stored and recorded the package but left a fan-out
-/// target stale.
+/// target stale, and of a `retry` that left something queued.
 const EXIT_STALE: u8 = 3;
 
 #[derive(Debug, Parser)]
@@ -27,7 +27,8 @@ const EXIT_STALE: u8 = 3;
 Configuration comes from LABLET_* variables (LABLET_RESOLVER_URL, LABLET_LDS_URL, LABLET_SE_URL, \
 LABLET_CATALOG, LABLET_CPA_URL, LABLET_STORE, LABLET_LOCATION, LABLET_DATA_DIR, ...) and the standard \
 AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG, default error).\n\n\
-Exit codes: 0 success, 1 failure, 2 bad usage, 3 synced but a fan-out target is stale."
+Exit codes: 0 success, 1 failure, 2 bad usage, 3 synced but a fan-out target is stale \
+(retry: something is still queued)."
 )]
 struct Cli {
     /// Work directory (overrides LABLET_DATA_DIR).
@@ -60,7 +61,8 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
-    /// Try every queued fan-out delivery once (drains the retry queue).
+    /// Try everything in the retry queue once: fan-out deliveries, and catalog
+    /// records that failed after their package was stored.
     Retry,
     /// Serve the operator API (/api/v1/lablets) and the cfgsync routes for nodes
     /// (/register, /node, /healthz, /readyz, /metrics) until SIGTERM or ctrl-c.
@@ -76,7 +78,8 @@ enum Command {
         /// object store URL such as s3://bucket/prefix.
         #[arg(long, env = "LABLET_REGISTRATION_STORE", default_value = "memory")]
         registration_store: cfgsync_runtime::RegistrationStoreConfig,
-        /// Seconds between background drains of the fan-out retry queue.
+        /// Seconds between background drains of the retry queue (deliveries
+        /// and kept records).
         #[arg(long, env = "LABLET_RETRY_INTERVAL_SECS", default_value_t = 30)]
         retry_interval_secs: u64,
     },
@@ -232,10 +235,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let sync = LabletSync::from_config(config(&cli)?)?;
             let report = sync.retry_pending().await?;
             println!(
-                "delivered {}, still pending {}, skipped (lablet busy) {}",
-                report.delivered, report.still_pending, report.skipped_locked
+                "delivered {}, still pending {}, recorded {}, records pending {}, skipped (lablet busy) {}",
+                report.delivered,
+                report.still_pending,
+                report.recorded,
+                report.records_pending,
+                report.skipped_locked
             );
-            Ok(if report.still_pending > 0 {
+            Ok(if report.anything_pending() {
                 ExitCode::from(EXIT_STALE)
             } else {
                 ExitCode::SUCCESS

@@ -7,4 +7,4 @@ mod queue;
 
 pub use client::{FanOutBody, FanOutClient};
 pub use error::{FanOutError, QueueError};
-pub use queue::{QueuedDelivery, RetryQueue};
+pub use queue::{PendingRecord, QueuedDelivery, RetryQueue};

@@ -7,8 +7,10 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use super::{FanOutBody, QueueError};
+use crate::catalog::ContentSyncResult;
 
 const PENDING: Table = TableDefinition::new("pending_deliveries");
+const RECORDS: Table = TableDefinition::new("pending_records");
 
 /// A delivery waiting for its target to come back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,30 @@ impl QueuedDelivery {
     }
 }
 
+/// A catalog record that failed after the package was stored (the catalog was
+/// down or refused it): kept until a drain or a later sync of the lablet
+/// records it, so the catalog catches up with the store without a re-sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRecord {
+    /// Definition id to record under.
+    pub definition_id: String,
+    /// What to record (the failed sync's result).
+    pub content: ContentSyncResult,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Last error.
+    pub last_error: String,
+    /// When first queued (RFC 3339).
+    pub queued_at: String,
+}
+
+impl PendingRecord {
+    /// The lablet it belongs to (one pending record per lablet).
+    pub fn lablet(&self) -> &str {
+        &self.content.lablet
+    }
+}
+
 fn queue_key(target: &str, lablet: &str) -> String {
     format!("{target}/{lablet}")
 }
@@ -56,6 +82,7 @@ impl RetryQueue {
             db: Arc::new(DbFile::new(path)),
         };
         this.create_table(PENDING)?;
+        this.create_table(RECORDS)?;
         Ok(this)
     }
 
@@ -72,6 +99,32 @@ impl RetryQueue {
     /// Drop the pending delivery of `target` for `lablet`, if any.
     pub async fn remove(&self, target: &str, lablet: &str) -> Result<(), QueueError> {
         self.remove_row(PENDING, queue_key(target, lablet)).await
+    }
+
+    /// Keep `record` until it is recorded (replacing an older one of its lablet).
+    pub async fn push_record(&self, record: &PendingRecord) -> Result<(), QueueError> {
+        let key = record.lablet().to_owned();
+        let json = serde_json::to_string(record).map_err(|source| QueueError::Decode {
+            key: key.clone(),
+            source,
+        })?;
+        self.put_row(RECORDS, key, json).await
+    }
+
+    /// Drop the pending record of `lablet`, if any.
+    pub async fn remove_record(&self, lablet: &str) -> Result<(), QueueError> {
+        self.remove_row(RECORDS, lablet.to_owned()).await
+    }
+
+    /// All pending records, ordered by lablet.
+    pub async fn pending_records(&self) -> Result<Vec<PendingRecord>, QueueError> {
+        self.rows(RECORDS)
+            .await?
+            .into_iter()
+            .map(|(key, value)| {
+                serde_json::from_str(&value).map_err(|source| QueueError::Decode { key, source })
+            })
+            .collect()
     }
 
     /// All pending deliveries, ordered by target then lablet.
