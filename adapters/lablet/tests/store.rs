@@ -71,7 +71,8 @@ async fn file_store_failed_upload_leaves_no_partial_object() {
 #[tokio::test]
 async fn s3_store_failed_upload_leaves_previous_object_intact() {
     let s3 = S3Harness::start().await.unwrap();
-    let config = s3_config(LabletSyncConfig::default(), &s3);
+    let data = tempfile::tempdir().unwrap();
+    let config = s3_config(LabletSyncConfig::default().with_data_dir(data.path()), &s3);
     let store = PackageStore::from_config(&config, reqwest::Client::new()).unwrap();
     failed_upload_keeps_previous_object(&store).await;
     let loc = store
