@@ -388,33 +388,75 @@ impl LabletSync {
                 tracing::warn!(lablet = name, error = %e, "cannot abort uploads a killed run left open")
             }
         }
-        let stored = async {
-            let loc =
-                self.store
-                    .location_for(&self.config.location, name, Some(&package.sha256))?;
-            let size = package.size;
-            let outcome = self
-                .store
-                .upload_observed(name, &loc, &package.path, &package.sha256, &|done| {
-                    bytes(Stage::Store, done, Some(size))
-                })
-                .await?;
-            Ok((loc, outcome))
-        }
-        .instrument(tracing::info_span!("store"))
-        .await
-        .map_err(|source| Error::Store {
-            lablet: lablet(),
-            source,
-        });
-        let (location, outcome) = self.stage_result(Stage::Store, stored)?;
-        self.metrics.uploaded(outcome.bytes, !outcome.uploaded);
+        let location = self
+            .store
+            .location_for(&self.config.location, name, Some(&package.sha256))
+            .map_err(|source| Error::Store {
+                lablet: lablet(),
+                source,
+            });
+        let location = self.stage_result(Stage::Store, location)?;
         let sha256 = package.sha256.clone();
         let size = package.size;
+        let version = next_content_version(previous.as_ref(), &sha256);
+        // Written down before the store changes: should this run die between
+        // the store and the record, the drain records it (once it finds these
+        // bytes stored), so the catalog does not stay behind the store.
+        let not_yet = self
+            .targets(&vars)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(target, _)| TargetResult {
+                target: target.to_owned(),
+                status: DeliveryStatus::Queued,
+                attempts: 0,
+                error: Some("not delivered: the sync stopped before its fan-out".to_owned()),
+            })
+            .collect();
+        let intent = content_result(
+            name,
+            &sha256,
+            size,
+            info.clone(),
+            location.clone(),
+            not_yet,
+            version,
+            false,
+        );
+        self.queue
+            .push_record(&PendingRecord {
+                definition_id: id.to_owned(),
+                content: intent,
+                attempts: 0,
+                last_error: "the sync has not recorded it yet".to_owned(),
+                queued_at: now_rfc3339(),
+            })
+            .await
+            .map_err(|source| Error::Queue {
+                lablet: lablet(),
+                source,
+            })?;
+        let stored = self
+            .store
+            .upload_observed(name, &location, &package.path, &sha256, &|done| {
+                bytes(Stage::Store, done, Some(size))
+            })
+            .instrument(tracing::info_span!("store"))
+            .await
+            .map_err(|source| Error::Store {
+                lablet: lablet(),
+                source,
+            });
+        if stored.is_err()
+            && let Err(e) = self.queue.remove_record(name, &sha256).await
+        {
+            tracing::warn!(lablet = name, error = %e, "cannot drop the record kept for a failed store");
+        }
+        let outcome = self.stage_result(Stage::Store, stored)?;
+        self.metrics.uploaded(outcome.bytes, !outcome.uploaded);
         drop(package);
 
         progress(Stage::FanOut);
-        let version = next_content_version(previous.as_ref(), &sha256);
         let body = FanOutBody {
             lablet: name.to_owned(),
             bucket: location.bucket.clone(),
@@ -485,13 +527,7 @@ impl LabletSync {
                     })
                     .await
             }
-            None => match self.queue.pending_records().await {
-                Ok(pending) if pending.iter().any(|r| r.lablet() == lablet) => {
-                    self.queue.remove_record(&lablet).await
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            },
+            None => self.queue.remove_records_of(&lablet).await,
         };
         if let Err(e) = kept {
             tracing::warn!(lablet, error = %e, "cannot update the pending record of this lablet");
@@ -649,18 +685,27 @@ impl LabletSync {
         Ok(report)
     }
 
-    /// Try every pending record once (before the deliveries, so a lablet's
-    /// deliveries are marked on the record they belong to).
+    /// Try the kept records once (before the deliveries, so a lablet's
+    /// deliveries are marked on the record they belong to). Per lablet, the
+    /// newest kept record whose package the store holds is recorded and the
+    /// rest dropped; a kept record whose bytes are not stored (its run died
+    /// before the upload finished, or a later one overwrote the key) is never
+    /// recorded.
     async fn drain_records(&self, except: Option<&str>, report: &mut RetryReport) -> Result<()> {
         let queue_err = |source| Error::Queue {
             lablet: "*".to_owned(),
             source,
         };
-        for mut pending in self.queue.pending_records().await.map_err(queue_err)? {
-            let lablet = pending.lablet().to_owned();
-            if except == Some(lablet.as_str()) {
-                continue;
+        let mut by_lablet: BTreeMap<String, Vec<PendingRecord>> = BTreeMap::new();
+        for kept in self.queue.pending_records().await.map_err(queue_err)? {
+            if except != Some(kept.lablet()) {
+                by_lablet
+                    .entry(kept.lablet().to_owned())
+                    .or_default()
+                    .push(kept);
             }
+        }
+        for (lablet, mut kept) in by_lablet {
             let guard = self
                 .locks
                 .try_lock(&lablet)
@@ -672,39 +717,54 @@ impl LabletSync {
                 report.skipped_locked += 1;
                 continue;
             };
-            // Record only what the store still holds: a later run may have
-            // overwritten the key (then its own sync records the new bytes).
-            let sha = &pending.content.content_package_hash;
-            let recorded = match self.store.stored_sha256(&pending.content.store).await {
-                Ok(stored) if stored.as_ref() == Some(sha) => self
-                    .catalog
-                    .record(&pending.definition_id, &pending.content)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                Ok(stored) => {
-                    tracing::warn!(
+            kept.sort_by(|a, b| b.queued_at.cmp(&a.queued_at));
+            for mut candidate in kept {
+                let sha = candidate.content.content_package_hash.clone();
+                let stored = match self.store.stored_sha256(&candidate.content.store).await {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        // cannot tell now: keep it for the next drain
+                        tracing::warn!(lablet, error = %e, "cannot check a kept record against the store");
+                        report.records_pending += 1;
+                        break;
+                    }
+                };
+                if stored.as_ref() != Some(&sha) {
+                    tracing::info!(
                         lablet,
                         kept = sha.as_str(),
                         stored = stored.as_deref().unwrap_or("nothing"),
-                        "dropping a kept record: the store no longer holds its package"
+                        "dropping a kept record: the store does not hold its package"
                     );
-                    self.queue.remove_record(&lablet).await.map_err(queue_err)?;
+                    self.queue
+                        .remove_record(&lablet, &sha)
+                        .await
+                        .map_err(queue_err)?;
                     continue;
                 }
-                Err(e) => Err(e.to_string()),
-            };
-            match recorded {
-                Ok(()) => {
-                    self.queue.remove_record(&lablet).await.map_err(queue_err)?;
-                    report.recorded += 1;
+                match self
+                    .catalog
+                    .record(&candidate.definition_id, &candidate.content)
+                    .await
+                {
+                    Ok(_) => {
+                        self.queue
+                            .remove_records_of(&lablet)
+                            .await
+                            .map_err(queue_err)?;
+                        report.recorded += 1;
+                    }
+                    Err(err) => {
+                        candidate.attempts = candidate.attempts.saturating_add(1);
+                        candidate.last_error = err.to_string();
+                        self.queue
+                            .push_record(&candidate)
+                            .await
+                            .map_err(queue_err)?;
+                        report.records_pending += 1;
+                    }
                 }
-                Err(err) => {
-                    pending.attempts = pending.attempts.saturating_add(1);
-                    pending.last_error = err;
-                    self.queue.push_record(&pending).await.map_err(queue_err)?;
-                    report.records_pending += 1;
-                }
+                break;
             }
         }
         Ok(())

@@ -1,6 +1,8 @@
 //! `kill -9` of the `lablet-sync` binary mid-download and mid-upload: the previous
 //! object and record stay intact and consistent, the retry queue keeps what an
 //! earlier sync queued, and a re-run of the same sync succeeds and drains it.
+//! Killed after the store, during the fan-out: the drain brings the catalog to
+//! the stored bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -8,6 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cfgsync_lablet::catalog::SyncStatus;
@@ -236,6 +240,60 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
     assert_eq!(s3.open_uploads(), Some(1), "the killed upload stays open");
     check("killed mid-upload").await;
 
+    // 2b. killed after the store, while SE holds the fan-out: the store has v2,
+    // the catalog still v1 — the record this run wrote down before the store
+    // lets a drain close that gap (as stale: the fan-out never finished)
+    #[derive(Clone)]
+    struct SlowCounting(Arc<AtomicUsize>);
+    impl wiremock::Respond for SlowCounting {
+        fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(30))
+        }
+    }
+    let se_calls = Arc::new(AtomicUsize::new(0));
+    se.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(SlowCounting(se_calls.clone()))
+        .mount(&se)
+        .await;
+    let child = spawn_sync(&vars);
+    kill_when(child, "the fan-out to SE", || {
+        se_calls.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert_eq!(
+        s3.open_uploads(),
+        Some(0),
+        "this run aborted the upload step 2 left open and completed its own"
+    );
+    assert_eq!(
+        stored_bytes(&before.content.store, Some(&s3)).await,
+        Some(v2.clone()),
+        "v2 stored before the kill"
+    );
+    let sync = in_process(&vars, &s3);
+    assert_eq!(
+        sync.catalog().get(NAME).await.unwrap().as_ref(),
+        Some(&before)
+    );
+    se.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&se)
+        .await;
+    let r = sync.retry_pending().await.unwrap();
+    assert_eq!((r.recorded, r.records_pending), (1, 0));
+    let caught_up = sync.catalog().get(NAME).await.unwrap().unwrap();
+    assert_eq!(caught_up.content.content_package_hash, sha256(&v2));
+    assert_eq!(caught_up.content.status, SyncStatus::Stale);
+    assert_eq!(
+        assert_records_match_bytes(&*sync.catalog(), Some(&s3)).await,
+        2
+    );
+    assert_eq!(sync.retry_queue().pending().await.unwrap().len(), 1);
+    drop(sync);
+
     // 3. SE is back; the same sync re-run succeeds and drains the queue
     se.reset().await;
     Mock::given(method("POST"))
@@ -253,7 +311,6 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // the re-run aborted the upload the kill left open
     assert_eq!(s3.open_uploads(), Some(0), "an upload left open");
     let sync = in_process(&vars, &s3);
     let after = sync.catalog().get(NAME).await.unwrap().unwrap();

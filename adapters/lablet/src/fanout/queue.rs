@@ -39,9 +39,11 @@ impl QueuedDelivery {
     }
 }
 
-/// A catalog record that failed after the package was stored (the catalog was
-/// down or refused it): kept until a drain or a later sync of the lablet
-/// records it, so the catalog catches up with the store without a re-sync.
+/// A catalog record kept until it lands. A sync writes it down before the
+/// store changes and strikes it off once the catalog took the record; when the
+/// record failed (the catalog was down or refused it) or the run died after
+/// the store, the drain records it — if the store holds its package — so the
+/// catalog catches up with the store without a re-sync.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingRecord {
     /// Definition id to record under.
@@ -61,6 +63,11 @@ impl PendingRecord {
     pub fn lablet(&self) -> &str {
         &self.content.lablet
     }
+}
+
+/// Lablet names hold no `/` (see `validate_name`), so the prefix is exact.
+fn record_key(lablet: &str, sha256: &str) -> String {
+    format!("{lablet}/{sha256}")
 }
 
 fn queue_key(target: &str, lablet: &str) -> String {
@@ -101,9 +108,10 @@ impl RetryQueue {
         self.remove_row(PENDING, queue_key(target, lablet)).await
     }
 
-    /// Keep `record` until it is recorded (replacing an older one of its lablet).
+    /// Keep `record` until it is recorded (one per lablet and package hash;
+    /// a newer one of the same package replaces it).
     pub async fn push_record(&self, record: &PendingRecord) -> Result<(), QueueError> {
-        let key = record.lablet().to_owned();
+        let key = record_key(record.lablet(), &record.content.content_package_hash);
         let json = serde_json::to_string(record).map_err(|source| QueueError::Decode {
             key: key.clone(),
             source,
@@ -111,12 +119,23 @@ impl RetryQueue {
         self.put_row(RECORDS, key, json).await
     }
 
-    /// Drop the pending record of `lablet`, if any.
-    pub async fn remove_record(&self, lablet: &str) -> Result<(), QueueError> {
-        self.remove_row(RECORDS, lablet.to_owned()).await
+    /// Drop the kept record of `lablet` for package `sha256`, if any.
+    pub async fn remove_record(&self, lablet: &str, sha256: &str) -> Result<(), QueueError> {
+        self.remove_row(RECORDS, record_key(lablet, sha256)).await
     }
 
-    /// All pending records, ordered by lablet.
+    /// Drop every kept record of `lablet`.
+    pub async fn remove_records_of(&self, lablet: &str) -> Result<(), QueueError> {
+        let prefix = record_key(lablet, "");
+        for (key, _) in self.rows(RECORDS).await? {
+            if key.starts_with(&prefix) {
+                self.remove_row(RECORDS, key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// All kept records, ordered by lablet.
     pub async fn pending_records(&self) -> Result<Vec<PendingRecord>, QueueError> {
         self.rows(RECORDS)
             .await?
