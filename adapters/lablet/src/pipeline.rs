@@ -650,13 +650,7 @@ impl LabletSync {
             RetryPolicy::default().with_max_attempts(1),
         );
         for (lablet, deliveries) in by_lablet {
-            let guard = self
-                .locks
-                .try_lock(&lablet)
-                .map_err(|source| Error::Local {
-                    what: format!("lock lablet {lablet}"),
-                    source,
-                })?;
+            let guard = self.try_lock_lablet(&lablet)?;
             let Some(_guard) = guard else {
                 report.skipped_locked += deliveries.len();
                 continue;
@@ -685,6 +679,14 @@ impl LabletSync {
         Ok(report)
     }
 
+    /// The lablet's lock if nobody holds it (a drain skips busy lablets).
+    fn try_lock_lablet(&self, lablet: &str) -> Result<Option<crate::lock::LabletGuard>> {
+        self.locks.try_lock(lablet).map_err(|source| Error::Local {
+            what: format!("lock lablet {lablet}"),
+            source,
+        })
+    }
+
     /// Try the kept records once (before the deliveries, so a lablet's
     /// deliveries are marked on the record they belong to). Per lablet, the
     /// newest kept record whose package the store holds is recorded and the
@@ -706,13 +708,7 @@ impl LabletSync {
             }
         }
         for (lablet, mut kept) in by_lablet {
-            let guard = self
-                .locks
-                .try_lock(&lablet)
-                .map_err(|source| Error::Local {
-                    what: format!("lock lablet {lablet}"),
-                    source,
-                })?;
+            let guard = self.try_lock_lablet(&lablet)?;
             let Some(_guard) = guard else {
                 report.skipped_locked += 1;
                 continue;
