@@ -491,6 +491,26 @@ async fn cpa_faults_fail_at_record_before_the_store_changes() {
     );
 }
 
+/// CPA answers reads but refuses every record (500).
+async fn cpa_refuses_records(server: &MockServer) {
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .with_priority(1)
+        .mount(server)
+        .await;
+}
+
+/// CPA works again, with the definitions it had.
+async fn cpa_is_back(server: &MockServer, cpa: &FakeCpa) {
+    server.reset().await;
+    Mock::given(wiremock::matchers::path_regex(
+        "^/api/internal/lablet-definitions",
+    ))
+    .respond_with(cpa.clone())
+    .mount(server)
+    .await;
+}
+
 #[tokio::test]
 async fn record_failure_with_content_addressed_keys_keeps_every_record_matching_its_bytes() {
     let env = Env::start().await;
@@ -514,11 +534,7 @@ async fn record_failure_with_content_addressed_keys_keeps_every_record_matching_
 
     // CPA answers reads but rejects the record of the new package
     env.mosaic_serves(NAME, v2.clone()).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500))
-        .with_priority(1)
-        .mount(&cpa_server)
-        .await;
+    cpa_refuses_records(&cpa_server).await;
     let err = sync.sync(NAME).await.unwrap_err();
     assert_eq!(err.stage(), Some(Stage::Record), "{err}");
     assert_eq!(
@@ -532,13 +548,7 @@ async fn record_failure_with_content_addressed_keys_keeps_every_record_matching_
     );
 
     // CPA is back: the re-run records the new package (already stored: no upload)
-    cpa_server.reset().await;
-    Mock::given(wiremock::matchers::path_regex(
-        "^/api/internal/lablet-definitions",
-    ))
-    .respond_with(cpa.clone())
-    .mount(&cpa_server)
-    .await;
+    cpa_is_back(&cpa_server, &cpa).await;
     let report = sync.sync(NAME).await.unwrap();
     assert!(!report.uploaded);
     assert_eq!(report.definition.content.content_package_hash, sha256(&v2));
@@ -572,11 +582,7 @@ async fn a_record_refused_after_the_store_is_kept_and_lands_when_the_catalog_is_
 
     // CPA answers reads but refuses the record once v2 is stored
     env.mosaic_serves(NAME, v2.clone()).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500))
-        .with_priority(1)
-        .mount(&cpa_server)
-        .await;
+    cpa_refuses_records(&cpa_server).await;
     let err = sync.sync(NAME).await.unwrap_err();
     assert_eq!(err.stage(), Some(Stage::Record), "{err}");
     assert_eq!(sync.catalog().get(NAME).await.unwrap(), Some(before));
@@ -595,13 +601,7 @@ async fn a_record_refused_after_the_store_is_kept_and_lands_when_the_catalog_is_
     );
 
     // CPA is back: the drain records v2 with no new download or upload
-    cpa_server.reset().await;
-    Mock::given(wiremock::matchers::path_regex(
-        "^/api/internal/lablet-definitions",
-    ))
-    .respond_with(cpa.clone())
-    .mount(&cpa_server)
-    .await;
+    cpa_is_back(&cpa_server, &cpa).await;
     let downloads = env.mosaic.received_requests().await.unwrap().len();
     s3.reset_counters();
     let r = sync.retry_pending().await.unwrap();
@@ -632,19 +632,9 @@ async fn a_record_refused_after_the_store_is_kept_and_lands_when_the_catalog_is_
     // not recorded: v3 is stored but refused, then the key is overwritten.
     let v3 = sample_package("3.0", "v: 3\n");
     env.mosaic_serves(NAME, v3.clone()).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500))
-        .with_priority(1)
-        .mount(&cpa_server)
-        .await;
+    cpa_refuses_records(&cpa_server).await;
     sync.sync(NAME).await.unwrap_err();
-    cpa_server.reset().await;
-    Mock::given(wiremock::matchers::path_regex(
-        "^/api/internal/lablet-definitions",
-    ))
-    .respond_with(cpa.clone())
-    .mount(&cpa_server)
-    .await;
+    cpa_is_back(&cpa_server, &cpa).await;
     let loc = &after.content.store;
     s3.store_for_bucket(&loc.bucket)
         .unwrap()
