@@ -17,7 +17,7 @@ use cfgsync_core::{
     ArtifactFile, ArtifactSet, CfgsyncClient, ChangeNotifier, ConfigResolveResponse, ConfigSource,
     FetchOptions, FetchOutcome, NodeRegistration,
 };
-use cfgsync_test_support::{S3Harness, TestServer};
+use cfgsync_test_support::{S3Harness, TestServer, long_poll, woken};
 use tokio::sync::watch;
 
 fn reg(id: &str, ip: &str) -> NodeRegistration {
@@ -145,30 +145,12 @@ async fn long_polling_node_wakes_when_the_last_peer_registers() {
     let server = TestServer::with_source(source).await;
     let client = CfgsyncClient::new(&server.url).unwrap();
     client.register_node(&reg("a", "10.0.0.1")).await.unwrap();
-    let waiting = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let options = FetchOptions {
-                if_none_match: None,
-                wait: Some(Duration::from_secs(30)),
-            };
-            client
-                .fetch_node_config_with(&reg("a", "10.0.0.1"), &options)
-                .await
-        })
-    };
+    let waiting = long_poll(&client, &reg("a", "10.0.0.1"), None);
     client.register_node(&reg("b", "10.0.0.2")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiting.is_finished(), "two of three: still not ready");
     client.register_node(&reg("c", "10.0.0.3")).await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("woken by the registration, long before the 30 s wait")
-        .unwrap()
-        .unwrap();
-    let FetchOutcome::Updated { payload, .. } = outcome else {
-        panic!("payload expected")
-    };
+    let (payload, _) = woken(waiting).await;
     assert_eq!(
         payload.files.get("/peers.txt").unwrap().content,
         "10.0.0.1\n10.0.0.2\n10.0.0.3\n"
@@ -295,16 +277,7 @@ async fn materializing_source_follows_its_inputs_and_rejects_bad_metadata() {
     ));
 
     // Publishing wakes the long-poll with the content.
-    let waiting = {
-        let (client, node) = (client.clone(), node.clone());
-        tokio::spawn(async move {
-            let options = FetchOptions {
-                if_none_match: None,
-                wait: Some(Duration::from_secs(30)),
-            };
-            client.fetch_node_config_with(&node, &options).await
-        })
-    };
+    let waiting = long_poll(&client, &node, None);
     tokio::time::sleep(Duration::from_millis(100)).await;
     channels
         .content
@@ -312,27 +285,10 @@ async fn materializing_source_follows_its_inputs_and_rejects_bad_metadata() {
         .unwrap()
         .insert("stable".into(), "v1".into());
     channels.changes.notify();
-    let FetchOutcome::Updated { etag: Some(v1), .. } =
-        tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-    else {
-        panic!("payload expected");
-    };
+    let (_, v1) = woken(waiting).await;
 
     // Re-publishing changes the ETag, and a node holding the old one wakes.
-    let waiting = {
-        let (client, node, v1) = (client.clone(), node.clone(), v1.clone());
-        tokio::spawn(async move {
-            let options = FetchOptions {
-                if_none_match: Some(v1),
-                wait: Some(Duration::from_secs(30)),
-            };
-            client.fetch_node_config_with(&node, &options).await
-        })
-    };
+    let waiting = long_poll(&client, &node, Some(v1.clone()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiting.is_finished());
     channels
@@ -341,17 +297,7 @@ async fn materializing_source_follows_its_inputs_and_rejects_bad_metadata() {
         .unwrap()
         .insert("stable".into(), "v2".into());
     channels.changes.notify();
-    let FetchOutcome::Updated {
-        payload,
-        etag: Some(v2),
-    } = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    else {
-        panic!("payload expected");
-    };
+    let (payload, v2) = woken(waiting).await;
     assert_ne!(v1, v2);
     assert_eq!(payload.files.get("/channel.txt").unwrap().content, "v2");
 

@@ -10,6 +10,7 @@ use cfgsync_core::{
     ArtifactFile, BundleConfigSource, CfgsyncClient, Error, FetchOptions, FetchOutcome,
     NodeArtifactsPayload, NodeFilesReplacement, NodeRegistration, StaticConfigSource,
 };
+use cfgsync_test_support::{long_poll, woken};
 use common::{TestServer, error_code, files, post_json, two_node_static_source};
 
 fn node(id: &str) -> NodeRegistration {
@@ -289,54 +290,17 @@ async fn long_poll_wakes_on_registration_and_on_change_and_old_clients_answer_at
     ));
 
     // A long-poll held while node-1 is not registered returns once it registers.
-    let waiting = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .fetch_node_config_with(
-                    &node("node-1"),
-                    &FetchOptions {
-                        if_none_match: None,
-                        wait: Some(Duration::from_secs(30)),
-                    },
-                )
-                .await
-        })
-    };
+    let waiting = long_poll(&client, &node("node-1"), None);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         !waiting.is_finished(),
         "long-poll must hold while not ready"
     );
     client.register_node(&node("node-1")).await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let FetchOutcome::Updated {
-        etag: Some(etag), ..
-    } = outcome
-    else {
-        panic!("expected the payload");
-    };
+    let (_, etag) = woken(waiting).await;
 
     // Holding the current ETag, a long-poll waits for a change and wakes on it.
-    let waiting = {
-        let client = client.clone();
-        let etag = etag.clone();
-        tokio::spawn(async move {
-            client
-                .fetch_node_config_with(
-                    &node("node-1"),
-                    &FetchOptions {
-                        if_none_match: Some(etag),
-                        wait: Some(Duration::from_secs(30)),
-                    },
-                )
-                .await
-        })
-    };
+    let waiting = long_poll(&client, &node("node-1"), Some(etag.clone()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         !waiting.is_finished(),
@@ -349,18 +313,7 @@ async fn long_poll_wakes_on_registration_and_on_change_and_old_clients_answer_at
         })
         .await
         .unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let FetchOutcome::Updated {
-        payload,
-        etag: Some(new_etag),
-    } = outcome
-    else {
-        panic!("expected the changed payload");
-    };
+    let (payload, new_etag) = woken(waiting).await;
     assert_ne!(new_etag, etag);
     assert_eq!(payload.files.get("/config.yaml").unwrap().content, "v2\n");
 

@@ -5,5 +5,5 @@ mod server;
 mod store_suite;
 
 pub use s3::{S3Faults, S3Harness};
-pub use server::{TestServer, files};
+pub use server::{TestServer, files, long_poll, woken};
 pub use store_suite::registration_store_suite;

@@ -1,11 +1,14 @@
 //! A real cfgsync server on `127.0.0.1:0` for tests, with the readings tests
-//! make of it through its own `/metrics`.
+//! make of it through its own `/metrics`, and long-polls to wait on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cfgsync_core::{ArtifactFile, ArtifactSet, CfgsyncServerState, ConfigSource, serve_cfgsync_on};
+use cfgsync_core::{
+    ArtifactFile, ArtifactSet, CfgsyncClient, CfgsyncServerState, ConfigSource, FetchOptions,
+    FetchOutcome, NodeArtifactsPayload, NodeRegistration, serve_cfgsync_on,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -127,4 +130,44 @@ impl TestServer {
 pub fn files(entries: &[(&str, &str)]) -> ArtifactSet {
     ArtifactSet::from_files(entries.iter().map(|(p, c)| ArtifactFile::new(*p, *c)))
         .expect("distinct paths")
+}
+
+/// Starts a long-poll of `node` (held up to 30 s) in a task, holding `etag`
+/// when given; [`woken`] waits for its answer.
+pub fn long_poll(
+    client: &CfgsyncClient,
+    node: &NodeRegistration,
+    etag: Option<String>,
+) -> JoinHandle<cfgsync_core::Result<FetchOutcome>> {
+    let (client, node) = (client.clone(), node.clone());
+    tokio::spawn(async move {
+        let options = FetchOptions {
+            if_none_match: etag,
+            wait: Some(Duration::from_secs(30)),
+        };
+        client.fetch_node_config_with(&node, &options).await
+    })
+}
+
+/// The payload and ETag a [`long_poll`] woke with.
+///
+/// # Panics
+/// Unless it answered with a payload and its ETag within 10 s, long before its
+/// 30 s wait would have ended.
+#[allow(clippy::expect_used, clippy::panic)]
+pub async fn woken(
+    waiting: JoinHandle<cfgsync_core::Result<FetchOutcome>>,
+) -> (NodeArtifactsPayload, String) {
+    let outcome = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("woken within 10 s, long before the 30 s wait")
+        .expect("the long-poll task panicked")
+        .expect("the long-poll answered");
+    match outcome {
+        FetchOutcome::Updated {
+            payload,
+            etag: Some(etag),
+        } => (payload, etag),
+        other => panic!("a payload with its ETag expected, got {other:?}"),
+    }
 }

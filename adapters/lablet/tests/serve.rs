@@ -12,7 +12,7 @@ use cfgsync_core::{
     AuthConfig, CfgsyncClient, Error, FetchOptions, FetchOutcome, NodeRegistration,
 };
 use cfgsync_lablet::{ServeOptions, build_lablet_app, serve_lablets};
-use cfgsync_test_support::S3Harness;
+use cfgsync_test_support::{S3Harness, long_poll, woken};
 use common::env::{Env, s3_config};
 use common::{CML, DEVICES, sample_package, sha256};
 use wiremock::matchers::{method, path};
@@ -75,21 +75,6 @@ fn node(id: &str, lablet: &str) -> NodeRegistration {
         .unwrap()
 }
 
-fn long_poll(
-    client: &CfgsyncClient,
-    node: NodeRegistration,
-    etag: Option<String>,
-) -> tokio::task::JoinHandle<cfgsync_core::Result<FetchOutcome>> {
-    let client = client.clone();
-    tokio::spawn(async move {
-        let options = FetchOptions {
-            if_none_match: etag,
-            wait: Some(Duration::from_secs(30)),
-        };
-        client.fetch_node_config_with(&node, &options).await
-    })
-}
-
 #[tokio::test]
 async fn operator_syncs_and_nodes_receive_lablet_content_on_s3() {
     let env = Env::start().await;
@@ -133,7 +118,7 @@ async fn operator_syncs_and_nodes_receive_lablet_content_on_s3() {
         Err(Error::NotReady { .. })
     ));
     nodes.register_node(&node("node-b", LAB)).await.unwrap();
-    let waiting = long_poll(&nodes, node("node-b", LAB), None);
+    let waiting = long_poll(&nodes, &node("node-b", LAB), None);
 
     // Sync v1 through the operator API.
     let response = operator(
@@ -153,17 +138,7 @@ async fn operator_syncs_and_nodes_receive_lablet_content_on_s3() {
     assert_eq!(report["uploaded"], true);
 
     // The waiting node wakes with the lablet's files.
-    let FetchOutcome::Updated {
-        payload,
-        etag: Some(etag_b),
-    } = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    else {
-        panic!("payload expected");
-    };
+    let (payload, etag_b) = woken(waiting).await;
     let paths: Vec<_> = payload.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["cml.yaml", "devices.json", "content.json"]);
     assert_eq!(payload.files.get("cml.yaml").unwrap().content, CML);
@@ -233,7 +208,7 @@ async fn operator_syncs_and_nodes_receive_lablet_content_on_s3() {
 
     // A changed package: re-sync bumps the version; node-a, holding the old
     // ETag, wakes with the new content.
-    let waiting = long_poll(&nodes, node("node-a", LAB), Some(etag_a.clone()));
+    let waiting = long_poll(&nodes, &node("node-a", LAB), Some(etag_a.clone()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiting.is_finished(), "unchanged content: still waiting");
     env.mosaic_serves(LAB, sample_package("1.1.0", "  - id: n1\n    label: r2\n"))
@@ -251,17 +226,7 @@ async fn operator_syncs_and_nodes_receive_lablet_content_on_s3() {
     .await
     .unwrap();
     assert_eq!(report["definition"]["content_version"], 2);
-    let FetchOutcome::Updated {
-        payload,
-        etag: Some(etag_new),
-    } = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    else {
-        panic!("payload expected");
-    };
+    let (payload, etag_new) = woken(waiting).await;
     assert_ne!(etag_new, etag_a);
     assert!(
         payload
