@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Cursor, Write};
-
 use cfgsync_lablet::catalog::CatalogFilter;
 use cfgsync_lablet::{LabletSync, Stage};
 use cfgsync_test_support::S3Harness;
@@ -14,23 +12,12 @@ use common::*;
 use object_store::{ObjectStoreExt, path::Path};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
-use zip::ZipWriter;
-use zip::write::SimpleFileOptions;
 
 /// Synced once with a good package before the hostile ones arrive.
 const SYNCED: &str = "LAB-SYNCED";
 /// Never synced.
 const FRESH: &str = "LAB-FRESH";
 const MAX_ENTRIES: usize = 200;
-
-fn symlink_zip() -> Vec<u8> {
-    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
-    let opts = SimpleFileOptions::default();
-    w.start_file("cml.yaml", opts).unwrap();
-    w.write_all(CML.as_bytes()).unwrap();
-    w.add_symlink("link", "/etc/passwd", opts).unwrap();
-    w.finish().unwrap().into_inner()
-}
 
 /// (label, package, expected `InspectError::code`)
 fn corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {

@@ -2,12 +2,8 @@
 
 mod common;
 
-use std::io::{Cursor, Write};
-
 use cfgsync_lablet::inspect::{InspectLimits, inspect_package};
 use common::*;
-use zip::ZipWriter;
-use zip::write::SimpleFileOptions;
 
 fn inspect_bytes(
     bytes: &[u8],
@@ -58,15 +54,6 @@ fn inspect_extracts_adr025_fields_from_the_shallowest_entries() {
     assert_eq!(info.devices_json, None);
     assert_eq!(info.grade_xml_path, None);
     assert_eq!(info.meta, Default::default());
-}
-
-fn symlink_zip() -> Vec<u8> {
-    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
-    let opts = SimpleFileOptions::default();
-    w.start_file("cml.yaml", opts).unwrap();
-    w.write_all(CML.as_bytes()).unwrap();
-    w.add_symlink("link", "/etc/passwd", opts).unwrap();
-    w.finish().unwrap().into_inner()
 }
 
 #[test]

@@ -10,6 +10,16 @@ pub const CML: &str = "lab:\n  title: Sample lab\nnodes:\n  - id: n0\n    label:
 pub const DEVICES: &str = r#"[{"name": "r1", "type": "iosv"}]"#;
 
 /// A zip with `entries` (name, bytes), deflated.
+/// A valid cml.yaml beside a symlink entry pointing out of the package.
+pub fn symlink_zip() -> Vec<u8> {
+    let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = SimpleFileOptions::default();
+    w.start_file("cml.yaml", opts).unwrap();
+    w.write_all(CML.as_bytes()).unwrap();
+    w.add_symlink("link", "/etc/passwd", opts).unwrap();
+    w.finish().unwrap().into_inner()
+}
+
 pub fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut w = ZipWriter::new(Cursor::new(Vec::new()));
     let opts = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
