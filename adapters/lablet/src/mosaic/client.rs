@@ -128,7 +128,7 @@ impl MosaicClient {
         }
         // No fsync: the temp file is read back at once from the page cache and
         // deleted after the sync; a crash loses nothing that a re-run would not
-        // download again. (Syncing it cost seconds per GiB, see bench-lablet.)
+        // download again. (Syncing it cost seconds per GiB, see dev/bench-lablet.)
         file.flush().await.map_err(temp_err)?;
         Ok(DownloadedPackage {
             path,
