@@ -1,3 +1,4 @@
+//! Where app policy plugs into cfgsync: registration stores, materializers, the per-generation cache, config sources.
 #![doc = include_str!("../README.md")]
 
 mod cache;
@@ -8,6 +9,8 @@ mod materializer;
 mod snapshot;
 mod source;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cache::{CachedSnapshot, CachedSnapshotMaterializer};
 pub use deployment::{DeploymentAdapter, DeploymentMaterializer};
@@ -19,7 +22,6 @@ pub use materializer::{
 };
 pub use snapshot::{NodeArtifacts, NodeArtifactsCatalog, RegistrationSnapshot};
 pub use source::{MaterializingConfigSource, SnapshotConfigSource};
-pub use store::{
-    DurableRegistrationStore, MemoryRegistrationStore, ObjectRegistrationStore, ObjectStoreOptions,
-    RegistrationStore,
-};
+pub use store::{DurableRegistrationStore, MemoryRegistrationStore, RegistrationStore};
+#[cfg(feature = "object-store")]
+pub use store::{ObjectRegistrationStore, ObjectStoreOptions};

@@ -7,8 +7,9 @@ use cfgsync_adapter::{
     DurableRegistrationStore, MemoryRegistrationStore, ObjectRegistrationStore, ObjectStoreOptions,
     RegistrationStore,
 };
+use cfgsync_adapter::testing::registration_store_suite;
 use cfgsync_core::NodeRegistration;
-use cfgsync_test_support::{S3Harness, registration_store_suite};
+use cfgsync_test_support::S3Harness;
 use futures::StreamExt;
 
 fn reg(id: &str, ip: &str) -> NodeRegistration {

@@ -2,6 +2,7 @@
 
 mod durable;
 mod memory;
+#[cfg(feature = "object-store")]
 mod object;
 mod view;
 
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 
 pub use durable::DurableRegistrationStore;
 pub use memory::MemoryRegistrationStore;
+#[cfg(feature = "object-store")]
 pub use object::{ObjectRegistrationStore, ObjectStoreOptions};
 
 use crate::{RegistrationSnapshot, Result};
@@ -20,7 +22,8 @@ use crate::{RegistrationSnapshot, Result};
 /// Stores node registrations and numbers their changes.
 ///
 /// Every implementation keeps the same promises, checked by one shared
-/// behaviour suite: `put` of an unchanged registration changes nothing; any
+/// behaviour suite (`cfgsync_adapter::testing::registration_store_suite`,
+/// feature `testing`): `put` of an unchanged registration changes nothing; any
 /// change moves the **generation** forward (never back); `snapshot` is cheap
 /// (a shared, cached value) and sorted by identifier; `changes` wakes
 /// subscribers on every new generation.

@@ -67,6 +67,7 @@ impl RegistrationView {
     }
 
     /// Replaces the whole set at `generation`.
+    #[cfg(feature = "object-store")]
     pub fn replace_all(&self, nodes: BTreeMap<String, Arc<NodeRegistration>>, generation: u64) {
         let mut state = self.lock();
         state.nodes = nodes;

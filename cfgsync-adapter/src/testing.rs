@@ -1,10 +1,12 @@
-//! The shared behaviour suite of `RegistrationStore`.
+//! The shared behaviour suite of [`RegistrationStore`] (feature `testing`): run
+//! it against every store implementation, yours included.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 
-use cfgsync_adapter::RegistrationStore;
 use cfgsync_core::NodeRegistration;
+
+use crate::RegistrationStore;
 
 fn reg(id: &str, ip: &str) -> NodeRegistration {
     NodeRegistration::new(id, ip.parse().unwrap())
