@@ -160,9 +160,7 @@ async fn long_polling_node_wakes_when_the_last_peer_registers() {
 #[tokio::test]
 async fn two_servers_sharing_s3_serve_the_same_payload_and_etag() {
     let s3 = S3Harness::start().await.unwrap();
-    let options = ObjectStoreOptions {
-        poll_interval: Duration::from_millis(50),
-    };
+    let options = ObjectStoreOptions::default().with_poll_interval(Duration::from_millis(50));
     let mut servers = Vec::new();
     for _ in 0..2 {
         let store = Arc::new(

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use cfgsync_adapter::testing::registration_store_suite;
 use cfgsync_adapter::{
     DurableRegistrationStore, MemoryRegistrationStore, ObjectRegistrationStore, ObjectStoreOptions,
     RegistrationStore,
 };
-use cfgsync_adapter::testing::registration_store_suite;
 use cfgsync_core::NodeRegistration;
 use cfgsync_test_support::S3Harness;
 use futures::StreamExt;
@@ -68,9 +68,8 @@ async fn object_store_passes_the_suite_on_s3() {
 #[tokio::test]
 async fn object_store_replicas_share_one_set_and_one_generation_order() {
     let s3 = S3Harness::start().await.unwrap();
-    let options = ObjectStoreOptions {
-        poll_interval: std::time::Duration::from_millis(50),
-    };
+    let options =
+        ObjectStoreOptions::default().with_poll_interval(std::time::Duration::from_millis(50));
     let a = Arc::new(
         ObjectRegistrationStore::open(
             s3.store.clone(),
@@ -124,4 +123,44 @@ async fn object_store_replicas_share_one_set_and_one_generation_order() {
         .expect("replica b notices replica a's write")
         .unwrap();
     assert!(b.snapshot().await.unwrap().contains("late"));
+}
+
+#[tokio::test]
+async fn object_store_gives_up_with_a_store_error_when_every_compare_and_swap_conflicts() {
+    let s3 = S3Harness::start().await.unwrap();
+    if !s3.is_in_process() {
+        eprintln!("!!! s3 fault injection needs the in-process server: skipped !!!");
+        return;
+    }
+    let options =
+        ObjectStoreOptions::default().with_increment_bounds(4, std::time::Duration::from_secs(60));
+    let store = ObjectRegistrationStore::open(
+        s3.store.clone(),
+        &format!("{}/conflicts", s3.prefix),
+        options,
+    )
+    .await
+    .unwrap();
+
+    // Another writer wins every compare-and-swap of the generation counter:
+    // the put stops after its 4 attempts instead of spinning.
+    s3.faults().conflict_conditional_puts();
+    let err = store.put(reg("node-a", "10.3.0.1")).await.unwrap_err();
+    match &err {
+        cfgsync_adapter::Error::Store {
+            operation, message, ..
+        } => {
+            assert_eq!(*operation, "increment generation");
+            assert!(message.contains("gave up after 4 attempt(s)"), "{message}");
+        }
+        other => panic!("a store error expected, got {other:?}"),
+    }
+    assert!(err.is_retryable(), "a later put may win");
+    assert!(store.snapshot().await.unwrap().is_empty());
+
+    // Once writes go through again, the next put also covers the one left over.
+    s3.faults().clear();
+    assert!(store.put(reg("node-b", "10.3.0.2")).await.unwrap());
+    let snapshot = store.snapshot().await.unwrap();
+    assert!(snapshot.contains("node-a") && snapshot.contains("node-b"));
 }

@@ -1,8 +1,13 @@
+//! [`ObjectRegistrationStore`]: registrations in any `object_store`, shared by
+//! server replicas through conditional writes (feature `object-store`).
+
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable as _};
 use cfgsync_core::NodeRegistration;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::{Path, PathPart};
@@ -16,14 +21,53 @@ use crate::{Error, RegistrationSnapshot, RegistrationStore, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectStoreOptions {
     /// How often a replica checks the shared generation for others' writes.
+    /// Default 500 ms.
     pub poll_interval: Duration,
+    /// Compare-and-swaps one generation increment may try while other writers
+    /// keep moving the counter first, the first included. Default 50.
+    pub max_increment_attempts: usize,
+    /// Time one generation increment may spend retrying such conflicts.
+    /// Default 10 s.
+    pub max_increment_time: Duration,
 }
 
 impl Default for ObjectStoreOptions {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_millis(500),
+            max_increment_attempts: 50,
+            max_increment_time: Duration::from_secs(10),
         }
+    }
+}
+
+impl ObjectStoreOptions {
+    /// Sets how often a replica checks for others' writes.
+    #[must_use]
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Bounds the conflict retries of one generation increment: at most
+    /// `attempts` compare-and-swaps (at least one) within `time`.
+    #[must_use]
+    pub fn with_increment_bounds(mut self, attempts: usize, time: Duration) -> Self {
+        self.max_increment_attempts = attempts;
+        self.max_increment_time = time;
+        self
+    }
+
+    /// The delays between conflicting compare-and-swaps: exponential from 1 ms
+    /// to 40 ms, each plus a random jitter of up to itself, so replicas that
+    /// collided spread apart; bounded in attempts and in total delay.
+    fn increment_backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_delay(Duration::from_millis(40))
+            .with_jitter()
+            .with_max_times(self.max_increment_attempts.saturating_sub(1))
+            .with_total_delay(Some(self.max_increment_time))
     }
 }
 
@@ -33,7 +77,9 @@ impl Default for ObjectStoreOptions {
 /// Layout under the prefix: one object per node, `nodes/<identifier>.json`, so
 /// registrations on different replicas never overwrite each other; and a
 /// `generation` counter object, incremented with a compare-and-swap
-/// (`PutMode::Update` on its ETag, retried on conflict) **after** the node
+/// (`PutMode::Update` on its ETag, retried on conflict with jittered backoff,
+/// bounded by [`ObjectStoreOptions::max_increment_attempts`] and
+/// [`ObjectStoreOptions::max_increment_time`]) **after** the node
 /// object is written; concurrent registrations on one replica share one
 /// increment. Every replica numbers changes by that shared counter, so
 /// all see the same generation order; a replica polls the counter and re-lists
@@ -51,6 +97,7 @@ struct Shared {
     nodes_prefix: Path,
     counter: Path,
     view: RegistrationView,
+    options: ObjectStoreOptions,
     listed: tokio::sync::Mutex<Listed>,
     /// Node objects written by this replica and not yet covered by a counter
     /// increment, with a sequence number per write.
@@ -75,6 +122,15 @@ struct PendingWrite {
     path: Path,
     e_tag: Option<String>,
     registration: NodeRegistration,
+}
+
+/// Why one compare-and-swap of the counter did not succeed.
+#[derive(Debug)]
+enum Increment {
+    /// Another writer moved the counter first: read it again and retry.
+    Conflict(object_store::Error),
+    /// Anything else: not retried here.
+    Failed(Error),
 }
 
 /// What this replica last listed: the counter value and each object's ETag.
@@ -105,6 +161,7 @@ impl ObjectRegistrationStore {
             counter: prefix.join("generation"),
             store,
             view: RegistrationView::new([], 0),
+            options: options.clone(),
             listed: tokio::sync::Mutex::new(Listed::default()),
             pending: std::sync::Mutex::new(Pending::default()),
             increments: tokio::sync::Mutex::new((0, 0)),
@@ -164,39 +221,66 @@ impl Shared {
         Ok(Some((value, version)))
     }
 
-    /// Moves the shared counter forward by one; returns the new value.
+    /// Moves the shared counter forward by one; returns the new value. A
+    /// compare-and-swap that another writer won is retried (read again, swap
+    /// again) after a jittered backoff, within the options' bounds; past them
+    /// the increment fails with [`Error::Store`] saying so.
     async fn increment(&self) -> Result<u64> {
-        let mut attempt: u32 = 0;
-        loop {
-            let (next, mode) = match self.read_counter().await? {
-                Some((value, version)) => (value + 1, PutMode::Update(version)),
-                None => (1, PutMode::Create),
-            };
-            let put = self
-                .store
-                .put_opts(
-                    &self.counter,
-                    PutPayload::from(next.to_string()),
-                    PutOptions::from(mode),
-                )
-                .await;
-            match put {
-                Ok(_) => return Ok(next),
-                Err(
-                    object_store::Error::Precondition { .. }
-                    | object_store::Error::AlreadyExists { .. },
-                ) => {
-                    // Another replica moved the counter first: read it again.
-                    attempt += 1;
-                    let spread = u64::from(attempt.min(8)) * 5;
-                    let jitter = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| u64::from(d.subsec_nanos()))
-                        % (spread + 1);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
-                }
-                Err(e) => return Err(self.error("increment generation", e)),
-            }
+        let started = Instant::now();
+        let attempts = AtomicUsize::new(0);
+        let max_time = self.options.max_increment_time;
+        let counted = &attempts;
+        let outcome = (move || async move {
+            counted.fetch_add(1, Ordering::Relaxed);
+            self.try_increment().await
+        })
+        .retry(self.options.increment_backoff())
+        .sleep(tokio::time::sleep)
+        .when(|attempt: &Increment| {
+            matches!(attempt, Increment::Conflict(_)) && started.elapsed() < max_time
+        })
+        .notify(|_, delay| {
+            tracing::debug!(store = %self.name, ?delay, "generation moved by another writer; retrying");
+        })
+        .await;
+        match outcome {
+            Ok(next) => Ok(next),
+            Err(Increment::Failed(error)) => Err(error),
+            Err(Increment::Conflict(source)) => Err(Error::Store {
+                store: self.name.clone(),
+                operation: "increment generation",
+                message: format!(
+                    "gave up after {} attempt(s) in {:?}: other writers moved {} first every time",
+                    attempts.load(Ordering::Relaxed),
+                    started.elapsed(),
+                    self.counter
+                ),
+                source: Some(Box::new(source)),
+            }),
+        }
+    }
+
+    /// One compare-and-swap of the counter.
+    async fn try_increment(&self) -> std::result::Result<u64, Increment> {
+        let (next, mode) = match self.read_counter().await.map_err(Increment::Failed)? {
+            Some((value, version)) => (value + 1, PutMode::Update(version)),
+            None => (1, PutMode::Create),
+        };
+        let put = self
+            .store
+            .put_opts(
+                &self.counter,
+                PutPayload::from(next.to_string()),
+                PutOptions::from(mode),
+            )
+            .await;
+        match put {
+            Ok(_) => Ok(next),
+            Err(
+                conflict @ (object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }),
+            ) => Err(Increment::Conflict(conflict)),
+            Err(e) => Err(Increment::Failed(self.error("increment generation", e))),
         }
     }
 

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path as FsPath, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub struct S3Faults {
     fail_all: AtomicU16,
     /// Delay every request by this many milliseconds before answering.
     delay_ms: AtomicU64,
+    /// Answer every conditional `PUT` with `412 Precondition Failed`.
+    conflict_conditional_puts: AtomicBool,
 }
 
 impl S3Faults {
@@ -68,8 +70,17 @@ impl S3Faults {
         );
     }
 
+    /// Answer every conditional `PUT` (one with `If-Match` or `If-None-Match`)
+    /// with `412 Precondition Failed`, as S3 does when another writer changed
+    /// the object first: every compare-and-swap loses.
+    pub fn conflict_conditional_puts(&self) {
+        self.conflict_conditional_puts.store(true, Ordering::SeqCst);
+    }
+
     /// Turn every fault off.
     pub fn clear(&self) {
+        self.conflict_conditional_puts
+            .store(false, Ordering::SeqCst);
         self.fail_parts_from.store(0, Ordering::SeqCst);
         self.fail_all.store(0, Ordering::SeqCst);
         self.delay_ms.store(0, Ordering::SeqCst);
@@ -404,6 +415,15 @@ fn inject(req: &http::Request<Incoming>, counters: &Counters, faults: &S3Faults)
         0 => {}
         status => return Some(status),
     }
+    let conditional = [http::header::IF_MATCH, http::header::IF_NONE_MATCH]
+        .iter()
+        .any(|header| req.headers().contains_key(header));
+    if req.method() == http::Method::PUT
+        && conditional
+        && faults.conflict_conditional_puts.load(Ordering::SeqCst)
+    {
+        return Some(412);
+    }
     let from = faults.fail_parts_from.load(Ordering::SeqCst);
     match part {
         Some(n) if from > 0 && n >= from => Some(500),
@@ -412,11 +432,14 @@ fn inject(req: &http::Request<Incoming>, counters: &Counters, faults: &S3Faults)
 }
 
 fn injected_error(status: u16) -> s3s::HttpResponse {
-    let mut resp = s3s::HttpResponse::new(s3s::Body::from(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code>\
+    let code = match status {
+        412 => "PreconditionFailed",
+        _ => "InternalError",
+    };
+    let mut resp = s3s::HttpResponse::new(s3s::Body::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
          <Message>injected fault</Message></Error>"
-            .to_owned(),
-    ));
+    )));
     *resp.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     resp
