@@ -65,6 +65,26 @@ pub enum Error {
         source: Option<cfgsync_core::Error>,
     },
 
+    /// The step sent as many requests as it may
+    /// ([`ClientOptions::max_attempts`](crate::ClientOptions::max_attempts)),
+    /// all answered retryably, before the deadline.
+    #[error(
+        "{step}: gave up after {attempts} attempt(s) in {elapsed:?}, the most allowed; last answer: {last_answer}"
+    )]
+    AttemptsExhausted {
+        /// `register` or `fetch`.
+        step: Step,
+        /// Requests sent in this step.
+        attempts: u32,
+        /// Time since the run started.
+        elapsed: Duration,
+        /// The last answer, e.g. `425 not_ready`.
+        last_answer: String,
+        /// The last error.
+        #[source]
+        source: Option<cfgsync_core::Error>,
+    },
+
     /// The server URL is not usable (checked before any request).
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidServerUrl {
@@ -185,7 +205,9 @@ impl Error {
     /// The client step this error comes from, if it comes from one.
     pub fn step(&self) -> Option<Step> {
         match self {
-            Self::Server { step, .. } | Self::DeadlineExceeded { step, .. } => Some(*step),
+            Self::Server { step, .. }
+            | Self::DeadlineExceeded { step, .. }
+            | Self::AttemptsExhausted { step, .. } => Some(*step),
             Self::UnsafePath { .. }
             | Self::Content { .. }
             | Self::OutputRoot { .. }
@@ -196,12 +218,13 @@ impl Error {
     }
 
     /// Whether running the same client again later may succeed: the deadline
-    /// passed while the server was not ready or not reachable, or the server's
+    /// passed (or the attempts ran out) while the server was not ready or not
+    /// reachable, or the server's
     /// answer is itself retryable. Refused paths, bad content, bad variables and
     /// rejections are not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::DeadlineExceeded { .. } => true,
+            Self::DeadlineExceeded { .. } | Self::AttemptsExhausted { .. } => true,
             Self::Server { source, .. } => source.is_retryable(),
             _ => false,
         }

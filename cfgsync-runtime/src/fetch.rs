@@ -1,5 +1,12 @@
+//! The client flow: register, wait for the payload (long-poll, or backoff with
+//! jitter driven by backon) under one deadline, write the files.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder as _, ExponentialBuilder, Retryable as _};
 use cfgsync_core::{
     ArtifactSet, CfgsyncClient, FetchOptions, FetchOutcome, NodeRegistration, Secret,
 };
@@ -11,6 +18,12 @@ use crate::{ArtifactOutputMap, Error, Result, Step, WrittenFile};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default long-poll wait asked of the server per `POST /node`.
 pub const DEFAULT_LONG_POLL: Duration = Duration::from_secs(30);
+/// Default bound on the requests of one step. With the default backoff (full
+/// jitter up to 5 s, 2.5 s on average) that is about seven hours of polling,
+/// far beyond the default deadline: the deadline is what normally ends a wait;
+/// this bound stops a client whose backoff is configured near zero from
+/// hammering the server.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10_000;
 
 /// How the client helpers talk to the server and how long they wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +42,10 @@ pub struct ClientOptions {
     pub initial_backoff: Duration,
     /// Longest retry delay. Default 5 s.
     pub max_backoff: Duration,
+    /// Requests one step (register, fetch) may send before it gives up
+    /// ([`Error::AttemptsExhausted`]), even with time left. Default
+    /// [`DEFAULT_MAX_ATTEMPTS`].
+    pub max_attempts: u32,
     /// Long-poll wait asked of the server (`POST /node?wait=`), capped by the
     /// time left; `None` polls with backoff only. Default 30 s. A server that
     /// answers `425` sooner than asked (the original ignores `wait`) is polled
@@ -44,6 +61,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
             long_poll: Some(DEFAULT_LONG_POLL),
         }
     }
@@ -76,6 +94,13 @@ impl ClientOptions {
     pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.initial_backoff = initial;
         self.max_backoff = max;
+        self
+    }
+
+    /// Sets how many requests one step may send.
+    #[must_use]
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
         self
     }
 
@@ -160,15 +185,29 @@ async fn write_payload(
 struct Run<'a> {
     client: CfgsyncClient,
     options: &'a ClientOptions,
+    started: Instant,
     deadline: Instant,
 }
 
-/// Retries of one step: attempts, the last retryable answer, the backoff.
+/// The attempts of one step so far: how many, and the last retryable answer.
+/// Shared by the attempts and the delays between them, hence atomics.
 struct Attempts {
     step: Step,
-    count: u32,
-    last: Option<cfgsync_core::Error>,
-    round: u32,
+    count: AtomicU32,
+    last: Mutex<Option<cfgsync_core::Error>>,
+}
+
+/// How one attempt of a step ended, when it did not give the result.
+enum Miss {
+    /// A retryable answer (kept in [`Attempts`]): back off, then try again.
+    Retry,
+    /// The server held a long-poll for its whole wait: ask again at once,
+    /// with the backoff started afresh.
+    Held,
+    /// The deadline passed before or during the attempt.
+    Deadline,
+    /// An answer waiting will not change.
+    Fail(Error),
 }
 
 impl<'a> Run<'a> {
@@ -191,6 +230,7 @@ impl<'a> Run<'a> {
         Ok(Self {
             client,
             options,
+            started: now,
             deadline,
         })
     }
@@ -201,110 +241,156 @@ impl<'a> Run<'a> {
     }
 
     async fn register(&self, registration: &NodeRegistration) -> Result<()> {
-        let mut attempts = Attempts::new(Step::Register);
-        loop {
-            let Some(remaining) = self.remaining() else {
-                return Err(attempts.give_up(self.options.timeout));
-            };
-            attempts.count += 1;
-            let answer =
-                tokio::time::timeout(remaining, self.client.register_node(registration)).await;
-            match answer {
-                Err(_elapsed) => return Err(attempts.give_up(self.options.timeout)),
-                Ok(Ok(())) => {
-                    tracing::info!(attempts = attempts.count, "registered");
-                    return Ok(());
-                }
-                Ok(Err(error)) if error.is_retryable() => attempts.retryable(error),
-                Ok(Err(source)) => {
-                    return Err(Error::Server {
-                        step: Step::Register,
-                        source,
-                    });
-                }
+        let attempts = &Attempts::new(Step::Register);
+        self.retry(attempts, |remaining| async move {
+            match tokio::time::timeout(remaining, self.client.register_node(registration)).await {
+                Err(_elapsed) => Err(Miss::Deadline),
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) if error.is_retryable() => Err(attempts.retryable(error)),
+                Ok(Err(source)) => Err(Miss::Fail(Error::Server {
+                    step: Step::Register,
+                    source,
+                })),
             }
-            self.back_off(&mut attempts).await;
-        }
+        })
+        .await?;
+        tracing::info!(attempts = attempts.count(), "registered");
+        Ok(())
     }
 
     async fn wait_for_payload(&self, registration: &NodeRegistration) -> Result<ArtifactSet> {
-        let mut attempts = Attempts::new(Step::Fetch);
-        loop {
-            let Some(remaining) = self.remaining() else {
-                return Err(attempts.give_up(self.options.timeout));
-            };
-            // Whole seconds, as the server counts them; under a second left: no wait.
-            let wait = self
-                .options
-                .long_poll
-                .map(|w| Duration::from_secs(w.min(remaining).as_secs()))
-                .filter(|w| !w.is_zero());
-            let options = FetchOptions {
-                if_none_match: None,
-                wait,
-            };
-            attempts.count += 1;
-            let sent = Instant::now();
-            let answer = tokio::time::timeout(
-                remaining,
-                self.client.fetch_node_config_with(registration, &options),
-            )
-            .await;
-            match answer {
-                Err(_elapsed) => return Err(attempts.give_up(self.options.timeout)),
-                Ok(Ok(FetchOutcome::Updated { payload, etag })) => {
-                    tracing::info!(
-                        attempts = attempts.count,
-                        files = payload.files.len(),
-                        etag = etag.as_deref().unwrap_or(""),
-                        "payload received"
-                    );
-                    return Ok(payload.files);
-                }
-                Ok(Ok(_not_modified)) => {
-                    return Err(Error::Server {
-                        step: Step::Fetch,
-                        source: cfgsync_core::Error::InvalidResponse {
-                            route: "/node",
-                            reason: "304 Not Modified to a request without If-None-Match".into(),
-                        },
-                    });
-                }
-                Ok(Err(error)) if error.is_retryable() => {
-                    let held = wait.is_some_and(|w| sent.elapsed() >= w);
-                    attempts.retryable(error);
-                    if held {
-                        // The server held the long-poll for the whole wait: ask again.
-                        attempts.round = 0;
-                        continue;
-                    }
-                }
-                Ok(Err(source)) => {
-                    return Err(Error::Server {
-                        step: Step::Fetch,
-                        source,
-                    });
+        let attempts = &Attempts::new(Step::Fetch);
+        self.retry(attempts, |remaining| {
+            self.fetch_once(registration, remaining, attempts)
+        })
+        .await
+    }
+
+    /// One `POST /node`, as a long-poll when the options ask for one.
+    async fn fetch_once(
+        &self,
+        registration: &NodeRegistration,
+        remaining: Duration,
+        attempts: &Attempts,
+    ) -> std::result::Result<ArtifactSet, Miss> {
+        // Whole seconds, as the server counts them; under a second left: no wait.
+        let wait = self
+            .options
+            .long_poll
+            .map(|w| Duration::from_secs(w.min(remaining).as_secs()))
+            .filter(|w| !w.is_zero());
+        let options = FetchOptions {
+            if_none_match: None,
+            wait,
+        };
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(
+            remaining,
+            self.client.fetch_node_config_with(registration, &options),
+        )
+        .await;
+        match answer {
+            Err(_elapsed) => Err(Miss::Deadline),
+            Ok(Ok(FetchOutcome::Updated { payload, etag })) => {
+                tracing::info!(
+                    attempts = attempts.count(),
+                    files = payload.files.len(),
+                    etag = etag.as_deref().unwrap_or(""),
+                    "payload received"
+                );
+                Ok(payload.files)
+            }
+            Ok(Ok(_not_modified)) => Err(Miss::Fail(Error::Server {
+                step: Step::Fetch,
+                source: cfgsync_core::Error::InvalidResponse {
+                    route: "/node",
+                    reason: "304 Not Modified to a request without If-None-Match".into(),
+                },
+            })),
+            Ok(Err(error)) if error.is_retryable() => {
+                let held = wait.is_some_and(|w| sent.elapsed() >= w);
+                match attempts.retryable(error) {
+                    Miss::Retry if held => Err(Miss::Held),
+                    miss => Err(miss),
                 }
             }
-            self.back_off(&mut attempts).await;
+            Ok(Err(source)) => Err(Miss::Fail(Error::Server {
+                step: Step::Fetch,
+                source,
+            })),
         }
     }
 
-    /// Sleeps a full-jitter exponential delay, never past the deadline.
-    async fn back_off(&self, attempts: &mut Attempts) {
-        let cap = self
-            .options
-            .initial_backoff
-            .saturating_mul(1u32 << attempts.round.min(16))
-            .min(self.options.max_backoff);
-        attempts.round = attempts.round.saturating_add(1);
-        let cap_nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-        let delay = Duration::from_nanos(fastrand::u64(0..=cap_nanos));
-        let delay = self
-            .remaining()
-            .map_or(Duration::ZERO, |left| delay.min(left));
-        tracing::debug!(step = %attempts.step, ?delay, "retrying after backoff");
-        tokio::time::sleep(delay).await;
+    /// Runs `attempt` (given the time left) until it succeeds, fails for good,
+    /// or the step runs out of time or attempts. backon drives the retries:
+    /// it sleeps [`Self::delays`] between retryable answers. A long-poll the
+    /// server held for its whole wait is asked again at once, with a fresh
+    /// backoff (a new backon retry), as the wait itself was the delay.
+    async fn retry<T, F, Fut>(&self, attempts: &Attempts, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Miss>>,
+    {
+        loop {
+            if attempts.count() >= self.options.max_attempts {
+                return Err(attempts.exhausted(self.started.elapsed()));
+            }
+            let outcome = (|| {
+                let next = self.remaining().map(|remaining| {
+                    attempts.count.fetch_add(1, Ordering::Relaxed);
+                    attempt(remaining)
+                });
+                async move {
+                    match next {
+                        Some(attempt) => attempt.await,
+                        None => Err(Miss::Deadline),
+                    }
+                }
+            })
+            .retry(self.delays(attempts))
+            .sleep(tokio::time::sleep)
+            .when(|miss| matches!(miss, Miss::Retry))
+            .notify(|_, delay| {
+                tracing::debug!(step = %attempts.step, ?delay, "retrying after backoff");
+            })
+            .await;
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err(Miss::Held) => {}
+                Err(Miss::Fail(error)) => return Err(error),
+                Err(Miss::Deadline) => return Err(attempts.give_up(self.options.timeout)),
+                // The delays ended: the deadline passed or the attempts are used up.
+                Err(Miss::Retry) if self.remaining().is_none() => {
+                    return Err(attempts.give_up(self.options.timeout));
+                }
+                Err(Miss::Retry) => return Err(attempts.exhausted(self.started.elapsed())),
+            }
+        }
+    }
+
+    /// The delays between attempts: backon's exponential sequence
+    /// (`initial_backoff` doubling up to `max_backoff`), each replaced by a
+    /// random time between zero and itself (full jitter), never past the
+    /// deadline; the sequence ends once the deadline has passed or the step
+    /// has used its attempts.
+    fn delays<'s>(
+        &'s self,
+        attempts: &'s Attempts,
+    ) -> impl Iterator<Item = Duration> + Send + Sync + Unpin + 's {
+        let max = self.options.max_backoff;
+        ExponentialBuilder::new()
+            .with_min_delay(self.options.initial_backoff.min(max))
+            .with_max_delay(max)
+            .without_max_times()
+            .build()
+            .map_while(move |cap| {
+                if attempts.count() >= self.options.max_attempts {
+                    return None;
+                }
+                let left = self.remaining()?;
+                let cap_nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+                Some(Duration::from_nanos(fastrand::u64(0..=cap_nanos)).min(left))
+            })
     }
 }
 
@@ -312,28 +398,53 @@ impl Attempts {
     fn new(step: Step) -> Self {
         Self {
             step,
-            count: 0,
-            last: None,
-            round: 0,
+            count: AtomicU32::new(0),
+            last: Mutex::new(None),
         }
     }
 
-    fn retryable(&mut self, error: cfgsync_core::Error) {
-        tracing::info!(step = %self.step, attempt = self.count, answer = %answer_summary(&error), "not there yet; retrying");
-        self.last = Some(error);
+    fn count(&self) -> u32 {
+        self.count.load(Ordering::Relaxed)
     }
 
-    fn give_up(self, waited: Duration) -> Error {
-        let last_answer = self
+    /// Keeps a retryable answer as the last one.
+    fn retryable(&self, error: cfgsync_core::Error) -> Miss {
+        tracing::info!(step = %self.step, attempt = self.count(), answer = %answer_summary(&error), "not there yet; retrying");
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        Miss::Retry
+    }
+
+    fn last(&self) -> (String, Option<cfgsync_core::Error>) {
+        let last = self
             .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let summary = last
             .as_ref()
             .map_or_else(|| "none before the deadline".to_owned(), answer_summary);
+        (summary, last)
+    }
+
+    fn give_up(&self, waited: Duration) -> Error {
+        let (last_answer, source) = self.last();
         Error::DeadlineExceeded {
             step: self.step,
             waited,
-            attempts: self.count,
+            attempts: self.count(),
             last_answer,
-            source: self.last,
+            source,
+        }
+    }
+
+    fn exhausted(&self, elapsed: Duration) -> Error {
+        let (last_answer, source) = self.last();
+        Error::AttemptsExhausted {
+            step: self.step,
+            attempts: self.count(),
+            elapsed,
+            last_answer,
+            source,
         }
     }
 }

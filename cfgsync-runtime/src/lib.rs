@@ -14,8 +14,8 @@ pub use env::{
 };
 pub use error::{Error, Result, Step};
 pub use fetch::{
-    ClientOptions, DEFAULT_LONG_POLL, DEFAULT_TIMEOUT, fetch_and_write_artifacts,
-    fetch_and_write_artifacts_with, register_and_fetch_artifacts,
+    ClientOptions, DEFAULT_LONG_POLL, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT,
+    fetch_and_write_artifacts, fetch_and_write_artifacts_with, register_and_fetch_artifacts,
     register_and_fetch_artifacts_with,
 };
 pub use output::{ArtifactOutputMap, WrittenFile};

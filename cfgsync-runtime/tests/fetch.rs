@@ -223,6 +223,53 @@ async fn the_deadline_error_names_the_step_and_the_last_answer() {
 }
 
 #[tokio::test]
+async fn the_attempts_bound_ends_a_wait_before_the_deadline() {
+    // The server keeps answering 425 at once; the deadline is far away.
+    let state = OriginalLikeServer {
+        not_ready_answers: u32::MAX,
+        ..OriginalLikeServer::default()
+    };
+    let url = start_original_like(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = fast()
+        .with_timeout(Duration::from_secs(3600))
+        .with_max_attempts(4);
+    let error = register_and_fetch_artifacts_with(
+        &node("node-1"),
+        &url,
+        &ArtifactOutputMap::new().with_root(dir.path()),
+        &options,
+    )
+    .await
+    .unwrap_err();
+    let Error::AttemptsExhausted {
+        step,
+        attempts,
+        ref last_answer,
+        ..
+    } = error
+    else {
+        panic!("expected AttemptsExhausted, got {error:?}");
+    };
+    assert_eq!(step, Step::Fetch);
+    assert_eq!(attempts, 4);
+    assert_eq!(last_answer, "425 not_ready");
+    assert_eq!(
+        state.node_waits.lock().unwrap().len(),
+        4,
+        "exactly 4 requests sent"
+    );
+    assert!(error.is_retryable());
+    let message = error.to_string();
+    assert!(
+        message.starts_with("fetch: gave up after 4 attempt(s) in ")
+            && message.ends_with("; last answer: 425 not_ready"),
+        "{message}"
+    );
+    assert!(entries(dir.path()).is_empty());
+}
+
+#[tokio::test]
 async fn answers_that_waiting_cannot_change_fail_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let outputs = ArtifactOutputMap::new().with_root(dir.path());
