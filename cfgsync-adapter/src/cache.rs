@@ -1,3 +1,6 @@
+//! [`CachedSnapshotMaterializer`]: materializes once per registration
+//! generation and encodes each payload once.
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 

@@ -1,3 +1,6 @@
+//! [`DeploymentAdapter`]: config derived from a deployment model, served
+//! through [`DeploymentMaterializer`].
+
 use async_trait::async_trait;
 use cfgsync_artifacts::{ArtifactFile, ArtifactSet};
 use cfgsync_core::NodeRegistration;

@@ -1,3 +1,6 @@
+//! The crate's [`Error`] and [`Result`], and their mapping onto
+//! `cfgsync_core::Error`.
+
 use cfgsync_core::BoxError;
 
 /// Errors of `cfgsync-adapter`.

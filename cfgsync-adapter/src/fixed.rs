@@ -1,3 +1,6 @@
+//! [`StaticArtifactsMaterializer`]: fixed per-node files, served once a node
+//! has registered.
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{PoisonError, RwLock};

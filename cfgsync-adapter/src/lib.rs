@@ -1,4 +1,5 @@
-//! Where app policy plugs into cfgsync: registration stores, materializers, the per-generation cache, config sources.
+//! Where app policy plugs into cfgsync: registration stores, materializers,
+//! the per-generation cache, config sources.
 #![doc = include_str!("../README.md")]
 
 mod cache;

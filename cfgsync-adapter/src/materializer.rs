@@ -1,3 +1,6 @@
+//! The policy traits: [`RegistrationSnapshotMaterializer`] (whole set) and
+//! [`NodeArtifactsMaterializer`] (one node).
+
 use async_trait::async_trait;
 use cfgsync_artifacts::ArtifactSet;
 use cfgsync_core::NodeRegistration;

@@ -1,3 +1,6 @@
+//! [`RegistrationSnapshot`] (the registered set at one generation) and the
+//! materialized [`NodeArtifactsCatalog`].
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -1,3 +1,6 @@
+//! Config sources built from a store and a materializer:
+//! [`SnapshotConfigSource`] and [`MaterializingConfigSource`].
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 

@@ -1,3 +1,5 @@
+//! The crate's [`Error`] and [`Result`].
+
 /// Errors of `cfgsync-artifacts`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,3 +1,6 @@
+//! [`ArtifactFile`]: one file to deliver (path, content, optional mode and
+//! encoding).
+
 use std::borrow::Cow;
 
 use base64::Engine as _;

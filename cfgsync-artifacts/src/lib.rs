@@ -1,3 +1,4 @@
+//! Files to deliver to a node: `ArtifactFile`, `ArtifactSet` and their digest.
 #![doc = include_str!("../README.md")]
 
 mod error;

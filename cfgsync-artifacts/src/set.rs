@@ -1,3 +1,6 @@
+//! [`ArtifactSet`]: ordered files with lookup, merge, and the canonical SHA-256
+//! [`ArtifactDigest`].
+
 use std::collections::HashSet;
 use std::fmt;
 

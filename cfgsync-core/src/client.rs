@@ -1,3 +1,6 @@
+//! [`CfgsyncClient`]: the reqwest client of the wire contract, with typed
+//! errors per status.
+
 use std::fmt;
 use std::time::Duration;
 

@@ -1,3 +1,6 @@
+//! The crate's [`Error`] (each variant maps to one JSON error answer) and
+//! [`Result`].
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -1,3 +1,5 @@
+//! The cfgsync wire contract: registration and payload types, `ConfigSource`,
+//! the axum router, the reqwest client.
 #![doc = include_str!("../README.md")]
 
 pub mod auth;

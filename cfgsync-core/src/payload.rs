@@ -1,3 +1,6 @@
+//! The `/node` payload: [`NodeArtifactsPayload`] on the wire and
+//! [`ServedPayload`], encoded once with its ETag.
+
 use std::fmt;
 
 use bytes::Bytes;

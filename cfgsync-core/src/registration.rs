@@ -1,3 +1,6 @@
+//! [`NodeRegistration`] as nodes send it, identifier and metadata validation
+//! and limits.
+
 use std::net::IpAddr;
 
 use serde::de::DeserializeOwned;

@@ -1,3 +1,6 @@
+//! Binding and serving the router: listener set-up, graceful shutdown on
+//! SIGTERM / ctrl-c.
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

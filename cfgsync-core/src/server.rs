@@ -1,3 +1,6 @@
+//! [`CfgsyncServerState`] (source, auth, limits, metrics) and its builder, and
+//! [`ServerLimits`].
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,3 +1,6 @@
+//! [`ConfigSource`], the trait the server asks for a node's files, its answers,
+//! and [`ChangeNotifier`] for long-polls.
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

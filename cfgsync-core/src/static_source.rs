@@ -1,3 +1,6 @@
+//! Sources that serve without registration: [`StaticConfigSource`] (a fixed
+//! map) and [`BundleConfigSource`] (a bundle file).
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};

@@ -1,3 +1,6 @@
+//! [`ClientEnv`]: the client's configuration from the original's `CFG_*`
+//! variables, and [`run_cfgsync_client_from_env`].
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;

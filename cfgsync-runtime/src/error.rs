@@ -1,3 +1,5 @@
+//! The crate's [`Error`] (each client error names its [`Step`]) and [`Result`].
+
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,3 +1,5 @@
+//! Operational wiring for cfgsync: the node client (register, wait, write) and
+//! the server from a config file.
 #![doc = include_str!("../README.md")]
 
 pub mod config;

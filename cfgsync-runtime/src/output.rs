@@ -1,3 +1,6 @@
+//! [`ArtifactOutputMap`]: where artifact paths land locally, and the atomic,
+//! all-or-nothing write of a payload.
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -1,3 +1,5 @@
+//! The peer-list adapter served by a real cfgsync server: 425 until the
+//! quorum, then the exact files; bad metadata is a JSON 400.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

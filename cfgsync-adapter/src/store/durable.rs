@@ -1,3 +1,6 @@
+//! [`DurableRegistrationStore`]: registrations in an embedded redb database
+//! that survives restarts and `kill -9`.
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,3 +1,5 @@
+//! [`MemoryRegistrationStore`]: registrations in process memory only.
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

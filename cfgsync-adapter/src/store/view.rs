@@ -1,3 +1,6 @@
+//! The in-memory registration set every store keeps: cached snapshot,
+//! generation, change notifications.
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -1,4 +1,5 @@
-//! Shared test harnesses of the cfgsync workspace: a real cfgsync server and, with feature `s3`, a real S3 server.
+//! Shared test harnesses of the cfgsync workspace: a real cfgsync server and,
+//! with feature `s3`, a real S3 server.
 #![doc = include_str!("../README.md")]
 
 #[cfg(feature = "s3")]

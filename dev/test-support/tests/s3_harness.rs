@@ -1,3 +1,5 @@
+//! The in-process S3 server answers like S3: real objects, counted uploads,
+//! conditional writes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use cfgsync_test_support::S3Harness;
