@@ -1,12 +1,12 @@
 //! A `redb` file opened per operation, so several processes can share one data
 //! directory: `redb` locks the file while it is open, and an operation that finds it
-//! open elsewhere waits (bounded) for its turn. Inside one process, operations on a
-//! file take turns through a mutex.
+//! open elsewhere waits for its turn (the crate's backoff, bounded in attempts and
+//! time). Inside one process, operations on a file take turns through a mutex.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::task::JoinError;
@@ -42,18 +42,12 @@ impl DbFile {
         if let Some(dir) = self.path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(2);
-        let db = loop {
-            match Database::create(&self.path) {
-                Ok(db) => break db,
-                Err(DatabaseError::DatabaseAlreadyOpen) if start.elapsed() < WAIT => {
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_millis(100));
-                }
-                Err(e) => return Err(err(e.into())),
-            }
-        };
+        let db = crate::retry::wait_blocking(
+            WAIT,
+            || Database::create(&self.path),
+            |e| matches!(e, DatabaseError::DatabaseAlreadyOpen),
+        )
+        .map_err(|e| err(e.into()))?;
         f(&db)
     }
 }

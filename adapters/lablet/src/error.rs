@@ -1,5 +1,6 @@
 //! The crate error: one variant per stage, each naming the lablet and keeping its
-//! source.
+//! source; and [`Failure`], what a stage fails with before the stage helper names
+//! the lablet.
 
 use crate::catalog::CatalogError;
 use crate::config::ConfigError;
@@ -121,6 +122,16 @@ pub enum Error {
         #[source]
         source: QueueError,
     },
+    /// The catalog-record outbox failed (stage store: the record is written
+    /// down there before the upload).
+    #[error("record outbox failed for lablet {lablet}: {source}")]
+    Outbox {
+        /// Lablet name (or `*` when draining).
+        lablet: String,
+        /// Cause.
+        #[source]
+        source: QueueError,
+    },
     /// Stage record failed.
     #[error("record failed for lablet {lablet}: {source}")]
     Record {
@@ -145,16 +156,19 @@ pub enum Error {
 }
 
 impl Error {
-    /// The sync stage that failed, if the error belongs to one.
+    /// The sync stage that failed, if the error belongs to one. A name that
+    /// cannot be used belongs to none: it is refused before any stage runs.
     pub fn stage(&self) -> Option<Stage> {
         match self {
-            Self::Resolve { .. } | Self::InvalidName { .. } => Some(Stage::Resolve),
+            Self::Resolve { .. } => Some(Stage::Resolve),
             Self::Download { .. } => Some(Stage::Download),
             Self::Inspect { .. } => Some(Stage::Inspect),
-            Self::Store { .. } => Some(Stage::Store),
+            Self::Store { .. } | Self::Outbox { .. } => Some(Stage::Store),
             Self::Queue { .. } => Some(Stage::FanOut),
             Self::Record { .. } => Some(Stage::Record),
-            Self::Config(_) | Self::Catalog(_) | Self::Local { .. } => None,
+            Self::InvalidName { .. } | Self::Config(_) | Self::Catalog(_) | Self::Local { .. } => {
+                None
+            }
         }
     }
 
@@ -165,8 +179,63 @@ impl Error {
             Self::Download { source, .. } => source.is_retryable(),
             Self::Store { source, .. } => source.is_retryable(),
             Self::Record { source, .. } | Self::Catalog(source) => source.is_retryable(),
-            Self::Queue { .. } | Self::Local { .. } => true,
+            Self::Queue { .. } | Self::Outbox { .. } | Self::Local { .. } => true,
             Self::Config(_) | Self::InvalidName { .. } | Self::Inspect { .. } => false,
         }
     }
+}
+
+/// What a stage fails with, before [`Failure::named`] names the lablet: the
+/// stage helper does that once for every stage.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Resolve(ResolveError),
+    Download(DownloadError),
+    Inspect(InspectError),
+    Store(StoreError),
+    Outbox(QueueError),
+    Queue(QueueError),
+    Record(CatalogError),
+    Config(ConfigError),
+    Local {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl Failure {
+    /// The crate error for lablet `lablet`.
+    pub(crate) fn named(self, lablet: &str) -> Error {
+        let lablet = lablet.to_owned();
+        match self {
+            Self::Resolve(source) => Error::Resolve { lablet, source },
+            Self::Download(source) => Error::Download { lablet, source },
+            Self::Inspect(source) => Error::Inspect { lablet, source },
+            Self::Store(source) => Error::Store { lablet, source },
+            Self::Outbox(source) => Error::Outbox { lablet, source },
+            Self::Queue(source) => Error::Queue { lablet, source },
+            Self::Record(source) => Error::Record { lablet, source },
+            Self::Config(source) => Error::Config(source),
+            Self::Local { what, source } => Error::Local { what, source },
+        }
+    }
+}
+
+macro_rules! failure_from {
+    ($($source:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$source> for Failure {
+            fn from(source: $source) -> Self {
+                Self::$variant(source)
+            }
+        })*
+    };
+}
+
+failure_from! {
+    ResolveError => Resolve,
+    DownloadError => Download,
+    InspectError => Inspect,
+    StoreError => Store,
+    CatalogError => Record,
+    ConfigError => Config,
 }

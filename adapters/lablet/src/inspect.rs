@@ -301,14 +301,61 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 /// Reads nothing but the central directory and the few small entries named in the
 /// module docs; changes nothing.
 pub fn inspect_package(path: &Path, limits: &InspectLimits) -> Result<PackageInfo, InspectError> {
+    let mut archive = open_archive(path, limits)?;
+    let (names, declared) = check_entries(&mut archive, limits)?;
+
+    let cml = pick(&names, &CML_NAMES, "cml.yaml")?.ok_or(InspectError::MissingCmlYaml)?;
+    let devices = pick(&names, &[DEVICES_NAME], DEVICES_NAME)?;
+    let grade = pick(&names, &[GRADE_NAME], GRADE_NAME)?;
+    let meta_entry = pick(&names, &[META_NAME], META_NAME)?;
+
+    let cml_bytes = read_entry(&mut archive, &names[cml], limits)?;
+    let cml_yaml_hash = hex::encode(Sha256::digest(&cml_bytes));
+    let cml_yaml_content = utf8(cml_bytes, &names[cml].1)?;
+    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&cml_yaml_content).map_err(|source| {
+        InspectError::InvalidYaml {
+            name: names[cml].1.clone(),
+            source,
+        }
+    })?;
+    let devices_json = match devices {
+        Some(i) => {
+            let text = read_text(&mut archive, &names[i], limits)?;
+            parse_json(&text, &names[i].1)?;
+            Some(text)
+        }
+        None => None,
+    };
+    let meta = match meta_entry {
+        Some(i) => read_meta(&mut archive, &names[i], limits)?,
+        None => MosaicMeta::default(),
+    };
+
+    Ok(PackageInfo {
+        cml_yaml_path: names[cml].1.clone(),
+        cml_yaml_content,
+        cml_yaml_hash,
+        devices_json,
+        grade_xml_path: grade.map(|i| names[i].1.clone()),
+        mosaic_meta_path: meta_entry.map(|i| names[i].1.clone()),
+        meta,
+        entries: archive.len(),
+        declared_uncompressed_bytes: declared,
+    })
+}
+
+type Archive = ZipArchive<BufReader<File>>;
+
+/// The zip at `path`, once its signature and end-of-central-directory record
+/// pass, and its entry count and names are acceptable.
+fn open_archive(path: &Path, limits: &InspectLimits) -> Result<Archive, InspectError> {
     let mut file = File::open(path).map_err(InspectError::Io)?;
     check_signature(&mut file)?;
     precheck_directory(&mut file, limits)?;
-    let mut archive = ZipArchive::new(BufReader::new(file)).map_err(|e| match e {
+    let archive = ZipArchive::new(BufReader::new(file)).map_err(|e| match e {
         ZipError::Io(io) if io.kind() != io::ErrorKind::UnexpectedEof => InspectError::Io(io),
         other => InspectError::Truncated(other),
     })?;
-
     let count = archive.len();
     if count > limits.max_entries {
         return Err(InspectError::TooManyEntries {
@@ -319,7 +366,17 @@ pub fn inspect_package(path: &Path, limits: &InspectLimits) -> Result<PackageInf
     if archive.has_duplicate_names() {
         return Err(InspectError::DuplicateNames);
     }
+    Ok(archive)
+}
 
+/// Checks every central-directory entry (name, symlink, encryption, declared
+/// sizes, compression ratio); returns the files as `(index, name)` and the
+/// total declared uncompressed size.
+fn check_entries(
+    archive: &mut Archive,
+    limits: &InspectLimits,
+) -> Result<(Vec<(usize, String)>, u64), InspectError> {
+    let count = archive.len();
     let mut names = Vec::with_capacity(count.min(4096));
     let mut declared: u64 = 0;
     for index in 0..count {
@@ -348,80 +405,69 @@ pub fn inspect_package(path: &Path, limits: &InspectLimits) -> Result<PackageInf
         }
         let size = entry.size();
         declared = declared.saturating_add(size);
-        if declared > limits.max_total_uncompressed_bytes {
-            return Err(InspectError::DeclaredTooLarge {
-                declared,
-                limit: limits.max_total_uncompressed_bytes,
-            });
-        }
-        if size >= limits.ratio_check_min_bytes {
-            let ratio = size / entry.compressed_size().max(1);
-            if ratio > limits.max_compression_ratio {
-                return Err(InspectError::CompressionRatio {
-                    name,
-                    ratio,
-                    limit: limits.max_compression_ratio,
-                });
-            }
-        }
+        check_sizes(&name, size, entry.compressed_size(), declared, limits)?;
         if !entry.is_dir() {
             names.push((index, name));
         }
     }
+    Ok((names, declared))
+}
 
-    let cml = pick(&names, &CML_NAMES, "cml.yaml")?.ok_or(InspectError::MissingCmlYaml)?;
-    let devices = pick(&names, &[DEVICES_NAME], DEVICES_NAME)?;
-    let grade = pick(&names, &[GRADE_NAME], GRADE_NAME)?;
-    let meta_entry = pick(&names, &[META_NAME], META_NAME)?;
-
-    let cml_bytes = read_entry(&mut archive, &names[cml], limits)?;
-    let cml_yaml_hash = hex::encode(Sha256::digest(&cml_bytes));
-    let cml_yaml_content = utf8(cml_bytes, &names[cml].1)?;
-    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&cml_yaml_content).map_err(|source| {
-        InspectError::InvalidYaml {
-            name: names[cml].1.clone(),
-            source,
+/// Zip-bomb checks of one entry: the running declared total, and the
+/// compression ratio of a large entry.
+fn check_sizes(
+    name: &str,
+    size: u64,
+    compressed: u64,
+    declared: u64,
+    limits: &InspectLimits,
+) -> Result<(), InspectError> {
+    if declared > limits.max_total_uncompressed_bytes {
+        return Err(InspectError::DeclaredTooLarge {
+            declared,
+            limit: limits.max_total_uncompressed_bytes,
+        });
+    }
+    if size >= limits.ratio_check_min_bytes {
+        let ratio = size / compressed.max(1);
+        if ratio > limits.max_compression_ratio {
+            return Err(InspectError::CompressionRatio {
+                name: name.to_owned(),
+                ratio,
+                limit: limits.max_compression_ratio,
+            });
         }
-    })?;
+    }
+    Ok(())
+}
 
-    let devices_json = match devices {
-        Some(i) => {
-            let text = utf8(read_entry(&mut archive, &names[i], limits)?, &names[i].1)?;
-            parse_json(&text, &names[i].1)?;
-            Some(text)
-        }
-        None => None,
+/// A text entry: read under the cap, valid UTF-8.
+fn read_text(
+    archive: &mut Archive,
+    entry: &(usize, String),
+    limits: &InspectLimits,
+) -> Result<String, InspectError> {
+    utf8(read_entry(archive, entry, limits)?, &entry.1)
+}
+
+/// `mosaic_meta.json`: a JSON object whose `Version`, `DatePublished`,
+/// `InstanceName` and `FormId` are recorded.
+fn read_meta(
+    archive: &mut Archive,
+    entry: &(usize, String),
+    limits: &InspectLimits,
+) -> Result<MosaicMeta, InspectError> {
+    let text = read_text(archive, entry, limits)?;
+    let serde_json::Value::Object(map) = parse_json(&text, &entry.1)? else {
+        return Err(InspectError::MetaNotObject {
+            name: entry.1.clone(),
+        });
     };
-
-    let meta = match meta_entry {
-        Some(i) => {
-            let text = utf8(read_entry(&mut archive, &names[i], limits)?, &names[i].1)?;
-            let value = parse_json(&text, &names[i].1)?;
-            let serde_json::Value::Object(map) = value else {
-                return Err(InspectError::MetaNotObject {
-                    name: names[i].1.clone(),
-                });
-            };
-            MosaicMeta {
-                version: scalar(map.get("Version")),
-                date_published: scalar(map.get("DatePublished")),
-                instance_name: scalar(map.get("InstanceName")),
-                form_id: scalar(map.get("FormId")),
-            }
-        }
-        None => MosaicMeta::default(),
-    };
-
-    Ok(PackageInfo {
-        cml_yaml_path: names[cml].1.clone(),
-        cml_yaml_content,
-        cml_yaml_hash,
-        devices_json,
-        grade_xml_path: grade.map(|i| names[i].1.clone()),
-        mosaic_meta_path: meta_entry.map(|i| names[i].1.clone()),
-        meta,
-        entries: count,
-        declared_uncompressed_bytes: declared,
+    Ok(MosaicMeta {
+        version: scalar(map.get("Version")),
+        date_published: scalar(map.get("DatePublished")),
+        instance_name: scalar(map.get("InstanceName")),
+        form_id: scalar(map.get("FormId")),
     })
 }
 

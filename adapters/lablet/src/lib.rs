@@ -1,8 +1,11 @@
+//! cfgsync-lablet: lablet content sync (resolve, download, inspect, store,
+//! fan-out, record) and lablet content for nodes; the crate docs are its README.
 #![doc = include_str!("../README.md")]
 
 pub mod catalog;
 pub mod config;
 mod db;
+mod drain;
 mod error;
 pub mod fanout;
 mod http;
@@ -11,20 +14,21 @@ mod lock;
 pub mod materializer;
 mod metrics;
 pub mod mosaic;
+pub mod outbox;
 mod pipeline;
 pub mod resolver;
-pub mod retry;
+mod retry;
 mod serve;
 pub mod store;
-pub mod template;
+mod template;
 
 pub use catalog::{Catalog, CatalogFilter, ContentSyncResult, LabletDefinition, SyncStatus};
 pub use cfgsync_core::Secret;
-pub use config::LabletSyncConfig;
+pub use config::{LabletSyncConfig, RetryPolicy};
+pub use drain::RetryReport;
 pub use error::{Error, Result, Stage};
 pub use inspect::{InspectError, InspectLimits, PackageInfo, inspect_package};
-pub use lock::{LabletGuard, LabletLocks};
 pub use materializer::{ContentManifest, LabletMaterializer, LabletNodeMetadata};
 pub use metrics::Metrics;
-pub use pipeline::{BytesProgress, LabletSync, Progress, RetryReport, SyncReport, validate_name};
+pub use pipeline::{BytesProgress, LabletSync, Progress, SyncReport, validate_name};
 pub use serve::{LabletApp, LabletService, ServeOptions, build_lablet_app, serve_lablets};

@@ -10,21 +10,21 @@ use tokio::sync::OwnedMutexGuard;
 
 /// Hands out per-lablet locks.
 #[derive(Debug)]
-pub struct LabletLocks {
+pub(crate) struct LabletLocks {
     dir: PathBuf,
     in_process: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Held while one lablet is being synced; released on drop.
 #[derive(Debug)]
-pub struct LabletGuard {
+pub(crate) struct LabletGuard {
     _file: File,
     _mutex: OwnedMutexGuard<()>,
 }
 
 impl LabletLocks {
     /// Locks whose files live in `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             in_process: Mutex::new(HashMap::new()),
@@ -49,7 +49,7 @@ impl LabletLocks {
     }
 
     /// Wait for the lock of `name` (name must already be validated as a file name).
-    pub async fn lock(&self, name: &str) -> std::io::Result<LabletGuard> {
+    pub(crate) async fn lock(&self, name: &str) -> std::io::Result<LabletGuard> {
         let mutex = self.mutex(name).lock_owned().await;
         let file = self.open_file(name)?;
         let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
@@ -62,7 +62,7 @@ impl LabletLocks {
     }
 
     /// Take the lock of `name` only if nobody holds it.
-    pub fn try_lock(&self, name: &str) -> std::io::Result<Option<LabletGuard>> {
+    pub(crate) fn try_lock(&self, name: &str) -> std::io::Result<Option<LabletGuard>> {
         let Ok(mutex) = self.mutex(name).try_lock_owned() else {
             return Ok(None);
         };

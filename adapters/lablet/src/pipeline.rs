@@ -1,25 +1,32 @@
-//! `LabletSync`: resolve -> download -> inspect -> store -> fan-out -> record.
+//! [`LabletSync`]: one sync, read top to bottom in [`LabletSync::sync_observed`]:
+//! resolve, download, inspect, store, fan-out, record — six short stage methods,
+//! each run through one stage helper ([`LabletSync::stage`]) that tells the
+//! progress callback, opens the stage's span, times and counts it, and names the
+//! lablet in its error.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
 use crate::catalog::{
     Catalog, ContentSyncResult, CpaCatalog, DeliveryStatus, EmbeddedCatalog, LabletDefinition,
-    SyncStatus, TargetResult, next_content_version,
+    SyncStatus, TargetResult, next_content_version, now_rfc3339,
 };
 use crate::config::{CatalogKind, ConfigError, LabletSyncConfig};
-use crate::error::{Error, Result, Stage};
-use crate::fanout::{FanOutBody, FanOutClient, PendingRecord, QueuedDelivery, RetryQueue};
+use crate::db::DbFile;
+use crate::error::{Error, Failure, Result, Stage};
+use crate::fanout::{FanOutBody, FanOutClient, QueuedDelivery, RetryQueue};
 use crate::inspect::{PackageInfo, inspect_package};
-use crate::lock::LabletLocks;
+use crate::lock::{LabletGuard, LabletLocks};
 use crate::metrics::Metrics;
-use crate::mosaic::MosaicClient;
+use crate::mosaic::{DownloadError, DownloadedPackage, MosaicClient};
+use crate::outbox::{Outbox, PendingRecord};
 use crate::resolver::ResolverClient;
-use crate::retry::RetryPolicy;
-use crate::store::PackageStore;
+use crate::store::{PackageStore, StoreLocation, UploadOutcome};
 use crate::template;
 
 /// Progress callback: called when a stage starts.
@@ -28,6 +35,10 @@ pub type Progress<'a> = &'a (dyn Fn(Stage) + Send + Sync);
 /// Byte progress callback of the download and store stages: `(stage, bytes
 /// done, bytes in all when known)`.
 pub type BytesProgress<'a> = &'a (dyn Fn(Stage, u64, Option<u64>) + Send + Sync);
+
+/// Template variables of one sync: `{name}`, `{id}`, the service base URLs and,
+/// after resolve, every resolved variable.
+type Vars = BTreeMap<String, String>;
 
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -47,29 +58,6 @@ impl SyncReport {
     }
 }
 
-/// What draining the retry queue did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RetryReport {
-    /// Deliveries that went through and left the queue.
-    pub delivered: usize,
-    /// Deliveries still failing (still queued).
-    pub still_pending: usize,
-    /// Catalog records (of syncs whose record step failed) now recorded.
-    pub recorded: usize,
-    /// Catalog records still failing (still kept).
-    pub records_pending: usize,
-    /// Deliveries and records skipped because their lablet is being synced
-    /// right now.
-    pub skipped_locked: usize,
-}
-
-impl RetryReport {
-    /// Whether anything is still waiting for its target or the catalog.
-    pub fn anything_pending(&self) -> bool {
-        self.still_pending > 0 || self.records_pending > 0
-    }
-}
-
 /// The content sync pipeline.
 #[derive(Debug)]
 pub struct LabletSync {
@@ -79,10 +67,69 @@ pub struct LabletSync {
     store: PackageStore,
     fanout: FanOutClient,
     queue: RetryQueue,
+    outbox: Outbox,
     catalog: Arc<dyn Catalog>,
     locks: LabletLocks,
     metrics: Metrics,
     tmp_dir: PathBuf,
+}
+
+/// One sync in flight: the lablet, its definition id, and who watches.
+struct Run<'a> {
+    name: &'a str,
+    id: String,
+    progress: Progress<'a>,
+    bytes: BytesProgress<'a>,
+}
+
+/// The package a sync stores, fans out and records: its bytes and where they go.
+struct Package {
+    lablet: String,
+    sha256: String,
+    size: u64,
+    location: StoreLocation,
+    version: u64,
+}
+
+impl Package {
+    /// The record of this package: `info` from inspect, the fan-out results.
+    fn record(
+        &self,
+        info: PackageInfo,
+        fanout: Vec<TargetResult>,
+        status: SyncStatus,
+    ) -> ContentSyncResult {
+        ContentSyncResult {
+            lablet: self.lablet.clone(),
+            content_package_hash: self.sha256.clone(),
+            content_package_size: self.size,
+            upstream_version: info.meta.version,
+            upstream_date_published: info.meta.date_published,
+            upstream_instance_name: info.meta.instance_name,
+            upstream_form_id: info.meta.form_id,
+            grade_xml_path: info.grade_xml_path,
+            cml_yaml_path: info.cml_yaml_path,
+            cml_yaml_content: info.cml_yaml_content,
+            cml_yaml_hash: info.cml_yaml_hash,
+            devices_json: info.devices_json,
+            synced_at: now_rfc3339(),
+            status,
+            store: self.location.clone(),
+            fanout,
+            content_version: self.version,
+        }
+    }
+
+    /// The body LDS and SE receive.
+    fn fan_out_body(&self) -> FanOutBody {
+        FanOutBody {
+            lablet: self.lablet.clone(),
+            bucket: self.location.bucket.clone(),
+            key: self.location.key.clone(),
+            sha256: self.sha256.clone(),
+            version: self.version,
+        }
+    }
 }
 
 /// Check a lablet name: it becomes part of object keys and file names.
@@ -113,68 +160,61 @@ impl LabletSync {
     /// `DATA_DIR/catalog.redb`).
     pub fn from_config(config: LabletSyncConfig) -> Result<Self> {
         let http = http_client(&config)?;
-        let catalog: Arc<dyn Catalog> = match config.catalog {
-            CatalogKind::Cpa => {
-                Arc::new(CpaCatalog::from_config(&config, http).ok_or_else(|| {
-                    Error::Config(ConfigError::new(
-                        "LABLET_CPA_URL",
-                        "required when LABLET_CATALOG=cpa",
-                    ))
-                })?)
-            }
-            _ => Arc::new(
+        let catalog: Arc<dyn Catalog> = match config.catalog.kind {
+            CatalogKind::Embedded => Arc::new(
                 EmbeddedCatalog::open(config.data_dir.join("catalog.redb"))
                     .map_err(Error::Catalog)?,
             ),
+            CatalogKind::Cpa => {
+                let cpa =
+                    CpaCatalog::from_config(&config.catalog, http.clone()).ok_or_else(|| {
+                        ConfigError::new("LABLET_CPA_URL", "required when LABLET_CATALOG=cpa")
+                    })?;
+                Arc::new(cpa.with_retry(config.http.retry.clone()))
+            }
         };
-        Self::with_catalog(config, catalog)
+        Self::build(config, catalog, http)
     }
 
     /// Build the pipeline around any catalog.
     pub fn with_catalog(config: LabletSyncConfig, catalog: Arc<dyn Catalog>) -> Result<Self> {
         let http = http_client(&config)?;
-        let local = |what: &str| {
-            let what = what.to_owned();
-            move |source| Error::Local { what, source }
-        };
-        std::fs::create_dir_all(&config.data_dir).map_err(local(&format!(
-            "create data dir {}",
-            config.data_dir.display()
-        )))?;
-        let tmp_dir = config.data_dir.join("tmp");
-        std::fs::create_dir_all(&tmp_dir).map_err(local("create temp dir"))?;
+        Self::build(config, catalog, http)
+    }
+
+    /// Every client from its own part of `config`, all sharing `http`.
+    fn build(
+        config: LabletSyncConfig,
+        catalog: Arc<dyn Catalog>,
+        http: reqwest::Client,
+    ) -> Result<Self> {
+        let tmp_dir = prepare_data_dir(&config.data_dir)?;
         let store =
             PackageStore::from_config(&config, http.clone()).map_err(|source| Error::Store {
                 lablet: "*".to_owned(),
                 source,
             })?;
-        let queue =
-            RetryQueue::open(config.data_dir.join("retry-queue.redb")).map_err(|source| {
-                Error::Queue {
-                    lablet: "*".to_owned(),
-                    source,
-                }
-            })?;
-        // leftover downloads of a crashed run (an active download, here or in another
-        // process sharing the data dir, writes at least once per read timeout)
-        remove_stale_downloads(&tmp_dir, STALE_DOWNLOAD_AGE);
+        // the retry queue and the record outbox share one file
+        let db = Arc::new(DbFile::new(config.data_dir.join("retry-queue.redb")));
+        let everyone = || "*".to_owned();
+        let queue = RetryQueue::open(Arc::clone(&db)).map_err(|source| Error::Queue {
+            lablet: everyone(),
+            source,
+        })?;
+        let outbox = Outbox::open(db).map_err(|source| Error::Outbox {
+            lablet: everyone(),
+            source,
+        })?;
+        let retry = &config.http.retry;
         Ok(Self {
-            resolver: ResolverClient::new(
-                http.clone(),
-                config.resolve_url.clone(),
-                config.retry.clone(),
-            ),
-            mosaic: MosaicClient::new(http.clone(), config.retry.clone(), config.max_package_bytes),
-            fanout: FanOutClient::new(http, config.retry.clone()),
+            resolver: ResolverClient::new(http.clone(), &config.resolver, retry.clone()),
+            mosaic: MosaicClient::new(http.clone(), &config.mosaic, retry.clone()),
+            fanout: FanOutClient::new(http, retry.clone()),
             store,
             queue,
+            outbox,
             catalog,
-            locks: LabletLocks::new(
-                config
-                    .lock_dir
-                    .clone()
-                    .unwrap_or_else(|| config.data_dir.join("locks")),
-            ),
+            locks: LabletLocks::new(config.lock_dir()),
             metrics: Metrics::default(),
             tmp_dir,
             config,
@@ -186,9 +226,20 @@ impl LabletSync {
         Arc::clone(&self.catalog)
     }
 
-    /// The durable fan-out retry queue.
-    pub fn retry_queue(&self) -> &RetryQueue {
-        &self.queue
+    /// The fan-out deliveries waiting in the durable retry queue.
+    pub async fn pending_deliveries(&self) -> Result<Vec<QueuedDelivery>> {
+        self.queue.pending().await.map_err(|source| Error::Queue {
+            lablet: "*".to_owned(),
+            source,
+        })
+    }
+
+    /// The catalog records kept in the outbox until they land.
+    pub async fn pending_records(&self) -> Result<Vec<PendingRecord>> {
+        self.outbox.kept().await.map_err(|source| Error::Outbox {
+            lablet: "*".to_owned(),
+            source,
+        })
     }
 
     /// The package store.
@@ -197,14 +248,14 @@ impl LabletSync {
     }
 
     /// Uses `metrics` (e.g. [`Metrics::registered`] in a server's registry)
-    /// instead of the pipeline's own counters.
+    /// instead of the pipeline's own.
     #[must_use]
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         self
     }
 
-    /// The pipeline's counters.
+    /// The pipeline's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -214,33 +265,27 @@ impl LabletSync {
         &self.config
     }
 
-    /// The catalog id of lablet `name` (`id_template`, default `{name}`).
-    pub fn definition_id(&self, name: &str) -> Result<String> {
-        let vars = BTreeMap::from([("name".to_owned(), name.to_owned())]);
-        template::render(&self.config.id_template, &vars)
-            .map_err(|e| Error::Config(ConfigError::new("id_template", e.to_string())))
+    pub(crate) fn queue(&self) -> &RetryQueue {
+        &self.queue
     }
 
-    fn base_vars(&self, name: &str, id: &str) -> BTreeMap<String, String> {
-        let c = &self.config;
-        let mut vars = BTreeMap::from([
-            ("name".to_owned(), name.to_owned()),
-            ("id".to_owned(), id.to_owned()),
-            (
-                "resolver_url".to_owned(),
-                c.resolver_url.trim_end_matches('/').to_owned(),
-            ),
-        ]);
-        for (key, value) in [
-            ("lds_url", &c.lds_url),
-            ("se_url", &c.se_url),
-            ("cpa_url", &c.cpa_url),
-        ] {
-            if let Some(v) = value {
-                vars.insert(key.to_owned(), v.trim_end_matches('/').to_owned());
-            }
-        }
-        vars
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub(crate) fn fanout(&self) -> &FanOutClient {
+        &self.fanout
+    }
+
+    pub(crate) fn locks(&self) -> &LabletLocks {
+        &self.locks
+    }
+
+    /// The catalog id of lablet `name` (`id_template`, default `{name}`).
+    pub fn definition_id(&self, name: &str) -> Result<String> {
+        let vars = Vars::from([("name".to_owned(), name.to_owned())]);
+        template::render(&self.config.catalog.id_template, &vars)
+            .map_err(|e| Error::Config(ConfigError::new("id_template", e.to_string())))
     }
 
     /// Sync lablet `name` end to end.
@@ -266,117 +311,264 @@ impl LabletSync {
         bytes: BytesProgress<'_>,
     ) -> Result<SyncReport> {
         validate_name(name)?;
-        let id = self.definition_id(name)?;
-        let span = tracing::info_span!("lablet_sync", lablet = name, id = id.as_str());
+        let run = Run {
+            name,
+            id: self.definition_id(name)?,
+            progress,
+            bytes,
+        };
+        let span = tracing::info_span!("lablet_sync", lablet = name, id = run.id.as_str());
         async {
-            let guard = self.locks.lock(name).await.map_err(|source| Error::Local {
-                what: format!("lock lablet {name}"),
-                source,
-            })?;
-            let result = self.sync_locked(name, &id, progress, bytes).await;
-            drop(guard);
+            let started = Instant::now();
+            let result = self.sync_locked(&run).await;
             if result.is_ok() {
-                // opportunistically deliver what earlier syncs of other lablets left
-                // queued (this lablet's deliveries were just attempted)
-                if let Err(err) = self.drain(Some(name)).await {
-                    tracing::warn!(error = %err, "draining the retry queue failed");
-                }
+                self.drain_other_lablets(name).await;
             }
+            self.metrics.sync(&result, started.elapsed());
             result
         }
         .instrument(span)
         .await
     }
 
-    fn stage_result<T>(&self, stage: Stage, result: Result<T>) -> Result<T> {
-        self.metrics.stage(stage, result.is_ok());
+    /// The six stages, under the lablet's lock.
+    async fn sync_locked(&self, run: &Run<'_>) -> Result<SyncReport> {
+        let _guard = self.lock(run.name).await?;
+        let vars = self.resolve(run).await?;
+        let download = self.download(run, &vars).await?;
+        let info = self.inspect(run, &download).await?;
+        let (package, upload) = self.store_package(run, &vars, &download, &info).await?;
+        drop(download); // the temp file
+        let fanout = self.fan_out(run, &vars, &package).await?;
+        let definition = self.record(run, &package, info, fanout).await?;
+        Ok(SyncReport {
+            definition,
+            uploaded: upload.uploaded,
+            uploaded_bytes: upload.bytes,
+        })
+    }
+
+    /// The stage helper: tells `progress` the stage started, runs `work` in the
+    /// stage's span, counts and times the outcome, and turns a failure into the
+    /// crate error naming the lablet. A failure counts under the stage its error
+    /// names (the store stage asks the catalog first, and that fails as `record`).
+    async fn stage<T>(
+        &self,
+        run: &Run<'_>,
+        stage: Stage,
+        work: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T> {
+        (run.progress)(stage);
+        let started = Instant::now();
+        let result = work
+            .instrument(tracing::info_span!("stage", stage = stage.as_str()))
+            .await
+            .map_err(|failure| failure.named(run.name));
+        let counted = result
+            .as_ref()
+            .err()
+            .and_then(Error::stage)
+            .unwrap_or(stage);
+        self.metrics
+            .stage(counted, result.is_ok(), started.elapsed());
         match &result {
             Ok(_) => tracing::info!(stage = stage.as_str(), "stage done"),
-            Err(err) => tracing::warn!(stage = stage.as_str(), error = %err, "stage failed"),
+            Err(err) => tracing::warn!(stage = counted.as_str(), error = %err, "stage failed"),
         }
         result
     }
 
-    async fn sync_locked(
-        &self,
-        name: &str,
-        id: &str,
-        progress: Progress<'_>,
-        bytes: BytesProgress<'_>,
-    ) -> Result<SyncReport> {
-        let lablet = || name.to_owned();
+    /// Stage resolve: the resolver's variables on top of the base ones.
+    async fn resolve(&self, run: &Run<'_>) -> Result<Vars> {
+        self.stage(run, Stage::Resolve, async {
+            let mut vars = self.base_vars(run);
+            for (k, v) in self.resolver.resolve(&vars).await? {
+                vars.entry(k).or_insert(v);
+            }
+            Ok(vars)
+        })
+        .await
+    }
 
-        progress(Stage::Resolve);
-        let mut vars = self.base_vars(name, id);
-        let resolved = self
-            .resolver
-            .resolve(&vars)
-            .instrument(tracing::info_span!("resolve"))
-            .await
-            .map_err(|source| Error::Resolve {
-                lablet: lablet(),
-                source,
-            });
-        let resolved = self.stage_result(Stage::Resolve, resolved)?;
-        for (k, v) in resolved {
-            vars.entry(k).or_insert(v);
-        }
+    /// Stage download: the package streamed to a temp file, hashed on the way.
+    async fn download(&self, run: &Run<'_>, vars: &Vars) -> Result<DownloadedPackage> {
+        self.stage(run, Stage::Download, async {
+            let url = template::render(&self.config.mosaic.download_url, vars)
+                .map_err(DownloadError::from)?;
+            let on_bytes = |done, total| (run.bytes)(Stage::Download, done, total);
+            let package = self.mosaic.download(&url, &self.tmp_dir, &on_bytes).await?;
+            self.metrics.downloaded(package.size);
+            Ok(package)
+        })
+        .await
+    }
 
-        progress(Stage::Download);
-        let download = async {
-            let url = template::render(&self.config.download_url, &vars).map_err(|e| {
-                Error::Download {
-                    lablet: lablet(),
-                    source: e.into(),
-                }
-            })?;
-            self.mosaic
-                .download_observed(&url, &self.tmp_dir, &|done, total| {
-                    bytes(Stage::Download, done, total)
-                })
-                .await
-                .map_err(|source| Error::Download {
-                    lablet: lablet(),
-                    source,
-                })
-        }
-        .instrument(tracing::info_span!("download"))
-        .await;
-        let package = self.stage_result(Stage::Download, download)?;
-        self.metrics.downloaded(package.size);
-
-        progress(Stage::Inspect);
-        let path = package.path.to_path_buf();
+    /// Stage inspect: the ADR-025 fields, read on a blocking thread.
+    async fn inspect(&self, run: &Run<'_>, download: &DownloadedPackage) -> Result<PackageInfo> {
+        let path = download.path.to_path_buf();
         let limits = self.config.inspect.clone();
-        let info = tokio::task::spawn_blocking(move || inspect_package(&path, &limits))
-            .instrument(tracing::info_span!("inspect"))
-            .await
-            .map_err(|e| Error::Local {
-                what: "inspect task".to_owned(),
-                source: std::io::Error::other(e),
-            })
-            .and_then(|r| {
-                r.map_err(|source| Error::Inspect {
-                    lablet: lablet(),
-                    source,
-                })
+        self.stage(run, Stage::Inspect, async move {
+            let inspected = tokio::task::spawn_blocking(move || inspect_package(&path, &limits))
+                .await
+                .map_err(|e| Failure::Local {
+                    what: "inspect task".to_owned(),
+                    source: std::io::Error::other(e),
+                })?;
+            Ok(inspected?)
+        })
+        .await
+    }
+
+    /// Stage store: ask the catalog for the content version, write the record
+    /// down in the outbox, upload unless the store holds the bytes already.
+    async fn store_package(
+        &self,
+        run: &Run<'_>,
+        vars: &Vars,
+        download: &DownloadedPackage,
+        info: &PackageInfo,
+    ) -> Result<(Package, UploadOutcome)> {
+        self.stage(run, Stage::Store, async {
+            // asked before the store changes: an unreachable catalog fails the
+            // sync (as `record`) while the stored package still matches the record
+            let previous = self.catalog.get(&run.id).await?;
+            self.abort_abandoned_uploads(run.name).await;
+            let sha256 = &download.sha256;
+            let package = Package {
+                lablet: run.name.to_owned(),
+                location: self.store.location_for(
+                    &self.config.store.location,
+                    run.name,
+                    Some(sha256),
+                )?,
+                sha256: sha256.clone(),
+                size: download.size,
+                version: next_content_version(previous.as_ref(), sha256),
+            };
+            let intent = package.record(
+                info.clone(),
+                self.not_yet_delivered(vars),
+                SyncStatus::Stale,
+            );
+            self.outbox
+                .write_intent(&run.id, intent)
+                .await
+                .map_err(Failure::Outbox)?;
+            let on_bytes = |done| (run.bytes)(Stage::Store, done, Some(download.size));
+            let uploaded = self
+                .store
+                .upload_observed(
+                    run.name,
+                    &package.location,
+                    &download.path,
+                    sha256,
+                    &on_bytes,
+                )
+                .await;
+            if uploaded.is_err() {
+                self.outbox.store_failed(run.name, sha256).await;
+            }
+            let upload = uploaded?;
+            self.metrics.uploaded(upload.bytes, !upload.uploaded);
+            Ok((package, upload))
+        })
+        .await
+    }
+
+    /// Stage fan-out: POST LDS and SE in parallel; queue whatever still fails.
+    async fn fan_out(
+        &self,
+        run: &Run<'_>,
+        vars: &Vars,
+        package: &Package,
+    ) -> Result<Vec<TargetResult>> {
+        self.stage(run, Stage::FanOut, async {
+            let body = package.fan_out_body();
+            let targets = self.targets(vars)?;
+            let attempts = targets.iter().map(|(target, url)| {
+                let body = &body;
+                async move { (*target, url, self.fanout.deliver(url, body).await) }
             });
-        let info = self.stage_result(Stage::Inspect, info)?;
+            let mut results = Vec::new();
+            for (target, url, (attempts, delivered)) in futures::future::join_all(attempts).await {
+                let mut result = TargetResult {
+                    target: target.to_owned(),
+                    status: DeliveryStatus::Delivered,
+                    attempts,
+                    error: None,
+                };
+                match delivered {
+                    // a fresh delivery supersedes anything queued for this target
+                    Ok(()) => self.queue.remove(target, &body.lablet).await,
+                    Err(err) => {
+                        tracing::warn!(target, error = %err, "fan-out target failed; queued for retry");
+                        result.status = DeliveryStatus::Queued;
+                        result.error = Some(err.to_string());
+                        self.queue
+                            .push(QueuedDelivery {
+                                target: target.to_owned(),
+                                definition_id: run.id.clone(),
+                                url: url.clone(),
+                                body: body.clone(),
+                                attempts,
+                                last_error: err.to_string(),
+                                queued_at: now_rfc3339(),
+                            })
+                            .await
+                    }
+                }
+                .map_err(Failure::Queue)?;
+                if result.status == DeliveryStatus::Queued {
+                    self.metrics.queued();
+                }
+                results.push(result);
+            }
+            Ok(results)
+        })
+        .await
+    }
 
-        // ask the catalog before the store changes: an unreachable catalog fails the
-        // sync while the stored package still matches the recorded one
-        let previous = self.catalog.get(id).await.map_err(|source| Error::Record {
-            lablet: lablet(),
+    /// Stage record: the result on the catalog; the outbox settles with the
+    /// outcome.
+    async fn record(
+        &self,
+        run: &Run<'_>,
+        package: &Package,
+        info: PackageInfo,
+        fanout: Vec<TargetResult>,
+    ) -> Result<LabletDefinition> {
+        self.stage(run, Stage::Record, async {
+            let delivered = fanout.iter().all(|t| t.status == DeliveryStatus::Delivered);
+            let status = if delivered {
+                SyncStatus::Synced
+            } else {
+                SyncStatus::Stale
+            };
+            let content = package.record(info, fanout, status);
+            let recorded = self.catalog.record(&run.id, &content).await;
+            self.outbox
+                .settle(&run.id, content, recorded.as_ref().err())
+                .await;
+            let definition = recorded?;
+            if let Some(msg) = definition.content.stale_message() {
+                tracing::warn!(lablet = run.name, "{msg}");
+            }
+            Ok(definition)
+        })
+        .await
+    }
+
+    /// Waits for the lablet's lock: two syncs of one lablet never interleave.
+    async fn lock(&self, name: &str) -> Result<LabletGuard> {
+        self.locks.lock(name).await.map_err(|source| Error::Local {
+            what: format!("lock lablet {name}"),
             source,
-        });
-        let previous = match previous {
-            Ok(previous) => previous,
-            Err(err) => return self.stage_result(Stage::Record, Err(err)),
-        };
+        })
+    }
 
-        progress(Stage::Store);
-        // Uploads of this lablet a killed run left open (we hold its lock, so
-        // none of them is live); best effort, the sync does not depend on it.
+    /// Uploads of this lablet a killed run left open (we hold its lock, so none
+    /// of them is live); best effort, the sync does not depend on it.
+    async fn abort_abandoned_uploads(&self, name: &str) {
         match self.store.abort_abandoned_uploads(name).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -388,22 +580,47 @@ impl LabletSync {
                 tracing::warn!(lablet = name, error = %e, "cannot abort uploads a killed run left open")
             }
         }
-        let location = self
-            .store
-            .location_for(&self.config.location, name, Some(&package.sha256))
-            .map_err(|source| Error::Store {
-                lablet: lablet(),
-                source,
-            });
-        let location = self.stage_result(Stage::Store, location)?;
-        let sha256 = package.sha256.clone();
-        let size = package.size;
-        let version = next_content_version(previous.as_ref(), &sha256);
-        // Written down before the store changes: should this run die between
-        // the store and the record, the drain records it (once it finds these
-        // bytes stored), so the catalog does not stay behind the store.
-        let not_yet = self
-            .targets(&vars)
+    }
+
+    /// `{name}`, `{id}` and the base URLs of the configured services.
+    fn base_vars(&self, run: &Run<'_>) -> Vars {
+        let c = &self.config;
+        let mut vars = Vars::from([
+            ("name".to_owned(), run.name.to_owned()),
+            ("id".to_owned(), run.id.clone()),
+            (
+                "resolver_url".to_owned(),
+                c.resolver.url.trim_end_matches('/').to_owned(),
+            ),
+        ]);
+        for (key, value) in [
+            ("lds_url", &c.fanout.lds_url),
+            ("se_url", &c.fanout.se_url),
+            ("cpa_url", &c.catalog.cpa_url),
+        ] {
+            if let Some(v) = value {
+                vars.insert(key.to_owned(), v.trim_end_matches('/').to_owned());
+            }
+        }
+        vars
+    }
+
+    /// The configured targets with their rendered URLs.
+    fn targets(&self, vars: &Vars) -> Result<Vec<(&'static str, String)>, ConfigError> {
+        self.config
+            .fanout
+            .targets()
+            .map(|(target, _, tpl)| {
+                template::render(tpl, vars)
+                    .map(|url| (target, url))
+                    .map_err(|e| ConfigError::new(format!("{target}_sync_url"), e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The fan-out results a record written before the fan-out carries.
+    fn not_yet_delivered(&self, vars: &Vars) -> Vec<TargetResult> {
+        self.targets(vars)
             .unwrap_or_default()
             .into_iter()
             .map(|(target, _)| TargetResult {
@@ -412,443 +629,27 @@ impl LabletSync {
                 attempts: 0,
                 error: Some("not delivered: the sync stopped before its fan-out".to_owned()),
             })
-            .collect();
-        let intent = content_result(
-            name,
-            &sha256,
-            size,
-            info.clone(),
-            location.clone(),
-            not_yet,
-            version,
-            false,
-        );
-        self.queue
-            .push_record(&PendingRecord {
-                definition_id: id.to_owned(),
-                content: intent,
-                attempts: 0,
-                last_error: "the sync has not recorded it yet".to_owned(),
-                queued_at: now_rfc3339(),
-            })
-            .await
-            .map_err(|source| Error::Queue {
-                lablet: lablet(),
-                source,
-            })?;
-        let stored = self
-            .store
-            .upload_observed(name, &location, &package.path, &sha256, &|done| {
-                bytes(Stage::Store, done, Some(size))
-            })
-            .instrument(tracing::info_span!("store"))
-            .await
-            .map_err(|source| Error::Store {
-                lablet: lablet(),
-                source,
-            });
-        if stored.is_err()
-            && let Err(e) = self.queue.remove_record(name, &sha256).await
-        {
-            tracing::warn!(lablet = name, error = %e, "cannot drop the record kept for a failed store");
-        }
-        let outcome = self.stage_result(Stage::Store, stored)?;
-        self.metrics.uploaded(outcome.bytes, !outcome.uploaded);
-        drop(package);
-
-        progress(Stage::FanOut);
-        let body = FanOutBody {
-            lablet: name.to_owned(),
-            bucket: location.bucket.clone(),
-            key: location.key.clone(),
-            sha256: sha256.clone(),
-            version,
-        };
-        let fanout = self
-            .fan_out(id, &vars, &body)
-            .instrument(tracing::info_span!("fan_out"))
-            .await;
-        let fanout = self.stage_result(Stage::FanOut, fanout)?;
-        let all_delivered = fanout.iter().all(|t| t.status == DeliveryStatus::Delivered);
-
-        progress(Stage::Record);
-        let result = content_result(
-            name,
-            &sha256,
-            size,
-            info,
-            location,
-            fanout,
-            version,
-            all_delivered,
-        );
-        let recorded = self
-            .catalog
-            .record(id, &result)
-            .instrument(tracing::info_span!("record"))
-            .await;
-        self.keep_pending_record(id, result, recorded.as_ref().err())
-            .await;
-        let recorded = recorded.map_err(|source| Error::Record {
-            lablet: lablet(),
-            source,
-        });
-        let definition = self.stage_result(Stage::Record, recorded)?;
-        if let Some(msg) = definition.content.stale_message() {
-            tracing::warn!(lablet = name, "{msg}");
-        }
-        Ok(SyncReport {
-            definition,
-            uploaded: outcome.uploaded,
-            uploaded_bytes: outcome.bytes,
-        })
-    }
-
-    /// After the record step: a record that failed is kept for the retry drain
-    /// (the package is stored and the targets told, so the catalog must catch
-    /// up); one that succeeded supersedes whatever an earlier failure kept.
-    /// Best effort: the sync's outcome is the record's.
-    async fn keep_pending_record(
-        &self,
-        id: &str,
-        content: ContentSyncResult,
-        failed: Option<&crate::catalog::CatalogError>,
-    ) {
-        let lablet = content.lablet.clone();
-        let kept = match failed {
-            Some(err) => {
-                self.queue
-                    .push_record(&PendingRecord {
-                        definition_id: id.to_owned(),
-                        content,
-                        attempts: 1,
-                        last_error: err.to_string(),
-                        queued_at: now_rfc3339(),
-                    })
-                    .await
-            }
-            None => self.queue.remove_records_of(&lablet).await,
-        };
-        if let Err(e) = kept {
-            tracing::warn!(lablet, error = %e, "cannot update the pending record of this lablet");
-        }
-    }
-
-    /// The configured targets with their rendered URLs.
-    fn targets(&self, vars: &BTreeMap<String, String>) -> Result<Vec<(&'static str, String)>> {
-        let mut out = Vec::new();
-        let c = &self.config;
-        for (target, base, tpl) in [
-            ("lds", &c.lds_url, &c.lds_sync_url),
-            ("se", &c.se_url, &c.se_sync_url),
-        ] {
-            if base.is_some() {
-                let url = template::render(tpl, vars).map_err(|e| {
-                    Error::Config(ConfigError::new(
-                        format!("{target}_sync_url"),
-                        e.to_string(),
-                    ))
-                })?;
-                out.push((target, url));
-            }
-        }
-        Ok(out)
-    }
-
-    /// POST LDS and SE in parallel; queue whatever still fails.
-    async fn fan_out(
-        &self,
-        id: &str,
-        vars: &BTreeMap<String, String>,
-        body: &FanOutBody,
-    ) -> Result<Vec<TargetResult>> {
-        let targets = self.targets(vars)?;
-        let deliver = |target: Option<&(&'static str, String)>| {
-            let target = target.cloned();
-            async move {
-                match target {
-                    Some((name, url)) => {
-                        let (attempts, result) = self.fanout.deliver(&url, body).await;
-                        Some((name, url, attempts, result))
-                    }
-                    None => None,
-                }
-            }
-        };
-        let (first, second) = tokio::join!(deliver(targets.first()), deliver(targets.get(1)));
-        let mut results = Vec::new();
-        for (target, url, attempts, result) in [first, second].into_iter().flatten() {
-            let queue_err = |source| Error::Queue {
-                lablet: body.lablet.clone(),
-                source,
-            };
-            match result {
-                Ok(()) => {
-                    // a fresh delivery supersedes anything queued for this target
-                    self.queue
-                        .remove(target, &body.lablet)
-                        .await
-                        .map_err(queue_err)?;
-                    results.push(TargetResult {
-                        target: target.to_owned(),
-                        status: DeliveryStatus::Delivered,
-                        attempts,
-                        error: None,
-                    });
-                }
-                Err(err) => {
-                    tracing::warn!(target, error = %err, "fan-out target failed; queued for retry");
-                    self.queue
-                        .push(QueuedDelivery {
-                            target: target.to_owned(),
-                            definition_id: id.to_owned(),
-                            url,
-                            body: body.clone(),
-                            attempts,
-                            last_error: err.to_string(),
-                            queued_at: now_rfc3339(),
-                        })
-                        .await
-                        .map_err(queue_err)?;
-                    self.metrics.queued();
-                    results.push(TargetResult {
-                        target: target.to_owned(),
-                        status: DeliveryStatus::Queued,
-                        attempts,
-                        error: Some(err.to_string()),
-                    });
-                }
-            }
-        }
-        Ok(results)
-    }
-
-    /// Try every queued delivery once. A lablet whose deliveries all went through is
-    /// re-recorded as `synced` (same hash, so its content version is kept). Lablets
-    /// being synced right now are skipped.
-    pub async fn retry_pending(&self) -> Result<RetryReport> {
-        self.drain(None).await
-    }
-
-    async fn drain(&self, except: Option<&str>) -> Result<RetryReport> {
-        let queue_err = |source| Error::Queue {
-            lablet: "*".to_owned(),
-            source,
-        };
-        let pending = self.queue.pending().await.map_err(queue_err)?;
-        let mut by_lablet: BTreeMap<String, Vec<QueuedDelivery>> = BTreeMap::new();
-        for d in pending {
-            if except == Some(d.body.lablet.as_str()) {
-                continue;
-            }
-            by_lablet.entry(d.body.lablet.clone()).or_default().push(d);
-        }
-        let mut report = RetryReport::default();
-        self.drain_records(except, &mut report).await?;
-        let single = FanOutClient::new(
-            http_client(&self.config)?,
-            RetryPolicy::default().with_max_attempts(1),
-        );
-        for (lablet, deliveries) in by_lablet {
-            let guard = self.try_lock_lablet(&lablet)?;
-            let Some(_guard) = guard else {
-                report.skipped_locked += deliveries.len();
-                continue;
-            };
-            let mut delivered = Vec::new();
-            for mut d in deliveries {
-                match single.post(&d.url, &d.body).await {
-                    Ok(()) => {
-                        self.queue
-                            .remove(&d.target, &lablet)
-                            .await
-                            .map_err(queue_err)?;
-                        report.delivered += 1;
-                        delivered.push(d);
-                    }
-                    Err(err) => {
-                        d.attempts = d.attempts.saturating_add(1);
-                        d.last_error = err.to_string();
-                        self.queue.push(d).await.map_err(queue_err)?;
-                        report.still_pending += 1;
-                    }
-                }
-            }
-            self.mark_delivered(&lablet, &delivered).await?;
-        }
-        Ok(report)
-    }
-
-    /// The lablet's lock if nobody holds it (a drain skips busy lablets).
-    fn try_lock_lablet(&self, lablet: &str) -> Result<Option<crate::lock::LabletGuard>> {
-        self.locks.try_lock(lablet).map_err(|source| Error::Local {
-            what: format!("lock lablet {lablet}"),
-            source,
-        })
-    }
-
-    /// Try the kept records once (before the deliveries, so a lablet's
-    /// deliveries are marked on the record they belong to). Per lablet, the
-    /// newest kept record whose package the store holds is recorded and the
-    /// rest dropped; a kept record whose bytes are not stored (its run died
-    /// before the upload finished, or a later one overwrote the key) is never
-    /// recorded.
-    async fn drain_records(&self, except: Option<&str>, report: &mut RetryReport) -> Result<()> {
-        let queue_err = |source| Error::Queue {
-            lablet: "*".to_owned(),
-            source,
-        };
-        let mut by_lablet: BTreeMap<String, Vec<PendingRecord>> = BTreeMap::new();
-        for kept in self.queue.pending_records().await.map_err(queue_err)? {
-            if except != Some(kept.lablet()) {
-                by_lablet
-                    .entry(kept.lablet().to_owned())
-                    .or_default()
-                    .push(kept);
-            }
-        }
-        for (lablet, mut kept) in by_lablet {
-            let guard = self.try_lock_lablet(&lablet)?;
-            let Some(_guard) = guard else {
-                report.skipped_locked += 1;
-                continue;
-            };
-            kept.sort_by(|a, b| b.queued_at.cmp(&a.queued_at));
-            for mut candidate in kept {
-                let sha = candidate.content.content_package_hash.clone();
-                let stored = match self.store.stored_sha256(&candidate.content.store).await {
-                    Ok(stored) => stored,
-                    Err(e) => {
-                        // cannot tell now: keep it for the next drain
-                        tracing::warn!(lablet, error = %e, "cannot check a kept record against the store");
-                        report.records_pending += 1;
-                        break;
-                    }
-                };
-                if stored.as_ref() != Some(&sha) {
-                    tracing::info!(
-                        lablet,
-                        kept = sha.as_str(),
-                        stored = stored.as_deref().unwrap_or("nothing"),
-                        "dropping a kept record: the store does not hold its package"
-                    );
-                    self.queue
-                        .remove_record(&lablet, &sha)
-                        .await
-                        .map_err(queue_err)?;
-                    continue;
-                }
-                match self
-                    .catalog
-                    .record(&candidate.definition_id, &candidate.content)
-                    .await
-                {
-                    Ok(_) => {
-                        self.queue
-                            .remove_records_of(&lablet)
-                            .await
-                            .map_err(queue_err)?;
-                        report.recorded += 1;
-                    }
-                    Err(err) => {
-                        candidate.attempts = candidate.attempts.saturating_add(1);
-                        candidate.last_error = err.to_string();
-                        self.queue
-                            .push_record(&candidate)
-                            .await
-                            .map_err(queue_err)?;
-                        report.records_pending += 1;
-                    }
-                }
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Update the catalog after queued deliveries of `lablet` went through.
-    async fn mark_delivered(&self, lablet: &str, delivered: &[QueuedDelivery]) -> Result<()> {
-        let Some(first) = delivered.first() else {
-            return Ok(());
-        };
-        let record_err = |source| Error::Record {
-            lablet: lablet.to_owned(),
-            source,
-        };
-        let Some(def) = self
-            .catalog
-            .get(&first.definition_id)
-            .await
-            .map_err(record_err)?
-        else {
-            return Ok(());
-        };
-        let mut content = def.content;
-        if content.content_package_hash != first.body.sha256 {
-            return Ok(()); // a newer sync recorded something else since
-        }
-        for d in delivered {
-            if let Some(t) = content.fanout.iter_mut().find(|t| t.target == d.target) {
-                t.status = DeliveryStatus::Delivered;
-                t.attempts = t.attempts.saturating_add(1);
-                t.error = None;
-            }
-        }
-        if content
-            .fanout
-            .iter()
-            .all(|t| t.status == DeliveryStatus::Delivered)
-        {
-            content.status = SyncStatus::Synced;
-        }
-        self.catalog
-            .record(&first.definition_id, &content)
-            .await
-            .map_err(record_err)?;
-        Ok(())
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn content_result(
-    name: &str,
-    sha256: &str,
-    size: u64,
-    info: PackageInfo,
-    store: crate::store::StoreLocation,
-    fanout: Vec<TargetResult>,
-    version: u64,
-    all_delivered: bool,
-) -> ContentSyncResult {
-    ContentSyncResult {
-        lablet: name.to_owned(),
-        content_package_hash: sha256.to_owned(),
-        content_package_size: size,
-        upstream_version: info.meta.version,
-        upstream_date_published: info.meta.date_published,
-        upstream_instance_name: info.meta.instance_name,
-        upstream_form_id: info.meta.form_id,
-        grade_xml_path: info.grade_xml_path,
-        cml_yaml_path: info.cml_yaml_path,
-        cml_yaml_content: info.cml_yaml_content,
-        cml_yaml_hash: info.cml_yaml_hash,
-        devices_json: info.devices_json,
-        synced_at: now_rfc3339(),
-        status: if all_delivered {
-            SyncStatus::Synced
-        } else {
-            SyncStatus::Stale
-        },
-        store,
-        fanout,
-        content_version: version,
+            .collect()
     }
 }
 
 /// Partial downloads untouched for this long belong to a crashed run.
-const STALE_DOWNLOAD_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+const STALE_DOWNLOAD_AGE: Duration = Duration::from_secs(3600);
 
-fn remove_stale_downloads(tmp_dir: &std::path::Path, age: std::time::Duration) {
+/// Creates the data and temp directories and removes the downloads a crashed
+/// run left (an active download, here or in another process sharing the data
+/// dir, writes at least once per read timeout); returns the temp directory.
+fn prepare_data_dir(data_dir: &Path) -> Result<PathBuf> {
+    let local = |what: String| move |source| Error::Local { what, source };
+    std::fs::create_dir_all(data_dir)
+        .map_err(local(format!("create data dir {}", data_dir.display())))?;
+    let tmp_dir = data_dir.join("tmp");
+    std::fs::create_dir_all(&tmp_dir).map_err(local("create temp dir".to_owned()))?;
+    remove_stale_downloads(&tmp_dir, STALE_DOWNLOAD_AGE);
+    Ok(tmp_dir)
+}
+
+fn remove_stale_downloads(tmp_dir: &Path, age: Duration) {
     let Ok(entries) = std::fs::read_dir(tmp_dir) else {
         return;
     };
@@ -867,10 +668,6 @@ fn remove_stale_downloads(tmp_dir: &std::path::Path, age: std::time::Duration) {
             tracing::warn!(path = %path.display(), error = %err, "cannot remove stale download");
         }
     }
-}
-
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn http_client(config: &LabletSyncConfig) -> Result<reqwest::Client> {

@@ -1,4 +1,6 @@
-//! Bounded retry with exponential backoff (and jitter) for transient failures.
+//! The crate's one retry mechanism (`backon`): bounded exponential backoff with
+//! jitter, for HTTP calls ([`RetryPolicy::run`]) and for waiting on a local file
+//! another process holds ([`wait_blocking`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -54,7 +56,7 @@ impl RetryPolicy {
 
     /// Run `op` until it succeeds, fails with an error `retryable` rejects, or the
     /// attempts are used up; `what` names the operation in logs.
-    pub async fn run<T, E, F, Fut>(
+    pub(crate) async fn run<T, E, F, Fut>(
         &self,
         what: &str,
         op: F,
@@ -73,4 +75,25 @@ impl RetryPolicy {
             })
             .await
     }
+}
+
+/// Waits (on a blocking thread) while `op` fails with an error `busy` accepts,
+/// e.g. a `redb` file another process has open: jittered backoff from 2 ms to
+/// 100 ms, at most `patience` of sleeping and a bounded number of attempts.
+pub(crate) fn wait_blocking<T, E>(
+    patience: Duration,
+    op: impl FnMut() -> Result<T, E>,
+    busy: impl FnMut(&E) -> bool,
+) -> Result<T, E> {
+    use backon::BlockingRetryable;
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(2))
+        .with_max_delay(Duration::from_millis(100))
+        .with_jitter()
+        .with_total_delay(Some(patience))
+        .with_max_times(10_000);
+    op.retry(backoff)
+        .sleep(std::thread::sleep)
+        .when(busy)
+        .call()
 }

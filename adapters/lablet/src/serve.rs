@@ -1,5 +1,5 @@
-//! `lablet-sync serve`: the operator API and the cfgsync routes for nodes in one
-//! process.
+//! The `serve` app: the operator API and the cfgsync routes for nodes in one
+//! process, around one [`LabletSync`]. It only exposes the pipeline's metrics.
 //!
 //! | route | answer |
 //! |---|---|
@@ -9,8 +9,8 @@
 //! | cfgsync routes | `/register`, `/node`, `/healthz`, `/readyz`, `/metrics`, ... |
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -20,10 +20,6 @@ use axum::{Json, Router};
 use cfgsync_adapter::{MaterializingConfigSource, RegistrationStore};
 use cfgsync_core::auth::Access;
 use cfgsync_core::{AuthConfig, CfgsyncServerState, ServerLimits, build_cfgsync_router};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -56,64 +52,12 @@ impl Default for ServeOptions {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct StageLabels {
-    stage: &'static str,
-    result: &'static str,
-}
-
-fn duration_histogram() -> Histogram {
-    // 10 ms .. ~20 min
-    Histogram::new(exponential_buckets(0.01, 2.0, 18))
-}
-
-/// Sync counts and durations, by result and by stage.
-#[derive(Debug, Clone)]
-struct ServeMetrics {
-    syncs: Family<ResultLabels, Counter>,
-    sync_seconds: Family<ResultLabels, Histogram, fn() -> Histogram>,
-    stage_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
-}
-
-impl ServeMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            syncs: Family::default(),
-            sync_seconds: Family::new_with_constructor(duration_histogram),
-            stage_seconds: Family::new_with_constructor(duration_histogram),
-        };
-        let registry = registry.sub_registry_with_prefix("lablet_sync");
-        registry.register(
-            "syncs",
-            "Syncs by result (synced, stale, error)",
-            metrics.syncs.clone(),
-        );
-        registry.register(
-            "sync_duration_seconds",
-            "Sync duration by result",
-            metrics.sync_seconds.clone(),
-        );
-        registry.register(
-            "stage_duration_seconds",
-            "Stage duration by stage and result (ok, error)",
-            metrics.stage_seconds.clone(),
-        );
-        metrics
-    }
-}
-
 /// The lablet service behind the operator API.
 #[derive(Debug)]
 pub struct LabletService {
     sync: Arc<LabletSync>,
     materializer: Arc<LabletMaterializer>,
     auth: AuthConfig,
-    metrics: ServeMetrics,
 }
 
 impl LabletService {
@@ -122,46 +66,9 @@ impl LabletService {
         &self.sync
     }
 
-    /// Syncs `name`, records metrics, and wakes the nodes waiting for it.
+    /// Syncs `name` and wakes the nodes waiting for it.
     pub async fn sync_lablet(&self, name: &str) -> Result<crate::SyncReport> {
-        let started = Instant::now();
-        let marks: Mutex<Vec<(Stage, Instant)>> = Mutex::new(Vec::new());
-        let progress = |stage: Stage| {
-            marks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((stage, Instant::now()));
-        };
-        let result = self.sync.sync_with_progress(name, &progress).await;
-        let ended = Instant::now();
-        let marks = marks.into_inner().unwrap_or_else(PoisonError::into_inner);
-        let failed_stage = result.as_ref().err().and_then(Error::stage);
-        for (i, (stage, at)) in marks.iter().enumerate() {
-            let until = marks.get(i + 1).map_or(ended, |next| next.1);
-            let result = if failed_stage == Some(*stage) {
-                "error"
-            } else {
-                "ok"
-            };
-            self.metrics
-                .stage_seconds
-                .get_or_create(&StageLabels {
-                    stage: stage.as_str(),
-                    result,
-                })
-                .observe(until.duration_since(*at).as_secs_f64());
-        }
-        let label = match &result {
-            Ok(report) if report.definition.content.status == SyncStatus::Stale => "stale",
-            Ok(_) => "synced",
-            Err(_) => "error",
-        };
-        let labels = ResultLabels { result: label };
-        self.metrics.syncs.get_or_create(&labels).inc();
-        self.metrics
-            .sync_seconds
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        let result = self.sync.sync(name).await;
         if result.is_ok() {
             self.materializer.notify_synced();
         }
@@ -211,12 +118,13 @@ impl From<Error> for ApiError {
             Error::Inspect { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "package_invalid"),
             Error::Store { .. } => (StatusCode::BAD_GATEWAY, "blob_upload_failed"),
             Error::Record { .. } => (StatusCode::BAD_GATEWAY, "record_failed"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Error::Config(_)
+            | Error::Queue { .. }
+            | Error::Outbox { .. }
+            | Error::Catalog(_)
+            | Error::Local { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        let stage = match error {
-            Error::InvalidName { .. } => None,
-            ref other => other.stage(),
-        };
+        let stage = error.stage();
         Self {
             status,
             code,
@@ -342,9 +250,8 @@ pub fn build_lablet_app(
     options: &ServeOptions,
 ) -> Result<LabletApp> {
     let mut registry = Registry::default();
-    let pipeline_metrics = Metrics::registered(&mut registry);
-    let metrics = ServeMetrics::register(&mut registry);
-    let sync = Arc::new(LabletSync::from_config(config)?.with_metrics(pipeline_metrics));
+    let metrics = Metrics::registered(&mut registry);
+    let sync = Arc::new(LabletSync::from_config(config)?.with_metrics(metrics));
     let materializer = Arc::new(LabletMaterializer::new(sync.clone()));
     let source = MaterializingConfigSource::new(store, materializer.clone());
     let state = CfgsyncServerState::builder(Arc::new(source))
@@ -356,7 +263,6 @@ pub fn build_lablet_app(
         sync,
         materializer,
         auth: options.auth.clone(),
-        metrics,
     });
     let api = Router::new()
         .route("/api/v1/lablets", get(list_route))

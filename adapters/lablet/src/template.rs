@@ -14,7 +14,10 @@ pub struct TemplateError {
 
 /// Replace every `{key}` in `template` by `vars[key]`; an unknown key is an error.
 /// A `{` not closed by `}` is kept as text.
-pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String, TemplateError> {
+pub(crate) fn render(
+    template: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len() + 32);
     let mut rest = template;
     while let Some(open) = rest.find('{') {

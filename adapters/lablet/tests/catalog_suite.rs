@@ -172,7 +172,7 @@ async fn cpa_catalog_reports_server_errors_after_bounded_retries() {
         .mount(&server)
         .await;
     let catalog = CpaCatalog::new(reqwest::Client::new(), server.uri()).with_retry(
-        cfgsync_lablet::retry::RetryPolicy::default()
+        cfgsync_lablet::RetryPolicy::default()
             .with_max_attempts(2)
             .with_backoff(
                 std::time::Duration::from_millis(1),

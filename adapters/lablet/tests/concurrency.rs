@@ -96,7 +96,7 @@ async fn fifty_lablets_in_parallel(config: LabletSyncConfig, env: &Env, s3: Opti
             .collect();
         assert_eq!(names.len(), lablet_count());
     }
-    assert!(a.retry_queue().pending().await.unwrap().is_empty());
+    assert!(a.pending_deliveries().await.unwrap().is_empty());
     if let Some(s3) = s3.filter(|s| s.is_in_process()) {
         let total: u64 = lablets.iter().map(|(_, p)| p.len() as u64).sum();
         assert_eq!(

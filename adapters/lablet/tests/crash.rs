@@ -167,7 +167,7 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
         .await;
     let other = sync.sync(OTHER).await.unwrap().definition;
     assert_eq!(other.content.status, SyncStatus::Stale);
-    let queued = sync.retry_queue().pending().await.unwrap();
+    let queued = sync.pending_deliveries().await.unwrap();
     assert_eq!(queued.len(), 1);
     drop(sync);
     let check = |label: &'static str| {
@@ -194,7 +194,7 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
                 "{label}"
             );
             assert_eq!(
-                sync.retry_queue().pending().await.unwrap(),
+                sync.pending_deliveries().await.unwrap(),
                 queued,
                 "{label}: retry queue changed"
             );
@@ -291,7 +291,7 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
         assert_records_match_bytes(&*sync.catalog(), Some(&s3)).await,
         2
     );
-    assert_eq!(sync.retry_queue().pending().await.unwrap().len(), 1);
+    assert_eq!(sync.pending_deliveries().await.unwrap().len(), 1);
     drop(sync);
 
     // 3. SE is back; the same sync re-run succeeds and drains the queue
@@ -320,7 +320,7 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
         assert_records_match_bytes(&*sync.catalog(), Some(&s3)).await,
         2
     );
-    assert!(sync.retry_queue().pending().await.unwrap().is_empty());
+    assert!(sync.pending_deliveries().await.unwrap().is_empty());
     let to_se = Env::bodies(&se).await;
     let others = to_se.iter().filter(|b| b["lablet"] == OTHER).count();
     assert_eq!(others, 1, "queued delivery: {to_se:?}");

@@ -9,8 +9,8 @@ mod common;
 
 use std::time::Duration;
 
+use cfgsync_lablet::RetryPolicy;
 use cfgsync_lablet::catalog::{DeliveryStatus, SyncStatus};
-use cfgsync_lablet::retry::RetryPolicy;
 use cfgsync_lablet::{LabletSync, LabletSyncConfig, Stage};
 use cfgsync_test_support::S3Harness;
 use common::consistency::{assert_records_match_bytes, stored_bytes};
@@ -176,8 +176,8 @@ async fn start_fault(fault: Fault, port: u16, body: Vec<u8>) -> Running {
 
 /// Small timeouts, two attempts per call.
 fn fault_config(mut config: LabletSyncConfig) -> LabletSyncConfig {
-    config.connect_timeout_secs = 1;
-    config.read_timeout_secs = 1;
+    config.http.connect_timeout_secs = 1;
+    config.http.read_timeout_secs = 1;
     config.with_retry(
         RetryPolicy::default()
             .with_max_attempts(2)
@@ -302,9 +302,9 @@ async fn s3_faults_fail_at_store_leave_no_partial_object_and_keep_the_record() {
         }
         let mut config = base.clone();
         // s3s-fs in a debug build may take over a second to take an 8 MiB part
-        config.read_timeout_secs = if label == "slow" { 1 } else { 30 };
+        config.http.read_timeout_secs = if label == "slow" { 1 } else { 30 };
         if let Some(endpoint) = endpoint {
-            config.s3.endpoint = Some(endpoint);
+            config.store.s3.endpoint = Some(endpoint);
         }
         let sync = LabletSync::from_config(config).unwrap();
         let err = sync.sync(NAME).await.unwrap_err();
@@ -347,7 +347,7 @@ async fn s3_faults_fail_at_store_leave_no_partial_object_and_keep_the_record() {
     }
     // S3 is back: the same sync stores the new package
     let mut config = base;
-    config.read_timeout_secs = 30;
+    config.http.read_timeout_secs = 30;
     let sync = LabletSync::from_config(config).unwrap();
     let report = sync.sync(NAME).await.unwrap();
     assert!(report.uploaded);
@@ -374,10 +374,10 @@ async fn fan_out_faults_queue_and_deliver_exactly_once_when_the_target_is_back()
             let running = start_fault(fault, port, b"{}".to_vec()).await;
             let mut config = fault_config(env.config(None));
             let healthy = if target == "lds" {
-                config.lds_url = Some(url.clone());
+                config.fanout.lds_url = Some(url.clone());
                 &env.se
             } else {
-                config.se_url = Some(url.clone());
+                config.fanout.se_url = Some(url.clone());
                 &env.lds
             };
             let healthy_before = Env::bodies(healthy).await.len();
@@ -393,7 +393,7 @@ async fn fan_out_faults_queue_and_deliver_exactly_once_when_the_target_is_back()
                 "{label}: {msg}"
             );
             assert_eq!(Env::bodies(healthy).await.len(), healthy_before + 1);
-            let queued = sync.retry_queue().pending().await.unwrap();
+            let queued = sync.pending_deliveries().await.unwrap();
             assert_eq!(queued.len(), 1, "{label}");
             assert_eq!(queued[0].target, target);
             assert_eq!(queued[0].body.sha256, sha256(&package));
@@ -421,7 +421,7 @@ async fn fan_out_faults_queue_and_deliver_exactly_once_when_the_target_is_back()
             assert_eq!(got.len(), 1, "{label}: deliveries at the target");
             assert_eq!(got[0]["lablet"], name.as_str());
             assert_eq!(got[0]["sha256"], sha256(&package).as_str());
-            assert!(sync.retry_queue().pending().await.unwrap().is_empty());
+            assert!(sync.pending_deliveries().await.unwrap().is_empty());
             let def = sync.catalog().get(&name).await.unwrap().unwrap();
             assert_eq!(def.content.status, SyncStatus::Synced, "{label}");
             assert_eq!(Env::bodies(healthy).await.len(), healthy_before + 1);
@@ -558,13 +558,7 @@ async fn record_failure_with_content_addressed_keys_keeps_every_record_matching_
         1
     );
     // the successful sync superseded the record the failure kept
-    assert!(
-        sync.retry_queue()
-            .pending_records()
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(sync.pending_records().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -586,7 +580,7 @@ async fn a_record_refused_after_the_store_is_kept_and_lands_when_the_catalog_is_
     let err = sync.sync(NAME).await.unwrap_err();
     assert_eq!(err.stage(), Some(Stage::Record), "{err}");
     assert_eq!(sync.catalog().get(NAME).await.unwrap(), Some(before));
-    let kept = sync.retry_queue().pending_records().await.unwrap();
+    let kept = sync.pending_records().await.unwrap();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(kept[0].content.content_package_hash, sha256(&v2));
     assert_eq!(kept[0].attempts, 1);
@@ -595,10 +589,7 @@ async fn a_record_refused_after_the_store_is_kept_and_lands_when_the_catalog_is_
     let r = sync.retry_pending().await.unwrap();
     assert_eq!((r.recorded, r.records_pending), (0, 1));
     assert!(r.anything_pending());
-    assert_eq!(
-        sync.retry_queue().pending_records().await.unwrap()[0].attempts,
-        2
-    );
+    assert_eq!(sync.pending_records().await.unwrap()[0].attempts, 2);
 
     // CPA is back: the drain records v2 with no new download or upload
     cpa_is_back(&cpa_server, &cpa).await;
@@ -619,13 +610,7 @@ async fn a_record_refused_after_the_store_is_kept_and_lands_when_the_catalog_is_
         downloads
     );
     assert_eq!(s3.put_body_bytes().unwrap_or(0), 0);
-    assert!(
-        sync.retry_queue()
-            .pending_records()
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(sync.pending_records().await.unwrap().is_empty());
     assert_eq!(sync.retry_pending().await.unwrap().recorded, 0);
 
     // A kept record whose bytes are no longer what the store holds is dropped,
@@ -647,11 +632,5 @@ async fn a_record_refused_after_the_store_is_kept_and_lands_when_the_catalog_is_
     let r = sync.retry_pending().await.unwrap();
     assert_eq!((r.recorded, r.records_pending), (0, 0));
     assert_eq!(sync.catalog().get(NAME).await.unwrap(), Some(after));
-    assert!(
-        sync.retry_queue()
-            .pending_records()
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(sync.pending_records().await.unwrap().is_empty());
 }

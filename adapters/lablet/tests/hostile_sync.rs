@@ -175,7 +175,7 @@ async fn hostile_packages_fail_at_inspect_and_change_neither_store_nor_catalog()
             lds_before,
             "{label}: notified"
         );
-        assert!(sync.retry_queue().pending().await.unwrap().is_empty());
+        assert!(sync.pending_deliveries().await.unwrap().is_empty());
     }
     // no temp download is left behind by any of them
     let tmp = env.data.path().join("work/tmp");

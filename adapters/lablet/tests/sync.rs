@@ -303,7 +303,7 @@ async fn assert_unchanged(sync: &LabletSync, s3: &S3Harness, env: &Env) {
     assert!(listed.is_empty(), "store changed: {listed:?}");
     assert!(Env::bodies(&env.lds).await.is_empty());
     assert!(Env::bodies(&env.se).await.is_empty());
-    assert!(sync.retry_queue().pending().await.unwrap().is_empty());
+    assert!(sync.pending_deliveries().await.unwrap().is_empty());
 }
 
 async fn s3_sync(env: &Env, s3: &S3Harness) -> LabletSync {
@@ -462,7 +462,7 @@ async fn store_failure_is_blob_upload_failed_and_records_nothing() {
     env.publish(NAME, sample_package("1.0", "")).await;
     // wrong credentials
     let mut config = s3_config(env.config(None), &s3);
-    config.s3.secret_access_key = Some(cfgsync_lablet::Secret::new("wrong-secret"));
+    config.store.s3.secret_access_key = Some(cfgsync_lablet::Secret::new("wrong-secret"));
     let sync = LabletSync::from_config(config).unwrap();
     let err = sync.sync(NAME).await.unwrap_err();
     assert_eq!(err.stage(), Some(Stage::Store));
@@ -526,7 +526,7 @@ async fn fan_out_failure_records_stale_queues_and_the_queue_survives_a_restart()
         )
         .await;
     assert!(got.is_ok());
-    let pending = sync.retry_queue().pending().await.unwrap();
+    let pending = sync.pending_deliveries().await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].target, "lds");
     assert_eq!(pending[0].body.sha256, sha256(&package));
@@ -534,7 +534,7 @@ async fn fan_out_failure_records_stale_queues_and_the_queue_survives_a_restart()
     // restart: drop everything, reopen the same data dir
     drop(sync);
     let sync = LabletSync::from_config(config.clone()).unwrap();
-    assert_eq!(sync.retry_queue().pending().await.unwrap().len(), 1);
+    assert_eq!(sync.pending_deliveries().await.unwrap().len(), 1);
 
     // still down: the entry stays
     let r = sync.retry_pending().await.unwrap();
@@ -552,7 +552,7 @@ async fn fan_out_failure_records_stale_queues_and_the_queue_survives_a_restart()
     let delivered = Env::bodies(&env.lds).await;
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0]["sha256"], sha256(&package));
-    assert!(sync.retry_queue().pending().await.unwrap().is_empty());
+    assert!(sync.pending_deliveries().await.unwrap().is_empty());
     let def = sync.catalog().get(NAME).await.unwrap().unwrap();
     assert_eq!(def.content.status, SyncStatus::Synced);
     assert_eq!(def.content.content_version, 1);
@@ -588,7 +588,7 @@ async fn queued_delivery_is_drained_by_a_later_sync_of_another_lablet() {
     env.targets_ok().await;
     let second = sync.sync("LAB-2").await.unwrap();
     assert_eq!(second.definition.content.status, SyncStatus::Synced);
-    assert!(sync.retry_queue().pending().await.unwrap().is_empty());
+    assert!(sync.pending_deliveries().await.unwrap().is_empty());
     assert_eq!(
         sync.catalog()
             .get(NAME)

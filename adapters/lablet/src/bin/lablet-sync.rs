@@ -1,6 +1,7 @@
 //! `lablet-sync`: sync lablets, inspect packages, query the catalog, drain the
-//! retry queue (fan-out deliveries and kept catalog records). Configuration comes from the `LABLET_*` / `AWS_*`
-//! environment variables (see the crate README).
+//! retry queue (fan-out deliveries and kept catalog records), serve the operator
+//! API. Configuration comes from the `LABLET_*` / `AWS_*` environment variables
+//! (see the crate README).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -158,78 +159,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Catalog { command } => {
             let sync = LabletSync::from_config(config(&cli)?)?;
-            let catalog = sync.catalog();
-            match command {
-                CatalogCommand::List {
-                    instance,
-                    status,
-                    json,
-                } => {
-                    let filter = CatalogFilter {
-                        upstream_instance_name: instance.clone(),
-                        status: status.map(|s| match s {
-                            StatusArg::Synced => SyncStatus::Synced,
-                            StatusArg::Stale => SyncStatus::Stale,
-                        }),
-                    };
-                    let defs = catalog
-                        .list(&filter)
-                        .await
-                        .map_err(cfgsync_lablet::Error::Catalog)?;
-                    if *json {
-                        println!("{}", serde_json::to_string_pretty(&defs)?);
-                    } else {
-                        for d in &defs {
-                            println!("{}", summary(d));
-                        }
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                CatalogCommand::Show { name } => {
-                    let id = sync.definition_id(name)?;
-                    match catalog
-                        .get(&id)
-                        .await
-                        .map_err(cfgsync_lablet::Error::Catalog)?
-                    {
-                        Some(def) => {
-                            println!("{}", serde_json::to_string_pretty(&def)?);
-                            Ok(ExitCode::SUCCESS)
-                        }
-                        None => {
-                            eprintln!("error: no catalog entry for lablet {name} (id {id})");
-                            Ok(ExitCode::FAILURE)
-                        }
-                    }
-                }
-            }
+            catalog(&sync, command).await
         }
         Command::Serve {
             listen,
             registration_store,
             retry_interval_secs,
         } => {
-            let secret = |name: &str| {
-                std::env::var(name)
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .map(cfgsync_core::Secret::new)
-            };
-            let options = ServeOptions {
-                auth: cfgsync_core::AuthConfig {
-                    admin_token: secret("LABLET_OPERATOR_TOKEN"),
-                    node_secret: secret("CFGSYNC_NODE_SECRET"),
-                    shared_token: secret("CFGSYNC_SHARED_TOKEN"),
-                },
-                retry_interval: Duration::from_secs(*retry_interval_secs),
-                ..ServeOptions::default()
-            };
-            let store = cfgsync_runtime::open_registration_store(registration_store).await?;
-            let app = build_lablet_app(config(&cli)?, store, &options)?;
-            let listener = cfgsync_core::bind_listener(*listen)?;
-            eprintln!("lablet-sync serving on http://{listen}");
-            serve_lablets(app, listener, &options, cfgsync_core::shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
+            serve(
+                config(&cli)?,
+                *listen,
+                registration_store,
+                *retry_interval_secs,
+            )
+            .await
         }
         Command::Retry => {
             let sync = LabletSync::from_config(config(&cli)?)?;
@@ -249,6 +192,83 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+async fn catalog(sync: &LabletSync, command: &CatalogCommand) -> anyhow::Result<ExitCode> {
+    let catalog = sync.catalog();
+    match command {
+        CatalogCommand::List {
+            instance,
+            status,
+            json,
+        } => {
+            let filter = CatalogFilter {
+                upstream_instance_name: instance.clone(),
+                status: status.map(|s| match s {
+                    StatusArg::Synced => SyncStatus::Synced,
+                    StatusArg::Stale => SyncStatus::Stale,
+                }),
+            };
+            let defs = catalog
+                .list(&filter)
+                .await
+                .map_err(cfgsync_lablet::Error::Catalog)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&defs)?);
+            } else {
+                for d in &defs {
+                    println!("{}", summary(d));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CatalogCommand::Show { name } => {
+            let id = sync.definition_id(name)?;
+            match catalog
+                .get(&id)
+                .await
+                .map_err(cfgsync_lablet::Error::Catalog)?
+            {
+                Some(def) => {
+                    println!("{}", serde_json::to_string_pretty(&def)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("error: no catalog entry for lablet {name} (id {id})");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+async fn serve(
+    config: LabletSyncConfig,
+    listen: std::net::SocketAddr,
+    registration_store: &cfgsync_runtime::RegistrationStoreConfig,
+    retry_interval_secs: u64,
+) -> anyhow::Result<ExitCode> {
+    let secret = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(cfgsync_core::Secret::new)
+    };
+    let options = ServeOptions {
+        auth: cfgsync_core::AuthConfig {
+            admin_token: secret("LABLET_OPERATOR_TOKEN"),
+            node_secret: secret("CFGSYNC_NODE_SECRET"),
+            shared_token: secret("CFGSYNC_SHARED_TOKEN"),
+        },
+        retry_interval: Duration::from_secs(retry_interval_secs),
+        ..ServeOptions::default()
+    };
+    let store = cfgsync_runtime::open_registration_store(registration_store).await?;
+    let app = build_lablet_app(config, store, &options)?;
+    let listener = cfgsync_core::bind_listener(listen)?;
+    eprintln!("lablet-sync serving on http://{listen}");
+    serve_lablets(app, listener, &options, cfgsync_core::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn summary(d: &LabletDefinition) -> String {

@@ -14,12 +14,13 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use crate::config::LabletSyncConfig;
 use crate::retry::RetryPolicy;
 use crate::template;
 use cfgsync_core::Secret;
 
-use super::{Catalog, CatalogError, CatalogFilter, ContentSyncResult, LabletDefinition};
+use super::{
+    Catalog, CatalogConfig, CatalogError, CatalogFilter, ContentSyncResult, LabletDefinition,
+};
 
 /// Catalog backed by CPA's internal API.
 #[derive(Debug, Clone)]
@@ -36,31 +37,28 @@ pub struct CpaCatalog {
 impl CpaCatalog {
     /// A CPA catalog at `cpa_url` with the default URL templates.
     pub fn new(http: reqwest::Client, cpa_url: impl Into<String>) -> Self {
-        let defaults = LabletSyncConfig::default();
+        Self::build(http, &cpa_url.into(), &CatalogConfig::default())
+    }
+
+    /// From the catalog part's `cpa_*` settings (`cpa_url` must be set).
+    pub fn from_config(config: &CatalogConfig, http: reqwest::Client) -> Option<Self> {
+        let url = config.cpa_url.as_ref()?;
+        Some(Self::build(http, url, config))
+    }
+
+    fn build(http: reqwest::Client, cpa_url: &str, config: &CatalogConfig) -> Self {
         Self {
             http,
             vars: BTreeMap::from([(
                 "cpa_url".to_owned(),
-                cpa_url.into().trim_end_matches('/').to_owned(),
+                cpa_url.trim_end_matches('/').to_owned(),
             )]),
-            record_url: defaults.cpa_record_url,
-            definition_url: defaults.cpa_definition_url,
-            list_url: defaults.cpa_list_url,
-            token: None,
-            retry: defaults.retry,
+            record_url: config.cpa_record_url.clone(),
+            definition_url: config.cpa_definition_url.clone(),
+            list_url: config.cpa_list_url.clone(),
+            token: config.cpa_token.clone(),
+            retry: RetryPolicy::default(),
         }
-    }
-
-    /// From the config's `cpa_*` settings (`cpa_url` must be set).
-    pub fn from_config(config: &LabletSyncConfig, http: reqwest::Client) -> Option<Self> {
-        let url = config.cpa_url.as_ref()?;
-        let mut this = Self::new(http, url.clone());
-        this.record_url.clone_from(&config.cpa_record_url);
-        this.definition_url.clone_from(&config.cpa_definition_url);
-        this.list_url.clone_from(&config.cpa_list_url);
-        this.token.clone_from(&config.cpa_token);
-        this.retry = config.retry.clone();
-        Some(this)
     }
 
     /// Builder: bearer token.

@@ -1,3 +1,6 @@
+//! [`EmbeddedCatalog`]: the default catalog, one durable `redb` file in the data
+//! directory that computes the content version itself.
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -1,3 +1,5 @@
+//! [`CatalogError`]: why recording or reading a definition failed.
+
 /// Why a catalog operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

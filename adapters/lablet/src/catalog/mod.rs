@@ -10,6 +10,7 @@
 //! record with the same hash keeps it. The embedded catalog computes it; CPA is
 //! expected to do the same (the value we send is our proposal).
 
+mod config;
 mod cpa;
 mod embedded;
 mod error;
@@ -17,6 +18,9 @@ mod error;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use config::{
+    CatalogConfig, CatalogKind, DEFAULT_DEFINITION_URL, DEFAULT_LIST_URL, DEFAULT_RECORD_URL,
+};
 pub use cpa::CpaCatalog;
 pub use embedded::EmbeddedCatalog;
 pub use error::CatalogError;
@@ -183,4 +187,9 @@ pub fn next_content_version(previous: Option<&LabletDefinition>, hash: &str) -> 
         Some(p) if p.content.content_package_hash == hash => p.content.content_version.max(1),
         Some(p) => p.content.content_version.saturating_add(1),
     }
+}
+
+/// Now, as recorded in `synced_at` and the queues (RFC 3339, UTC, milliseconds).
+pub(crate) fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -1,3 +1,5 @@
+//! [`FanOutClient`]: POST the fan-out body to one target, with bounded retries.
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -23,20 +25,24 @@ pub struct FanOutBody {
 
 /// POSTs fan-out bodies with bounded retries.
 #[derive(Debug, Clone)]
-pub struct FanOutClient {
+pub(crate) struct FanOutClient {
     http: reqwest::Client,
     retry: RetryPolicy,
 }
 
 impl FanOutClient {
     /// A client retrying per `retry`.
-    pub fn new(http: reqwest::Client, retry: RetryPolicy) -> Self {
+    pub(crate) fn new(http: reqwest::Client, retry: RetryPolicy) -> Self {
         Self { http, retry }
     }
 
     /// POST `body` to `url` until a 2xx or the retries are used up; returns the
     /// attempts made, with the last error on failure.
-    pub async fn deliver(&self, url: &str, body: &FanOutBody) -> (u32, Result<(), FanOutError>) {
+    pub(crate) async fn deliver(
+        &self,
+        url: &str,
+        body: &FanOutBody,
+    ) -> (u32, Result<(), FanOutError>) {
         let attempts = AtomicU32::new(0);
         let result = self
             .retry
@@ -53,7 +59,7 @@ impl FanOutClient {
     }
 
     /// One POST, no retry.
-    pub async fn post(&self, url: &str, body: &FanOutBody) -> Result<(), FanOutError> {
+    pub(crate) async fn post(&self, url: &str, body: &FanOutBody) -> Result<(), FanOutError> {
         let resp = self
             .http
             .post(url)

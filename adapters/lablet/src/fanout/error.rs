@@ -1,7 +1,10 @@
+//! Fan-out errors: one delivery failed ([`FanOutError`]), or the durable queue
+//! did ([`QueueError`]).
+
 /// Why one delivery to a fan-out target failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum FanOutError {
+pub(crate) enum FanOutError {
     /// The request did not complete.
     #[error("POST {url} failed: {source}")]
     Request {
@@ -23,7 +26,7 @@ pub enum FanOutError {
 
 impl FanOutError {
     /// Whether another attempt may succeed.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Self::Request { source, .. } => crate::http::transport_retryable(source),
             Self::Status { status, .. } => crate::http::status_retryable(*status),
@@ -31,7 +34,7 @@ impl FanOutError {
     }
 }
 
-/// The durable retry queue failed.
+/// The durable retry queue (or the record outbox kept in the same file) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {

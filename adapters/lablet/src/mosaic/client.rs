@@ -1,3 +1,5 @@
+//! [`MosaicClient`]: stream a package to a temp file while hashing it.
+
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
@@ -6,50 +8,42 @@ use tokio::io::AsyncWriteExt;
 
 use crate::retry::RetryPolicy;
 
-use super::DownloadError;
+use super::{DownloadError, MosaicConfig};
 
 /// A downloaded package: a temp file (deleted on drop), its SHA-256 and size.
 #[derive(Debug)]
-pub struct DownloadedPackage {
+pub(crate) struct DownloadedPackage {
     /// The temp file; removed when this value is dropped.
-    pub path: tempfile::TempPath,
+    pub(crate) path: tempfile::TempPath,
     /// SHA-256 (lower-case hex) of the whole file.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// Size in bytes.
-    pub size: u64,
+    pub(crate) size: u64,
 }
 
 /// Client of Mosaic's package download.
 #[derive(Debug, Clone)]
-pub struct MosaicClient {
+pub(crate) struct MosaicClient {
     http: reqwest::Client,
     retry: RetryPolicy,
     max_bytes: u64,
 }
 
 impl MosaicClient {
-    /// A client accepting packages up to `max_bytes`.
-    pub fn new(http: reqwest::Client, retry: RetryPolicy, max_bytes: u64) -> Self {
+    /// A client accepting packages up to the part's `max_package_bytes`.
+    pub(crate) fn new(http: reqwest::Client, config: &MosaicConfig, retry: RetryPolicy) -> Self {
         Self {
             http,
             retry,
-            max_bytes,
+            max_bytes: config.max_package_bytes,
         }
     }
 
-    /// `GET url`, streaming the body into a temp file in `dir` while hashing it.
-    /// Memory use is bounded by the HTTP chunk size; a retry starts a fresh file.
-    pub async fn download(
-        &self,
-        url: &str,
-        dir: &Path,
-    ) -> Result<DownloadedPackage, DownloadError> {
-        self.download_observed(url, dir, &|_, _| {}).await
-    }
-
-    /// As [`download`](Self::download), telling `on_bytes(done, total)` after
-    /// every chunk (`total` from `Content-Length` when the server sends it).
-    pub async fn download_observed(
+    /// `GET url`, streaming the body into a temp file in `dir` while hashing it,
+    /// telling `on_bytes(done, total)` after every chunk (`total` from
+    /// `Content-Length` when the server sends it). Memory use is bounded by the
+    /// HTTP chunk size; a retry starts a fresh file.
+    pub(crate) async fn download(
         &self,
         url: &str,
         dir: &Path,

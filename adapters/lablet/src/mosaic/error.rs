@@ -1,3 +1,5 @@
+//! [`DownloadError`]: why downloading a package failed (stage `download`).
+
 use crate::template::TemplateError;
 
 /// Why downloading a package failed.

@@ -1,7 +1,10 @@
-//! Mosaic: download the content package, streamed to a temp file while hashed.
+//! Mosaic: download the content package, streamed to a temp file while hashed
+//! (stage `download`).
 
 mod client;
+mod config;
 mod error;
 
-pub use client::{DownloadedPackage, MosaicClient};
+pub(crate) use client::{DownloadedPackage, MosaicClient};
+pub use config::{DEFAULT_DOWNLOAD_URL, MosaicConfig};
 pub use error::DownloadError;

@@ -1,35 +1,37 @@
+//! [`ResolverClient`]: `GET` the resolve URL, answer the variables.
+
 use std::collections::BTreeMap;
 
 use crate::retry::RetryPolicy;
 use crate::template;
 
-use super::ResolveError;
+use super::{ResolveError, ResolverConfig};
 
 /// Variables returned by the resolver (e.g. `MOSAIC_BASE_URL`).
-pub type ResolvedVars = BTreeMap<String, String>;
+pub(crate) type ResolvedVars = BTreeMap<String, String>;
 
 /// Client of the form-environment-resolver.
 #[derive(Debug, Clone)]
-pub struct ResolverClient {
+pub(crate) struct ResolverClient {
     http: reqwest::Client,
     url_template: String,
     retry: RetryPolicy,
 }
 
 impl ResolverClient {
-    /// A client rendering `url_template` (placeholders from `vars` given to
-    /// [`ResolverClient::resolve`]).
-    pub fn new(http: reqwest::Client, url_template: impl Into<String>, retry: RetryPolicy) -> Self {
+    /// A client rendering the part's resolve URL template (placeholders from
+    /// `vars` given to [`ResolverClient::resolve`]).
+    pub(crate) fn new(http: reqwest::Client, config: &ResolverConfig, retry: RetryPolicy) -> Self {
         Self {
             http,
-            url_template: url_template.into(),
+            url_template: config.resolve_url.clone(),
             retry,
         }
     }
 
     /// `GET` the resolve URL and return the variables; `MOSAIC_BASE_URL` must be
     /// among them. Non-string scalar values are kept as their JSON text.
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         vars: &BTreeMap<String, String>,
     ) -> Result<ResolvedVars, ResolveError> {

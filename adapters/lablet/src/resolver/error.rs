@@ -1,3 +1,5 @@
+//! [`ResolveError`]: why resolving a lablet failed (stage `resolve`).
+
 use crate::template::TemplateError;
 
 /// Why resolving a lablet failed.

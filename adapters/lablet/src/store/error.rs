@@ -1,3 +1,5 @@
+//! [`StoreError`]: why storing a package failed (stage `store`).
+
 /// Why storing a package failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -19,15 +19,15 @@ const UPLOADS: Table = TableDefinition::new("open_multipart_uploads");
 
 /// One multipart upload that was started and not yet completed or aborted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenUpload {
+pub(crate) struct OpenUpload {
     /// The lablet whose package it carries.
-    pub lablet: String,
+    pub(crate) lablet: String,
     /// Bucket of the upload.
-    pub bucket: String,
+    pub(crate) bucket: String,
     /// Object key of the upload.
-    pub key: String,
+    pub(crate) key: String,
     /// S3's upload id.
-    pub upload_id: String,
+    pub(crate) upload_id: String,
 }
 
 /// The durable list of open uploads (`DATA_DIR/uploads.redb`).

@@ -1,3 +1,6 @@
+//! [`StoreLocation`]: where one lablet's package lives, and the S3 bucket-name
+//! rules a per-lablet bucket must pass.
+
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;

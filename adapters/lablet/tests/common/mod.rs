@@ -114,9 +114,9 @@ pub mod env {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use cfgsync_lablet::RetryPolicy;
     use cfgsync_lablet::catalog::{ContentSyncResult, LabletDefinition, next_content_version};
     use cfgsync_lablet::config::S3Options;
-    use cfgsync_lablet::retry::RetryPolicy;
     use cfgsync_lablet::{LabletSyncConfig, Secret};
     use cfgsync_test_support::S3Harness;
     use wiremock::matchers::{method, path, path_regex};
@@ -203,7 +203,7 @@ pub mod env {
                         .with_max_attempts(3)
                         .with_backoff(Duration::from_millis(1), Duration::from_millis(5)),
                 );
-            c.store = store;
+            c.store.url = store;
             c
         }
 
@@ -222,7 +222,7 @@ pub mod env {
 
     /// Config pointing at the in-process S3 server.
     pub fn s3_config(mut config: LabletSyncConfig, s3: &S3Harness) -> LabletSyncConfig {
-        config.store = Some(if s3.prefix.is_empty() {
+        config.store.url = Some(if s3.prefix.is_empty() {
             format!("s3://{}", s3.bucket)
         } else {
             format!("s3://{}/{}", s3.bucket, s3.prefix)

@@ -1,0 +1,105 @@
+//! [`CatalogConfig`]: which catalog records sync results, how definitions are
+//! named, and where CPA answers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, EnvLookup};
+use cfgsync_core::Secret;
+
+/// Default CPA record URL template.
+pub const DEFAULT_RECORD_URL: &str =
+    "{cpa_url}/api/internal/lablet-definitions/{id}/content-synced";
+/// Default CPA definition URL template (our assumed read contract).
+pub const DEFAULT_DEFINITION_URL: &str = "{cpa_url}/api/internal/lablet-definitions/{id}";
+/// Default CPA list URL template (our assumed list contract).
+pub const DEFAULT_LIST_URL: &str = "{cpa_url}/api/internal/lablet-definitions";
+
+/// Which catalog records sync results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CatalogKind {
+    /// Embedded `redb` database in the data directory (default).
+    #[default]
+    Embedded,
+    /// CPA over HTTP.
+    Cpa,
+}
+
+/// The catalog part of [`LabletSyncConfig`](crate::LabletSyncConfig).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CatalogConfig {
+    /// Catalog kind (`LABLET_CATALOG` = `embedded` | `cpa`).
+    pub kind: CatalogKind,
+    /// Definition id template (`LABLET_ID_TEMPLATE`, default `{name}`).
+    pub id_template: String,
+    /// Base URL of CPA (`LABLET_CPA_URL`), needed for `kind = cpa`.
+    pub cpa_url: Option<String>,
+    /// Bearer token for CPA (`LABLET_CPA_TOKEN`).
+    pub cpa_token: Option<Secret>,
+    /// CPA record URL template (`LABLET_CPA_RECORD_URL`).
+    pub cpa_record_url: String,
+    /// CPA definition URL template (`LABLET_CPA_DEFINITION_URL`).
+    pub cpa_definition_url: String,
+    /// CPA list URL template (`LABLET_CPA_LIST_URL`).
+    pub cpa_list_url: String,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            kind: CatalogKind::Embedded,
+            id_template: "{name}".to_owned(),
+            cpa_url: None,
+            cpa_token: None,
+            cpa_record_url: DEFAULT_RECORD_URL.to_owned(),
+            cpa_definition_url: DEFAULT_DEFINITION_URL.to_owned(),
+            cpa_list_url: DEFAULT_LIST_URL.to_owned(),
+        }
+    }
+}
+
+impl CatalogConfig {
+    /// Builder: CPA base URL, and select the CPA catalog.
+    pub fn with_cpa_url(mut self, url: impl Into<String>) -> Self {
+        self.cpa_url = Some(url.into());
+        self.kind = CatalogKind::Cpa;
+        self
+    }
+
+    /// Builder: CPA bearer token.
+    pub fn with_cpa_token(mut self, token: Secret) -> Self {
+        self.cpa_token = Some(token);
+        self
+    }
+
+    /// Builder: definition id template.
+    pub fn with_id_template(mut self, template: impl Into<String>) -> Self {
+        self.id_template = template.into();
+        self
+    }
+
+    pub(crate) fn from_lookup(env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let mut c = Self::default();
+        if let Some(v) = env.text("LABLET_CATALOG") {
+            c.kind = match v.as_str() {
+                "embedded" => CatalogKind::Embedded,
+                "cpa" => CatalogKind::Cpa,
+                other => {
+                    return Err(ConfigError::new(
+                        "LABLET_CATALOG",
+                        format!("expected `embedded` or `cpa`, got {other:?}"),
+                    ));
+                }
+            };
+        }
+        c.cpa_url = env.text("LABLET_CPA_URL");
+        c.cpa_token = env.text("LABLET_CPA_TOKEN").map(Secret::new);
+        env.set("LABLET_CPA_RECORD_URL", &mut c.cpa_record_url);
+        env.set("LABLET_CPA_DEFINITION_URL", &mut c.cpa_definition_url);
+        env.set("LABLET_CPA_LIST_URL", &mut c.cpa_list_url);
+        env.set("LABLET_ID_TEMPLATE", &mut c.id_template);
+        Ok(c)
+    }
+}
