@@ -34,6 +34,12 @@ pub struct ClientOptions {
     /// answers `425` sooner than asked (the original ignores `wait`) is polled
     /// with backoff instead.
     pub long_poll: Option<Duration>,
+    /// Largest payload read from the server; a larger one fails the fetch
+    /// (not retried) without being held in memory. Default 64 MiB.
+    pub max_payload_bytes: u64,
+    /// The setting that holds the server address, named in transport errors
+    /// (`connection refused to … (check CFG_SERVER_ADDR)`).
+    pub address_setting: Option<&'static str>,
 }
 
 impl Default for ClientOptions {
@@ -45,6 +51,8 @@ impl Default for ClientOptions {
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(5),
             long_poll: Some(DEFAULT_LONG_POLL),
+            max_payload_bytes: cfgsync_core::DEFAULT_MAX_PAYLOAD_BYTES,
+            address_setting: None,
         }
     }
 }
@@ -76,6 +84,20 @@ impl ClientOptions {
     pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.initial_backoff = initial;
         self.max_backoff = max;
+        self
+    }
+
+    /// Sets the largest payload read from the server.
+    #[must_use]
+    pub fn with_max_payload_bytes(mut self, limit: u64) -> Self {
+        self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Names the setting that holds the server address in transport errors.
+    #[must_use]
+    pub fn with_address_setting(mut self, setting: &'static str) -> Self {
+        self.address_setting = Some(setting);
         self
     }
 
@@ -177,7 +199,12 @@ impl<'a> Run<'a> {
             url: server_url.to_owned(),
             reason,
         })?;
-        let mut builder = CfgsyncClient::builder(server_url).timeout(options.request_timeout);
+        let mut builder = CfgsyncClient::builder(server_url)
+            .timeout(options.request_timeout)
+            .max_payload_bytes(options.max_payload_bytes);
+        if let Some(setting) = options.address_setting {
+            builder = builder.address_setting(setting);
+        }
         if let Some(token) = &options.token {
             builder = builder.bearer_token(token.expose());
         }
@@ -374,16 +401,7 @@ fn answer_summary(error: &cfgsync_core::Error) -> String {
             (false, true) => format!("{status} {code}"),
             (false, false) => format!("{status} {code}: {message}"),
         },
-        E::Transport { source, .. } => {
-            let mut text = source.to_string();
-            let mut cause = std::error::Error::source(source);
-            while let Some(inner) = cause {
-                text.push_str(": ");
-                text.push_str(&inner.to_string());
-                cause = inner.source();
-            }
-            format!("no answer ({text})")
-        }
+        E::Transport { .. } => format!("no answer ({error})"),
         other => other.to_string(),
     }
 }
