@@ -43,7 +43,9 @@ const MAX_DEFAULT_CONNECTIONS: u64 = 1 << 22;
 pub(crate) fn default_max_connections() -> usize {
     let limit = open_file_limit();
     let reserve = (limit / 16).max(64);
-    let cap = limit.saturating_sub(reserve).clamp(1, MAX_DEFAULT_CONNECTIONS);
+    let cap = limit
+        .saturating_sub(reserve)
+        .clamp(1, MAX_DEFAULT_CONNECTIONS);
     usize::try_from(cap).unwrap_or(1 << 16)
 }
 
@@ -162,9 +164,7 @@ pub(crate) fn refuse(
     let answer = fixed_answer(
         "503 Service Unavailable",
         ErrorCode::Unavailable,
-        &format!(
-            "the server is serving its maximum of {max_connections} connections; retry later"
-        ),
+        &format!("the server is serving its maximum of {max_connections} connections; retry later"),
     );
     tokio::spawn(async move {
         let _slot = slot;
@@ -458,7 +458,11 @@ impl ServerStream {
 
     /// Takes `buf` as written when it is one of hyper's bodiless error
     /// answers, queueing our JSON version instead.
-    fn replace_hyper_answer(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
+    fn replace_hyper_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
         let answer = json_for_hyper_answer(buf)?;
         self.pending = answer;
         self.pending_written = 0;
@@ -640,12 +644,19 @@ mod tests {
 
     #[test]
     fn hyper_error_heads_get_a_json_body_and_ours_are_left_alone() {
-        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let head =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
         let answer = String::from_utf8(json_for_hyper_answer(head).unwrap()).unwrap();
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("content-type: application/json"), "{head}");
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
-        assert!(body.contains(r#""code":"request_header_fields_too_large""#), "{body}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(
+            body.contains(r#""code":"request_header_fields_too_large""#),
+            "{body}"
+        );
         // A head with a body of its own, another status, a partial buffer: untouched.
         for other in [
             &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n"[..],

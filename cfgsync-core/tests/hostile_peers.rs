@@ -115,7 +115,10 @@ fn json_answer(raw: &str) -> (String, serde_json::Value) {
     let status = head.lines().next().unwrap_or_default().to_owned();
     let body: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw:?}"));
-    assert!(body["code"].is_string() && body["message"].is_string(), "{raw}");
+    assert!(
+        body["code"].is_string() && body["message"].is_string(),
+        "{raw}"
+    );
     (status, body)
 }
 
@@ -171,11 +174,7 @@ async fn idle_and_trickling_connections_are_closed_by_the_server() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_get_503_json_and_the_server_recovers() {
-    let server = Server::start(
-        limits(30, 30).with_max_connections(Some(2)),
-        empty_source(),
-    )
-    .await;
+    let server = Server::start(limits(30, 30).with_max_connections(Some(2)), empty_source()).await;
     let first = server.connect().await;
     let _second = server.connect().await;
 
@@ -326,7 +325,9 @@ async fn answers_of_the_http_layer_carry_the_json_error_body() {
     let mut many_headers = server.connect().await;
     let request = format!(
         "GET /healthz HTTP/1.1\r\nHost: x\r\n{}\r\n",
-        (0..200).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+        (0..200)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
     );
     many_headers.write_all(request.as_bytes()).await.unwrap();
     let raw = until_closed(&mut many_headers).await.expect("kept open");
@@ -358,13 +359,21 @@ async fn a_listener_beyond_loopback_without_auth_is_flagged() {
     for (server, insecure) in [(&open, true), (&with_auth, false), (&loopback, false)] {
         // The flag is set once the server is listening.
         tokio::time::timeout(GENEROUS, async {
-            while reqwest::get(format!("{}/healthz", server.url())).await.is_err() {
+            while reqwest::get(format!("{}/healthz", server.url()))
+                .await
+                .is_err()
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await
         .unwrap();
-        assert_eq!(server.state.insecure_listener(), insecure, "{}", server.url());
+        assert_eq!(
+            server.state.insecure_listener(),
+            insecure,
+            "{}",
+            server.url()
+        );
         let expected = format!("cfgsync_insecure_listener {}\n", u8::from(insecure));
         assert!(
             metric_line(&server.state).contains(&expected),

@@ -67,7 +67,17 @@ proptest! {
 
 #[test]
 fn identifiers_outside_the_rule_are_refused() {
-    for bad in ["ñodo", "node 1", "a/b", "tab\there", "", ".", "..", "x,y", "é"] {
+    for bad in [
+        "ñodo",
+        "node 1",
+        "a/b",
+        "tab\there",
+        "",
+        ".",
+        "..",
+        "x,y",
+        "é",
+    ] {
         assert!(
             matches!(
                 validate_identifier(bad),
@@ -122,7 +132,11 @@ async fn a_401_says_why() {
         (Some(b"Basic bm9kZTpwdw=="), 401, "scheme is not Bearer"),
         (Some(b"Bearer"), 401, "not `Bearer <token>`"),
         (Some(b"Bearer \xc3\xb1"), 401, "not visible ASCII"),
-        (Some(b"Bearer nope"), 401, "matches none of this server's tokens"),
+        (
+            Some(b"Bearer nope"),
+            401,
+            "matches none of this server's tokens",
+        ),
         (
             Some(format!("Bearer {other_secret_token}").into_bytes().leak()),
             401,
@@ -130,12 +144,9 @@ async fn a_401_says_why() {
         ),
         (
             Some(
-                format!(
-                    "Bearer {}",
-                    node_token(&Secret::new(NODE_SECRET), "node-2")
-                )
-                .into_bytes()
-                .leak(),
+                format!("Bearer {}", node_token(&Secret::new(NODE_SECRET), "node-2"))
+                    .into_bytes()
+                    .leak(),
             ),
             403,
             "belongs to node \"node-2\"",
@@ -155,8 +166,18 @@ async fn a_401_says_why() {
         }
         let (got, code, message) = common::error_code(request.send().await.unwrap()).await;
         assert_eq!(got, status, "{header:?}: {message}");
-        assert_eq!(code, if status == 401 { "unauthorized" } else { "forbidden" });
-        assert!(message.contains(why), "{header:?}: {message:?} should say {why:?}");
+        assert_eq!(
+            code,
+            if status == 401 {
+                "unauthorized"
+            } else {
+                "forbidden"
+            }
+        );
+        assert!(
+            message.contains(why),
+            "{header:?}: {message:?} should say {why:?}"
+        );
     }
     server.shutdown().await.unwrap();
 }

@@ -80,7 +80,9 @@ async fn refused_timed_out_reset_and_dns_failures_keep_their_cause() {
     let (failure, message) = failure_of("http://cfgsync-test.invalid:4400").await;
     assert_eq!(failure, TransportFailure::Dns, "{message}");
     assert!(
-        message.contains("DNS lookup failed to http://cfgsync-test.invalid:4400/register (check CFG_SERVER_ADDR)"),
+        message.contains(
+            "DNS lookup failed to http://cfgsync-test.invalid:4400/register (check CFG_SERVER_ADDR)"
+        ),
         "{message}"
     );
 }
