@@ -12,14 +12,24 @@ use std::fmt;
 
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize as _;
 
 use crate::{Error, Result};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// A secret string: compared in constant time, printed as `***`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A secret string (a token, a key):
+///
+/// - `Debug` prints `***`;
+/// - `==` takes the same time whatever the secrets hold (SHA-256 of both,
+///   compared in constant time, so not even the length leaks);
+/// - the bytes are zeroed when it is dropped;
+/// - it deserializes from a string (config files) but serializes only as
+///   `"***"`: a config written back out, or shown on a status page, never
+///   carries the secret.
+#[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -34,8 +44,31 @@ impl Secret {
         &self.0
     }
 
-    fn ct_eq(&self, other: &str) -> bool {
-        self.0.as_bytes().ct_eq(other.as_bytes()).into()
+    /// Compares with `other` in constant time.
+    pub fn ct_eq(&self, other: &str) -> bool {
+        let mine = sha2::Sha256::digest(self.0.as_bytes());
+        let theirs = sha2::Sha256::digest(other.as_bytes());
+        mine[..].ct_eq(&theirs[..]).into()
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(&other.0)
+    }
+}
+
+impl Eq for Secret {}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
     }
 }
 
@@ -115,9 +148,7 @@ impl AuthConfig {
         };
         let forbidden = |message: String| Error::Forbidden { route, message };
         let Some(token) = token else {
-            return Err(unauthorized(
-                "missing bearer token (Authorization: Bearer ...)",
-            ));
+            return Err(unauthorized(MISSING_TOKEN));
         };
         let is_admin = self.admin_token.as_ref().is_some_and(|t| t.ct_eq(token));
         let is_shared = self.shared_token.as_ref().is_some_and(|t| t.ct_eq(token));
@@ -136,9 +167,74 @@ impl AuthConfig {
                 Some(owner) => Err(forbidden(format!(
                     "token belongs to node {owner:?}, not to {identifier:?}"
                 ))),
-                None => Err(unauthorized("bearer token is not valid")),
+                None => Err(unauthorized(&self.why_not_valid(token))),
             },
-            Access::Admin => Err(unauthorized("bearer token is not valid")),
+            Access::Admin => Err(unauthorized(&self.why_not_valid(token))),
+        }
+    }
+
+    /// Why `token`, which matches nothing, is refused.
+    fn why_not_valid(&self, token: &str) -> String {
+        match token.rsplit_once('.') {
+            Some((identifier, tag))
+                if self.node_secret.is_some()
+                    && tag.len() == 64
+                    && tag.bytes().all(|b| b.is_ascii_hexdigit())
+                    && crate::registration::validate_identifier(identifier).is_ok() =>
+            {
+                format!(
+                    "the node token for {identifier:?} was not issued under this server's \
+                     node secret (forged, or the secret was rotated)"
+                )
+            }
+            _ => "the bearer token matches none of this server's tokens".into(),
+        }
+    }
+}
+
+/// The 401 message for a request without a token.
+pub const MISSING_TOKEN: &str =
+    "missing Authorization header (expected `Authorization: Bearer <token>`)";
+
+/// What the `Authorization` header of a request holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BearerToken<'a> {
+    /// No `Authorization` header.
+    Missing,
+    /// A header that is not `Bearer <token>`: why.
+    Malformed(&'static str),
+    /// The token.
+    Token(&'a str),
+}
+
+impl<'a> BearerToken<'a> {
+    /// Reads the `Authorization` header of `headers`.
+    pub fn from_headers(headers: &'a http::HeaderMap) -> Self {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return Self::Missing;
+        };
+        let Ok(value) = value.to_str() else {
+            return Self::Malformed("the Authorization header is not visible ASCII");
+        };
+        let Some((scheme, token)) = value.trim().split_once(' ') else {
+            return Self::Malformed("the Authorization header is not `Bearer <token>`");
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Self::Malformed("the Authorization scheme is not Bearer");
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Self::Malformed("the bearer token is empty");
+        }
+        Self::Token(token)
+    }
+
+    /// The token, if there is one.
+    pub fn token(self) -> Option<&'a str> {
+        match self {
+            Self::Token(token) => Some(token),
+            _ => None,
         }
     }
 }

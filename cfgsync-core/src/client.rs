@@ -4,15 +4,23 @@
 use std::fmt;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
 use crate::auth::Secret;
-use crate::{Error, NodeArtifactsPayload, NodeFilesReplacement, NodeRegistration, Result};
+use crate::{
+    Error, NodeArtifactsPayload, NodeFilesReplacement, NodeRegistration, Result,
+    validate_identifier,
+};
 
 /// Default time one request may take (connect included), long-poll wait excluded.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest `/node` payload the client reads: 64 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest part of an error answer's body the client reads.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
 
 /// A client of the cfgsync HTTP contract.
 ///
@@ -20,13 +28,18 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// missing_config` → [`Error::MissingConfig`], `401`/`403` →
 /// [`Error::Unauthorized`]/[`Error::Forbidden`], anything else →
 /// [`Error::Rejected`] with the server's code and message, no answer →
-/// [`Error::Transport`].
+/// [`Error::Transport`] (with its [`TransportFailure`](crate::TransportFailure)),
+/// a payload over the limit → [`Error::PayloadTooLarge`] (the body is read as
+/// it streams and never held beyond the limit). An identifier the server
+/// would refuse is refused before any request ([`Error::Invalid`]).
 #[derive(Clone)]
 pub struct CfgsyncClient {
     base: String,
     http: reqwest::Client,
     token: Option<Secret>,
     timeout: Duration,
+    max_payload_bytes: u64,
+    address_setting: Option<&'static str>,
 }
 
 /// Builds a [`CfgsyncClient`].
@@ -35,6 +48,8 @@ pub struct CfgsyncClientBuilder {
     base: String,
     timeout: Duration,
     token: Option<Secret>,
+    max_payload_bytes: u64,
+    address_setting: Option<&'static str>,
 }
 
 /// Options of [`CfgsyncClient::fetch_node_config_with`].
@@ -79,6 +94,23 @@ impl CfgsyncClientBuilder {
         self
     }
 
+    /// Largest `/node` payload read (default [`DEFAULT_MAX_PAYLOAD_BYTES`]);
+    /// a larger answer is [`Error::PayloadTooLarge`].
+    #[must_use]
+    pub fn max_payload_bytes(mut self, limit: u64) -> Self {
+        self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Names the setting that holds the server address (e.g.
+    /// `CFG_SERVER_ADDR`) in transport errors where the address is a likely
+    /// cause: `connection refused to http://… (check CFG_SERVER_ADDR)`.
+    #[must_use]
+    pub fn address_setting(mut self, setting: &'static str) -> Self {
+        self.address_setting = Some(setting);
+        self
+    }
+
     /// The client.
     pub fn build(self) -> Result<CfgsyncClient> {
         let http = reqwest::Client::builder()
@@ -87,6 +119,8 @@ impl CfgsyncClientBuilder {
             .map_err(|source| Error::Transport {
                 route: "client setup",
                 url: self.base.clone(),
+                failure: crate::TransportFailure::of(&source),
+                setting: None,
                 source,
             })?;
         Ok(CfgsyncClient {
@@ -94,6 +128,8 @@ impl CfgsyncClientBuilder {
             http,
             token: self.token,
             timeout: self.timeout,
+            max_payload_bytes: self.max_payload_bytes,
+            address_setting: self.address_setting,
         })
     }
 }
@@ -111,6 +147,8 @@ impl CfgsyncClient {
             base: base_url.into().trim_end_matches('/').to_owned(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
             token: None,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            address_setting: None,
         }
     }
 
@@ -122,6 +160,7 @@ impl CfgsyncClient {
     /// `POST /register`.
     pub async fn register_node(&self, registration: &NodeRegistration) -> Result<()> {
         const ROUTE: &str = "/register";
+        validate_identifier(&registration.identifier)?;
         let response = self.post(ROUTE, registration, self.timeout, None).await?;
         if response.status().is_success() {
             return Ok(());
@@ -153,6 +192,7 @@ impl CfgsyncClient {
         options: &FetchOptions,
     ) -> Result<FetchOutcome> {
         let route = "/node";
+        validate_identifier(&registration.identifier)?;
         let (path, timeout) = match options.wait {
             Some(wait) => (
                 format!("/node?wait={}", wait.as_secs().max(1)),
@@ -177,11 +217,18 @@ impl CfgsyncClient {
                     .get(ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let bytes = response.bytes().await.map_err(|source| Error::Transport {
-                    route,
-                    url: self.url(&path),
-                    source,
-                })?;
+                let url = self.url(&path);
+                let bytes = match read_capped(response, self.max_payload_bytes).await {
+                    Ok(Capped::Whole(bytes)) => bytes,
+                    Ok(Capped::Cut(_)) => {
+                        return Err(Error::PayloadTooLarge {
+                            route,
+                            url,
+                            limit: self.max_payload_bytes,
+                        });
+                    }
+                    Err(source) => return Err(self.transport(route, url, source)),
+                };
                 let payload =
                     serde_json::from_slice(&bytes).map_err(|e| Error::InvalidResponse {
                         route,
@@ -196,6 +243,7 @@ impl CfgsyncClient {
     /// `POST /node/replace` (admin): replaces what one node is served.
     pub async fn replace_node_files(&self, replacement: &NodeFilesReplacement) -> Result<()> {
         const ROUTE: &str = "/node/replace";
+        validate_identifier(&replacement.identifier)?;
         let response = self.post(ROUTE, replacement, self.timeout, None).await?;
         if response.status().is_success() {
             return Ok(());
@@ -222,12 +270,48 @@ impl CfgsyncClient {
         if let Some(tag) = if_none_match {
             request = request.header(IF_NONE_MATCH, tag);
         }
-        request.send().await.map_err(|source| Error::Transport {
-            route: route_of(path),
-            url,
-            source,
-        })
+        request
+            .send()
+            .await
+            .map_err(|source| self.transport(route_of(path), url, source))
     }
+
+    fn transport(&self, route: &'static str, url: String, source: reqwest::Error) -> Error {
+        Error::Transport {
+            route,
+            url,
+            failure: crate::TransportFailure::of(&source),
+            setting: self.address_setting,
+            source,
+        }
+    }
+}
+
+/// A body read up to a limit: all of it, or the first `limit` bytes of a
+/// longer one (the rest is not read).
+enum Capped {
+    Whole(Bytes),
+    Cut(Bytes),
+}
+
+/// Reads `response`'s body as it streams, never holding more than `limit`
+/// bytes: a `Content-Length` over the limit is refused before reading.
+async fn read_capped(mut response: Response, limit: u64) -> reqwest::Result<Capped> {
+    if response.content_length().is_some_and(|len| len > limit) {
+        return Ok(Capped::Cut(Bytes::new()));
+    }
+    let expected = response.content_length().unwrap_or(0).min(limit);
+    let mut body = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok(Capped::Cut(body.freeze()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Whole(body.freeze()))
 }
 
 fn route_of(path: &str) -> &'static str {
@@ -240,7 +324,19 @@ fn route_of(path: &str) -> &'static str {
 
 fn with_route(error: Error, route: &'static str) -> Error {
     match error {
-        Error::Transport { url, source, .. } => Error::Transport { route, url, source },
+        Error::Transport {
+            url,
+            failure,
+            setting,
+            source,
+            ..
+        } => Error::Transport {
+            route,
+            url,
+            failure,
+            setting,
+            source,
+        },
         other => other,
     }
 }
@@ -256,7 +352,11 @@ const MAX_FOREIGN_BODY: usize = 512;
 
 async fn answer_error(route: &'static str, identifier: &str, response: Response) -> Error {
     let status = response.status();
-    let body = response.bytes().await.unwrap_or_default();
+    // An error body is a short message: a longer one is cut, not read whole.
+    let body = match read_capped(response, MAX_ERROR_BODY).await {
+        Ok(Capped::Whole(body) | Capped::Cut(body)) => body,
+        Err(_) => Bytes::new(),
+    };
     let (code, message) = match serde_json::from_slice::<RawErrorBody>(&body) {
         Ok(parsed) => (parsed.code, parsed.message),
         // The original server answers its input errors as text/plain.
@@ -296,6 +396,7 @@ impl fmt::Debug for CfgsyncClient {
             .field("base", &self.base)
             .field("timeout", &self.timeout)
             .field("token", &self.token)
+            .field("max_payload_bytes", &self.max_payload_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -306,6 +407,8 @@ impl fmt::Debug for CfgsyncClientBuilder {
             .field("base", &self.base)
             .field("timeout", &self.timeout)
             .field("token", &self.token)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("address_setting", &self.address_setting)
             .finish()
     }
 }

@@ -90,11 +90,40 @@ pub fn read_document<T: DeserializeOwned>(path: &Path, what: &'static str) -> Re
     let parsed = if path.extension().is_some_and(|ext| ext == "json") {
         serde_json::from_str(&text).map_err(|e| e.to_string())
     } else {
-        serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())
+        parse_yaml(&text)
     };
     parsed.map_err(|message| Error::ParseFile {
         path: path.to_path_buf(),
         what,
         message,
+    })
+}
+
+/// Fewest YAML nodes a document may always hold (serde-saphyr's default).
+const MIN_YAML_NODES: usize = 250_000;
+
+/// Parses YAML with the workspace's parser: `serde-saphyr`, pure Rust and
+/// panic-free, under a budget that keeps the work linear in the input: at
+/// most one node per input byte (at least 250,000) and two events per byte
+/// (at least 1,000,000) — so alias bombs ("billion laughs") are refused
+/// after expanding little more than the document itself — and nesting at
+/// most 64 deep. A document without aliases never comes near the budget
+/// (each node takes at least one byte). The error is one line with its line
+/// and column.
+pub fn parse_yaml<T: DeserializeOwned>(text: &str) -> std::result::Result<T, String> {
+    let nodes = text.len().max(MIN_YAML_NODES);
+    let budget = serde_saphyr::budget! {
+        max_events: nodes.saturating_mul(4),
+        max_nodes: nodes,
+    };
+    let options = serde_saphyr::options! {
+        budget: budget,
+    };
+    serde_saphyr::from_str_with_options(text, options).map_err(|error| {
+        let rendered = error.render_with_options(serde_saphyr::render_options! {
+            snippets: serde_saphyr::SnippetMode::Off,
+        });
+        let line = rendered.lines().next().unwrap_or("invalid YAML");
+        line.trim_start_matches("error: ").to_owned()
     })
 }

@@ -83,16 +83,41 @@ pub enum Error {
         message: String,
     },
 
-    /// The request did not complete: connection refused, timeout, reset.
-    #[error("{route}: request to {url} failed: {source}")]
+    /// The request did not complete: connection refused, timeout, reset, DNS,
+    /// TLS — `failure` says which, and the message names the setting that holds
+    /// the address when that is a likely cause.
+    #[error(
+        "{route}: {}: {}",
+        crate::transport::describe_transport_failure(*.failure, .url, *.setting),
+        crate::transport::error_chain(.source)
+    )]
     Transport {
         /// The route called.
         route: &'static str,
         /// The full URL.
         url: String,
+        /// What kind of failure it is.
+        failure: crate::TransportFailure,
+        /// The setting that holds the server address (e.g. `CFG_SERVER_ADDR`), if known.
+        setting: Option<&'static str>,
         /// The HTTP client's error.
         #[source]
         source: reqwest::Error,
+    },
+
+    /// The server's answer is larger than the client's limit; reading stopped
+    /// at the limit.
+    #[error(
+        "{route}: the answer of {url} is larger than the client's limit of {limit} bytes \
+         (raise the maximum payload size if the payload is genuine)"
+    )]
+    PayloadTooLarge {
+        /// The route called.
+        route: &'static str,
+        /// The full URL.
+        url: String,
+        /// The limit, in bytes.
+        limit: u64,
     },
 
     /// The server answered success but its body is not a valid payload.

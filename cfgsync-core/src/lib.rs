@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod client;
+mod connection;
 pub mod document;
 mod error;
 mod metrics;
@@ -14,9 +15,13 @@ mod serve;
 mod server;
 mod source;
 mod static_source;
+pub mod transport;
 
 pub use auth::{AuthConfig, Secret};
-pub use client::{CfgsyncClient, CfgsyncClientBuilder, FetchOptions, FetchOutcome};
+pub use client::{
+    CfgsyncClient, CfgsyncClientBuilder, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_REQUEST_TIMEOUT,
+    FetchOptions, FetchOutcome,
+};
 pub use document::{NodeArtifactsBundle, NodeArtifactsBundleEntry, RegistrationArtifacts};
 pub use error::{BoxError, Error, Result};
 pub use payload::{
@@ -24,15 +29,19 @@ pub use payload::{
     ServedPayload, SharedFiles,
 };
 pub use registration::{
-    DEFAULT_MAX_METADATA_BYTES, MAX_IDENTIFIER_LEN, NodeRegistration, RegistrationPayload,
-    validate_identifier,
+    DEFAULT_MAX_METADATA_BYTES, IDENTIFIER_CHARS, MAX_IDENTIFIER_LEN, NodeRegistration,
+    RegistrationPayload, is_identifier_char, validate_identifier,
 };
 pub use router::build_cfgsync_router;
 pub use serve::{
     LISTEN_BACKLOG, bind_listener, serve_app_on, serve_cfgsync, serve_cfgsync_on, shutdown_signal,
 };
-pub use server::{CfgsyncServerState, CfgsyncServerStateBuilder, ServerLimits};
+pub use server::{
+    CfgsyncServerState, CfgsyncServerStateBuilder, DEFAULT_HEADER_READ_TIMEOUT_SECS,
+    DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT_SECS, ServerLimits, is_insecure_listener,
+};
 pub use source::{ChangeNotifier, ConfigResolveResponse, ConfigSource};
 pub use static_source::{BundleConfigSource, StaticConfigSource};
+pub use transport::{TransportFailure, describe_transport_failure};
 
 pub use cfgsync_artifacts::{ArtifactEncoding, ArtifactFile, ArtifactSet};

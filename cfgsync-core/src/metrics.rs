@@ -30,6 +30,9 @@ pub(crate) struct ServerMetrics {
     pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub registrations: Counter,
     pub long_polls_waiting: Gauge,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
+    pub insecure_listener: Gauge,
 }
 
 impl ServerMetrics {
@@ -40,6 +43,9 @@ impl ServerMetrics {
             latency: Family::new_with_constructor(latency_histogram),
             registrations: Counter::default(),
             long_polls_waiting: Gauge::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            insecure_listener: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("cfgsync");
         registry.register(
@@ -61,6 +67,21 @@ impl ServerMetrics {
             "long_polls_waiting",
             "POST /node requests currently held by long-poll",
             metrics.long_polls_waiting.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "TCP connections being served",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 and closed because the connection cap was reached",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "insecure_listener",
+            "1 when the server listens beyond loopback with auth off",
+            metrics.insecure_listener.clone(),
         );
         metrics
     }

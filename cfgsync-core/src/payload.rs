@@ -244,8 +244,13 @@ pub enum ErrorCode {
     /// 405: the route exists but not with this method (or the source does not
     /// support the operation).
     MethodNotAllowed,
-    /// 503: the config source's backing store does not answer (`/readyz`).
+    /// 503: the config source's backing store does not answer (`/readyz`), or
+    /// the server is at its connection cap.
     Unavailable,
+    /// 414: the request URI is too long (answered by the HTTP layer).
+    UriTooLong,
+    /// 431: the request head is too large (answered by the HTTP layer).
+    RequestHeaderFieldsTooLarge,
 }
 
 impl ErrorCode {
@@ -263,6 +268,8 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unavailable => "unavailable",
+            Self::UriTooLong => "uri_too_long",
+            Self::RequestHeaderFieldsTooLarge => "request_header_fields_too_large",
         }
     }
 
@@ -279,6 +286,8 @@ impl ErrorCode {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::RequestHeaderFieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 }

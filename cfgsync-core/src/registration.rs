@@ -76,9 +76,25 @@ impl NodeRegistration {
     }
 }
 
-/// Checks that `identifier` is usable as a node name: 1 to
-/// [`MAX_IDENTIFIER_LEN`] bytes, no control characters, no `/` or `\`, and not
-/// `.` or `..` — so it can never act as a path.
+/// The characters an identifier may hold, as documented: ASCII letters and
+/// digits and `.` `_` `-` `:` `@`.
+pub const IDENTIFIER_CHARS: &str = "A-Z a-z 0-9 . _ - : @";
+
+/// Whether `c` may appear in an identifier (see [`IDENTIFIER_CHARS`]).
+pub fn is_identifier_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@')
+}
+
+/// The one rule for node identifiers, applied by the server at registration
+/// and on every node route, by `cfgsync-server node-token`, by bundle and
+/// artifacts files, and by the client before it sends anything: 1 to
+/// [`MAX_IDENTIFIER_LEN`] characters from [`IDENTIFIER_CHARS`], and not `.`
+/// or `..`.
+///
+/// Every such identifier is a valid node name, can never act as a path, and
+/// its per-node token (`<identifier>.<hex>`) can travel in an
+/// `Authorization: Bearer` header — so every identifier that passes can
+/// authenticate.
 pub fn validate_identifier(identifier: &str) -> Result<()> {
     let invalid = |reason: String| Error::Invalid {
         field: "identifier",
@@ -93,15 +109,24 @@ pub fn validate_identifier(identifier: &str) -> Result<()> {
             identifier.len()
         )));
     }
-    if let Some(c) = identifier.chars().find(|c| c.is_control()) {
+    if let Some(c) = identifier.chars().find(|c| !is_identifier_char(*c)) {
+        let what = if c.is_control() {
+            "the control character"
+        } else if matches!(c, '/' | '\\') {
+            "the path separator"
+        } else if !c.is_ascii() {
+            "the non-ASCII character"
+        } else {
+            "the character"
+        };
+        let shown: String = identifier
+            .chars()
+            .take(64)
+            .flat_map(char::escape_default)
+            .collect();
         return Err(invalid(format!(
-            "contains the control character {:?}",
+            "\"{shown}\" contains {what} {:?}; identifiers may hold only {IDENTIFIER_CHARS}",
             c.escape_default().to_string()
-        )));
-    }
-    if let Some(c) = identifier.chars().find(|c| matches!(c, '/' | '\\')) {
-        return Err(invalid(format!(
-            "{identifier:?} contains the path separator {c:?}"
         )));
     }
     if identifier == "." || identifier == ".." {
@@ -202,6 +227,10 @@ mod tests {
             "a\u{7f}",
             ".",
             "..",
+            "ñodo",
+            "node 1",
+            "node\"1",
+            "a,b",
             &"x".repeat(254),
         ] {
             assert!(
@@ -215,7 +244,14 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
-        for good in ["node-1", "a.b", "ñodo_7", "..hidden", &"x".repeat(253)] {
+        for good in [
+            "node-1",
+            "a.b",
+            "nodo_7",
+            "..hidden",
+            "svc@host:42",
+            &"x".repeat(253),
+        ] {
             validate_identifier(good).unwrap();
         }
     }

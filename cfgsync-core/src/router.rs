@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::Access;
+use crate::auth::{Access, BearerToken, MISSING_TOKEN};
 use crate::server::CfgsyncServerState;
 use crate::{
     ConfigResolveResponse, Error, ErrorBody, ErrorCode, NodeFilesReplacement, NodeRegistration,
@@ -134,27 +134,24 @@ impl<T: DeserializeOwned> FromRequest<CfgsyncServerState> for JsonBody<T> {
     }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// Checks the token before the body is read: with auth on, a request without a
-/// bearer token is refused at once.
+/// usable bearer token is refused at once, saying what is wrong with it.
 fn require_token(
     state: &CfgsyncServerState,
     headers: &HeaderMap,
     route: &'static str,
 ) -> Result<(), ApiError> {
-    if state.inner.auth.is_enabled() && bearer_token(headers).is_none() {
-        return Err(Error::Unauthorized {
-            route,
-            message: "missing bearer token (Authorization: Bearer ...)".into(),
-        }
-        .into());
+    if !state.inner.auth.is_enabled() {
+        return Ok(());
     }
-    Ok(())
+    let message = match BearerToken::from_headers(headers) {
+        BearerToken::Token(_) => return Ok(()),
+        BearerToken::Missing => MISSING_TOKEN.to_owned(),
+        BearerToken::Malformed(why) => {
+            format!("{why} (expected `Authorization: Bearer <token>`)")
+        }
+    };
+    Err(Error::Unauthorized { route, message }.into())
 }
 
 fn authorize(
@@ -166,7 +163,7 @@ fn authorize(
     state
         .inner
         .auth
-        .authorize(bearer_token(headers), access, route)
+        .authorize(BearerToken::from_headers(headers).token(), access, route)
         .map_err(ApiError::from)
 }
 
@@ -418,8 +415,8 @@ async fn readyz(State(state): State<CfgsyncServerState>) -> Result<impl IntoResp
 }
 
 async fn metrics(State(state): State<CfgsyncServerState>) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &state.inner.registry)
+    let text = state
+        .metrics_text()
         .map_err(|_| ApiError::new(ErrorCode::Internal, "cannot encode metrics"))?;
     Ok((
         [(

@@ -2,7 +2,9 @@
 //! [`ServerLimits`].
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
@@ -14,7 +16,16 @@ use crate::auth::AuthConfig;
 use crate::metrics::ServerMetrics;
 use crate::registration::DEFAULT_MAX_METADATA_BYTES;
 
-/// Request limits of a cfgsync server.
+/// Default of [`ServerLimits::header_read_timeout_secs`].
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Default of [`ServerLimits::idle_timeout_secs`].
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
+/// Default of [`ServerLimits::shutdown_timeout_secs`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+
+/// Request and connection limits of a cfgsync server (the `limits:` keys of
+/// `cfgsync-server`'s config). Every serve function of this crate reads the
+/// connection limits from the state it serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerLimits {
@@ -24,6 +35,24 @@ pub struct ServerLimits {
     pub max_metadata_bytes: usize,
     /// Longest long-poll a client may ask for with `?wait=`, in seconds. Default 60.
     pub max_wait_secs: u64,
+    /// Time a client has to send a whole request head once its first byte
+    /// arrived, and between two chunks of a request body, in seconds; past it
+    /// the connection is closed. Default 10 (at least 1).
+    pub header_read_timeout_secs: u64,
+    /// Time a connection may stay open with no request in flight (a new
+    /// connection before its first byte, a keep-alive connection between
+    /// requests), in seconds; past it the connection is closed. Default 30 (at
+    /// least 1). Held long-polls are requests in flight, not idle.
+    pub idle_timeout_secs: u64,
+    /// Most connections served at once; a connection beyond it is answered
+    /// `503 unavailable` and closed. `None` (the default) sizes it from the
+    /// process's open-file limit (raised to its hard limit first), leaving a
+    /// sixteenth of it, at least 64, for files and outgoing connections.
+    pub max_connections: Option<usize>,
+    /// On SIGTERM / ctrl-c: time in-flight requests get to finish (held
+    /// long-polls answer at once), in seconds; connections still open after it
+    /// are dropped. Default 30.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for ServerLimits {
@@ -32,6 +61,10 @@ impl Default for ServerLimits {
             max_body_bytes: 2 * 1024 * 1024,
             max_metadata_bytes: DEFAULT_MAX_METADATA_BYTES,
             max_wait_secs: 60,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            max_connections: None,
+            shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
         }
     }
 }
@@ -40,6 +73,55 @@ impl ServerLimits {
     pub(crate) fn max_wait(&self) -> Duration {
         Duration::from_secs(self.max_wait_secs)
     }
+
+    /// [`header_read_timeout_secs`](Self::header_read_timeout_secs) as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs.max(1))
+    }
+
+    /// [`idle_timeout_secs`](Self::idle_timeout_secs) as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    /// [`shutdown_timeout_secs`](Self::shutdown_timeout_secs) as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// Sets the header read timeout.
+    #[must_use]
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout_secs = timeout.as_secs().max(1);
+        self
+    }
+
+    /// Sets the idle connection timeout.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout_secs = timeout.as_secs().max(1);
+        self
+    }
+
+    /// Sets the connection cap (`None`: from the open-file limit).
+    #[must_use]
+    pub fn with_max_connections(mut self, max: Option<usize>) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Sets the shutdown deadline.
+    #[must_use]
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout_secs = timeout.as_secs();
+        self
+    }
+}
+
+/// Whether a server listening on `addr` with `auth_enabled` is open to anyone
+/// who can reach it: auth off and an address beyond loopback.
+pub fn is_insecure_listener(addr: SocketAddr, auth_enabled: bool) -> bool {
+    !auth_enabled && !addr.ip().is_loopback()
 }
 
 /// Everything the cfgsync routes share: the config source, limits, auth, metrics.
@@ -56,6 +138,7 @@ pub(crate) struct StateInner {
     pub registry: Registry,
     pub metrics: ServerMetrics,
     pub shutdown: CancellationToken,
+    pub insecure_listener: AtomicBool,
 }
 
 impl CfgsyncServerState {
@@ -83,6 +166,43 @@ impl CfgsyncServerState {
     /// The limits in force.
     pub fn limits(&self) -> &ServerLimits {
         &self.inner.limits
+    }
+
+    /// Whether auth is on.
+    pub fn auth_enabled(&self) -> bool {
+        self.inner.auth.is_enabled()
+    }
+
+    /// Records that the server listens on `addr`: when that is beyond loopback
+    /// with auth off, logs a WARN, sets `cfgsync_insecure_listener` to 1 on
+    /// `/metrics` and [`insecure_listener`](Self::insecure_listener) to true.
+    /// The serve functions of this crate call it; call it for any other
+    /// listener that serves this state's routes. Returns whether it is insecure.
+    pub fn note_listener(&self, addr: SocketAddr) -> bool {
+        let insecure = is_insecure_listener(addr, self.auth_enabled());
+        if insecure {
+            tracing::warn!(
+                %addr,
+                "INSECURE: listening beyond loopback with auth off: anyone who can reach {addr} \
+                 can register nodes and read every node's files; set auth tokens or bind 127.0.0.1"
+            );
+            self.inner.insecure_listener.store(true, Ordering::Relaxed);
+            self.inner.metrics.insecure_listener.set(1);
+        }
+        insecure
+    }
+
+    /// Whether a listener of this state is open beyond loopback with auth off
+    /// (see [`note_listener`](Self::note_listener)), for status pages.
+    pub fn insecure_listener(&self) -> bool {
+        self.inner.insecure_listener.load(Ordering::Relaxed)
+    }
+
+    /// The `/metrics` text: the registry's metrics, ours included.
+    pub fn metrics_text(&self) -> std::result::Result<String, fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)?;
+        Ok(text)
     }
 
     /// Ends held long-polls (each answers what it has); `serve_cfgsync*` call this
@@ -134,6 +254,7 @@ impl CfgsyncServerStateBuilder {
                 registry: self.registry,
                 metrics,
                 shutdown: CancellationToken::new(),
+                insecure_listener: AtomicBool::new(false),
             }),
         }
     }

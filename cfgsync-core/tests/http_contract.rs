@@ -137,7 +137,7 @@ async fn bad_bundle_files_name_the_file_and_the_problem() {
             "path separator",
         ),
         ("broken.json", "{\"nodes\": [", "EOF"),
-        ("shape.yaml", "nodes: 12\n", "invalid type"),
+        ("shape.yaml", "nodes: 12\n", "expected sequence"),
     ];
     for (name, text, expected) in cases {
         let path = dir.path().join(name);

@@ -144,10 +144,11 @@ impl CfgsyncServerConfig {
             path: path.to_path_buf(),
             message: format!("cannot read: {e}"),
         })?;
-        let mut config: Self = serde_yaml_ng::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut config: Self =
+            cfgsync_core::document::parse_yaml(&text).map_err(|message| Error::Config {
+                path: path.to_path_buf(),
+                message,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let artifacts = match &mut config.source {
             CfgsyncServingMode::Bundle { artifacts_path }

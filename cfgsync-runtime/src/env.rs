@@ -42,6 +42,8 @@ const MAX_SHOWN_VALUE: usize = 120;
 /// | `CFG_OUTPUT_ROOT` | `/` | where every other file is written (under its path) |
 /// | `CFG_TOKEN` | none | bearer token (never logged or printed) |
 /// | `CFG_TIMEOUT_SECS` | `300` | one deadline for register + fetch |
+/// | `CFG_MAX_PAYLOAD_BYTES` | `67108864` (64 MiB) | largest payload read from the server |
+/// | `CFG_ALLOW_GROUP_WORLD_WRITE` | `false` | keep group/world write bits of served modes |
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClientEnv {
@@ -63,6 +65,10 @@ pub struct ClientEnv {
     pub token: Option<Secret>,
     /// `CFG_TIMEOUT_SECS`.
     pub timeout: Duration,
+    /// `CFG_MAX_PAYLOAD_BYTES`.
+    pub max_payload_bytes: u64,
+    /// `CFG_ALLOW_GROUP_WORLD_WRITE`.
+    pub allow_group_world_write: bool,
 }
 
 impl ClientEnv {
@@ -123,6 +129,14 @@ impl ClientEnv {
             Some(value) => Some(Secret::new(value)),
             None => None,
         };
+        let max_payload_bytes = match var("CFG_MAX_PAYLOAD_BYTES") {
+            Some(value) => parse_bytes("CFG_MAX_PAYLOAD_BYTES", &value)?,
+            None => cfgsync_core::DEFAULT_MAX_PAYLOAD_BYTES,
+        };
+        let allow_group_world_write = match var("CFG_ALLOW_GROUP_WORLD_WRITE") {
+            Some(value) => parse_bool("CFG_ALLOW_GROUP_WORLD_WRITE", &value)?,
+            None => false,
+        };
         Ok(Self {
             server_addr,
             host_ip,
@@ -135,6 +149,8 @@ impl ClientEnv {
             ),
             token,
             timeout,
+            max_payload_bytes,
+            allow_group_world_write,
         })
     }
 
@@ -151,7 +167,9 @@ impl ClientEnv {
     /// routed to `CFG_FILE_PATH`, `deployment-settings.yaml` and
     /// `/deployment.yaml` routed to `CFG_DEPLOYMENT_PATH`.
     pub fn outputs(&self) -> ArtifactOutputMap {
-        let mut outputs = ArtifactOutputMap::new().with_root(&self.output_root);
+        let mut outputs = ArtifactOutputMap::new()
+            .with_root(&self.output_root)
+            .allow_group_world_write(self.allow_group_world_write);
         if let Some(path) = &self.file_path {
             outputs = outputs
                 .route("/config.yaml", path)
@@ -165,9 +183,13 @@ impl ClientEnv {
         outputs
     }
 
-    /// Client options: the deadline and token from here, the rest default.
+    /// Client options: the deadline, token and payload limit from here, the
+    /// rest default; transport errors name `CFG_SERVER_ADDR`.
     pub fn client_options(&self) -> ClientOptions {
-        let options = ClientOptions::default().with_timeout(self.timeout);
+        let options = ClientOptions::default()
+            .with_timeout(self.timeout)
+            .with_max_payload_bytes(self.max_payload_bytes)
+            .with_address_setting("CFG_SERVER_ADDR");
         match &self.token {
             Some(token) => options.with_token(token.expose()),
             None => options,
@@ -208,6 +230,29 @@ fn parse_timeout(value: &str) -> Result<Duration> {
             var: "CFG_TIMEOUT_SECS",
             value: shown(value),
             reason: format!("expected whole seconds from 1 to {MAX_TIMEOUT_SECS}"),
+        }),
+    }
+}
+
+fn parse_bytes(var: &'static str, value: &str) -> Result<u64> {
+    match value.trim().parse::<u64>() {
+        Ok(bytes) if bytes > 0 => Ok(bytes),
+        _ => Err(Error::InvalidVar {
+            var,
+            value: shown(value),
+            reason: "expected a whole number of bytes, at least 1".into(),
+        }),
+    }
+}
+
+fn parse_bool(var: &'static str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::InvalidVar {
+            var,
+            value: shown(value),
+            reason: "expected true or false (also 1/0, yes/no, on/off)".into(),
         }),
     }
 }

@@ -51,6 +51,12 @@ pub struct ClientOptions {
     /// answers `425` sooner than asked (the original ignores `wait`) is polled
     /// with backoff instead.
     pub long_poll: Option<Duration>,
+    /// Largest payload read from the server; a larger one fails the fetch
+    /// (not retried) without being held in memory. Default 64 MiB.
+    pub max_payload_bytes: u64,
+    /// The setting that holds the server address, named in transport errors
+    /// (`connection refused to … (check CFG_SERVER_ADDR)`).
+    pub address_setting: Option<&'static str>,
 }
 
 impl Default for ClientOptions {
@@ -63,6 +69,8 @@ impl Default for ClientOptions {
             max_backoff: Duration::from_secs(5),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             long_poll: Some(DEFAULT_LONG_POLL),
+            max_payload_bytes: cfgsync_core::DEFAULT_MAX_PAYLOAD_BYTES,
+            address_setting: None,
         }
     }
 }
@@ -101,6 +109,20 @@ impl ClientOptions {
     #[must_use]
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
+        self
+    }
+
+    /// Sets the largest payload read from the server.
+    #[must_use]
+    pub fn with_max_payload_bytes(mut self, limit: u64) -> Self {
+        self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Names the setting that holds the server address in transport errors.
+    #[must_use]
+    pub fn with_address_setting(mut self, setting: &'static str) -> Self {
+        self.address_setting = Some(setting);
         self
     }
 
@@ -216,7 +238,12 @@ impl<'a> Run<'a> {
             url: server_url.to_owned(),
             reason,
         })?;
-        let mut builder = CfgsyncClient::builder(server_url).timeout(options.request_timeout);
+        let mut builder = CfgsyncClient::builder(server_url)
+            .timeout(options.request_timeout)
+            .max_payload_bytes(options.max_payload_bytes);
+        if let Some(setting) = options.address_setting {
+            builder = builder.address_setting(setting);
+        }
         if let Some(token) = &options.token {
             builder = builder.bearer_token(token.expose());
         }
@@ -485,16 +512,7 @@ fn answer_summary(error: &cfgsync_core::Error) -> String {
             (false, true) => format!("{status} {code}"),
             (false, false) => format!("{status} {code}: {message}"),
         },
-        E::Transport { source, .. } => {
-            let mut text = source.to_string();
-            let mut cause = std::error::Error::source(source);
-            while let Some(inner) = cause {
-                text.push_str(": ");
-                text.push_str(&inner.to_string());
-                cause = inner.source();
-            }
-            format!("no answer ({text})")
-        }
+        E::Transport { .. } => format!("no answer ({error})"),
         other => other.to_string(),
     }
 }

@@ -20,7 +20,7 @@ pub use fetch::{
     fetch_and_write_artifacts, fetch_and_write_artifacts_with, register_and_fetch_artifacts,
     register_and_fetch_artifacts_with,
 };
-pub use output::{ArtifactOutputMap, WrittenFile};
+pub use output::{ArtifactOutputMap, FORBIDDEN_MODE_BITS, GROUP_WORLD_WRITE_BITS, WrittenFile};
 pub use server::{
     build_server_state, open_registration_store, serve_cfgsync_from_config, serve_snapshot_cfgsync,
 };

@@ -29,11 +29,23 @@ use crate::{Error, Result};
 /// mid-write can leave a `.cfgsync-*.tmp` beside the target (never at it); a
 /// later write into that directory removes such files once they are 15
 /// minutes old.
+///
+/// File modes are masked: a `mode` from the server never sets setuid, setgid
+/// or sticky, and loses group and world write unless
+/// [`allow_group_world_write`](Self::allow_group_world_write) is on (so `0o7777`
+/// is written as `0o755`). A file written without a mode keeps the mode of the
+/// file it replaces, less setuid, setgid and sticky.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactOutputMap {
     root: PathBuf,
     routes: BTreeMap<String, PathBuf>,
+    allow_group_world_write: bool,
 }
+
+/// Mode bits a file written by the client may never have: setuid, setgid, sticky.
+pub const FORBIDDEN_MODE_BITS: u32 = 0o7000;
+/// Mode bits stripped unless group/world write is allowed.
+pub const GROUP_WORLD_WRITE_BITS: u32 = 0o022;
 
 /// One file [`ArtifactOutputMap::write_files`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +79,25 @@ impl ArtifactOutputMap {
         Self {
             root: PathBuf::from("/"),
             routes: BTreeMap::new(),
+            allow_group_world_write: false,
         }
+    }
+
+    /// Keeps group and world write bits of the modes the server sends (off by
+    /// default: they are stripped). Setuid, setgid and sticky are always stripped.
+    #[must_use]
+    pub fn allow_group_world_write(mut self, allow: bool) -> Self {
+        self.allow_group_world_write = allow;
+        self
+    }
+
+    /// The mode a file gets when the server (or the replaced file) asks for `mode`.
+    pub fn masked_mode(&self, mode: u32) -> u32 {
+        let mut mask = 0o777;
+        if !self.allow_group_world_write {
+            mask &= !GROUP_WORLD_WRITE_BITS;
+        }
+        mode & mask & !FORBIDDEN_MODE_BITS
     }
 
     /// Sets the directory unrouted files are written under.
@@ -136,11 +166,23 @@ impl ArtifactOutputMap {
             .map(|file| {
                 let target = self.target_of(&file.path, &root, &real_root)?;
                 let bytes = file.bytes().map_err(|source| Error::Content { source })?;
+                let mode = file.mode.map(|asked| {
+                    let mode = self.masked_mode(asked);
+                    if mode != asked {
+                        tracing::warn!(
+                            artifact = %file.path,
+                            asked = format_args!("{asked:#o}"),
+                            written = format_args!("{mode:#o}"),
+                            "mode masked: setuid/setgid/sticky and group/world write are not applied"
+                        );
+                    }
+                    mode
+                });
                 Ok(PlannedWrite {
                     artifact: &file.path,
                     target,
                     bytes,
-                    mode: file.mode,
+                    mode,
                 })
             })
             .collect()
@@ -328,7 +370,9 @@ fn stage(planned: &PlannedWrite<'_>) -> Result<NamedTempFile> {
     fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
     // Without an explicit mode: keep the mode of the file being replaced, or
     // create it as any new file (0o666 less the umask).
-    let mode = planned.mode.or_else(|| existing_mode(&planned.target));
+    let mode = planned
+        .mode
+        .or_else(|| existing_mode(&planned.target).map(|mode| mode & !FORBIDDEN_MODE_BITS));
     let mut temp = temp_builder(planned.mode.is_none())
         .tempfile_in(dir)
         .map_err(io_error("create a temp file in", dir))?;

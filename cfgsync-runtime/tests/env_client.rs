@@ -335,6 +335,8 @@ fn the_binary_help_lists_every_flag_with_its_variable() {
         ("--output-root", "CFG_OUTPUT_ROOT"),
         ("--token", "CFG_TOKEN"),
         ("--timeout-secs", "CFG_TIMEOUT_SECS"),
+        ("--max-payload-bytes", "CFG_MAX_PAYLOAD_BYTES"),
+        ("--allow-group-world-write", "CFG_ALLOW_GROUP_WORLD_WRITE"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(

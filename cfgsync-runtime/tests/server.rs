@@ -46,6 +46,15 @@ async fn example_configs_load_and_serve() {
     let mut config =
         CfgsyncServerConfig::from_path(examples().join("cfgsync-registration.yaml")).unwrap();
     assert_eq!(config.limits.max_wait_secs, 60);
+    assert_eq!(
+        (
+            config.limits.header_read_timeout_secs,
+            config.limits.idle_timeout_secs,
+            config.limits.max_connections,
+            config.limits.shutdown_timeout_secs,
+        ),
+        (10, 30, Some(12000), 30)
+    );
     let dir = tempfile::tempdir().unwrap();
     config.registration_store = RegistrationStoreConfig::Durable(dir.path().to_path_buf());
     let token = cfgsync_core::auth::node_token(config.auth.node_secret.as_ref().unwrap(), "node-1");

@@ -53,6 +53,16 @@ struct Args {
     /// One deadline for register + fetch, in seconds [default: 300]
     #[arg(long, env = "CFG_TIMEOUT_SECS", value_name = "SECS")]
     timeout_secs: Option<String>,
+
+    /// Largest payload read from the server, in bytes; a larger one fails
+    /// without being held in memory [default: 67108864 (64 MiB)]
+    #[arg(long, env = "CFG_MAX_PAYLOAD_BYTES", value_name = "BYTES")]
+    max_payload_bytes: Option<String>,
+
+    /// Keep the group/world write bits of file modes the server sends (they are
+    /// stripped by default; setuid, setgid and sticky are always stripped)
+    #[arg(long, env = "CFG_ALLOW_GROUP_WORLD_WRITE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    allow_group_world_write: Option<String>,
 }
 
 impl Args {
@@ -69,6 +79,8 @@ impl Args {
             "CFG_OUTPUT_ROOT" => &self.output_root,
             "CFG_TOKEN" => &self.token,
             "CFG_TIMEOUT_SECS" => &self.timeout_secs,
+            "CFG_MAX_PAYLOAD_BYTES" => &self.max_payload_bytes,
+            "CFG_ALLOW_GROUP_WORLD_WRITE" => &self.allow_group_world_write,
             other => return std::env::var(other).ok(),
         };
         value.clone()
