@@ -12,6 +12,7 @@ mod serve;
 mod server;
 mod source;
 mod static_source;
+pub mod status;
 
 pub use auth::{AuthConfig, Secret};
 pub use client::{CfgsyncClient, CfgsyncClientBuilder, FetchOptions, FetchOutcome};
@@ -32,5 +33,9 @@ pub use serve::{
 pub use server::{CfgsyncServerState, CfgsyncServerStateBuilder, ServerLimits};
 pub use source::{ChangeNotifier, ConfigResolveResponse, ConfigSource};
 pub use static_source::{BundleConfigSource, StaticConfigSource};
+pub use status::{
+    FetchTracker, NodeAnswer, RenderedSection, ServerStatus, SourceNode, SourceStatus,
+    StatusSection,
+};
 
 pub use cfgsync_artifacts::{ArtifactEncoding, ArtifactFile, ArtifactSet};
