@@ -5,6 +5,7 @@ mod env;
 mod error;
 mod fetch;
 mod output;
+pub mod reload;
 mod server;
 
 pub use config::{CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig};
@@ -19,6 +20,8 @@ pub use fetch::{
     register_and_fetch_artifacts_with,
 };
 pub use output::{ArtifactOutputMap, WrittenFile};
+pub use reload::{FileKind, FileReloader, ReloadConfig, ReloadableSource, load_reloadable};
 pub use server::{
-    build_server_state, open_registration_store, serve_cfgsync_from_config, serve_snapshot_cfgsync,
+    ConfiguredServer, build_server, build_server_state, open_registration_store,
+    serve_cfgsync_from_config, serve_snapshot_cfgsync,
 };
