@@ -15,25 +15,39 @@ use crate::{NodeArtifactsMaterializer, NodeMaterialization, Result};
 /// A fixed map of per-node files plus shared files, as a one-node
 /// materializer: a registered node the map names gets its files, any other
 /// `404 missing_config`. The original's `registration` mode, over any
-/// [`RegistrationStore`](crate::RegistrationStore). Supports `/node/replace`.
+/// [`RegistrationStore`](crate::RegistrationStore). Supports `/node/replace`,
+/// and replacing the whole map at once ([`replace_artifacts`](Self::replace_artifacts)).
 #[derive(Debug, Default)]
 pub struct StaticArtifactsMaterializer {
-    nodes: RwLock<HashMap<String, ArtifactSet>>,
-    shared: ArtifactSet,
+    map: RwLock<FixedMap>,
     changes: ChangeNotifier,
 }
 
-impl StaticArtifactsMaterializer {
-    /// From an artifacts document (`nodes: {id: {files}}`, `shared: {files}`).
-    pub fn new(artifacts: RegistrationArtifacts) -> Result<Self> {
+#[derive(Debug, Default)]
+struct FixedMap {
+    nodes: HashMap<String, ArtifactSet>,
+    shared: ArtifactSet,
+}
+
+impl FixedMap {
+    fn new(artifacts: RegistrationArtifacts) -> Result<Self> {
         let mut nodes = HashMap::with_capacity(artifacts.nodes.len());
         for (identifier, list) in artifacts.nodes {
             validate_identifier(&identifier)?;
             nodes.insert(identifier, list.files);
         }
         Ok(Self {
-            nodes: RwLock::new(nodes),
+            nodes,
             shared: artifacts.shared.files,
+        })
+    }
+}
+
+impl StaticArtifactsMaterializer {
+    /// From an artifacts document (`nodes: {id: {files}}`, `shared: {files}`).
+    pub fn new(artifacts: RegistrationArtifacts) -> Result<Self> {
+        Ok(Self {
+            map: RwLock::new(FixedMap::new(artifacts)?),
             changes: ChangeNotifier::new(),
         })
     }
@@ -50,12 +64,24 @@ impl StaticArtifactsMaterializer {
         })
     }
 
+    /// Serves `artifacts` instead of the current map, all at once: a request
+    /// sees the old map or the new one, never a mix. On error (a bad
+    /// identifier) the current map stays. Nodes whose files did not change keep
+    /// their ETag; files set by `/node/replace` are dropped with the old map.
+    pub fn replace_artifacts(&self, artifacts: RegistrationArtifacts) -> Result<()> {
+        let map = FixedMap::new(artifacts)?;
+        *self.map.write().unwrap_or_else(PoisonError::into_inner) = map;
+        self.changes.notify();
+        Ok(())
+    }
+
     /// Identifiers the map names, sorted.
     pub fn identifiers(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
-            .nodes
+            .map
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .nodes
             .keys()
             .cloned()
             .collect();
@@ -67,10 +93,10 @@ impl StaticArtifactsMaterializer {
 #[async_trait]
 impl NodeArtifactsMaterializer for StaticArtifactsMaterializer {
     async fn materialize_node(&self, node: &NodeRegistration) -> Result<NodeMaterialization> {
-        let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
-        Ok(match nodes.get(&node.identifier) {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(match map.nodes.get(&node.identifier) {
             Some(files) => {
-                NodeMaterialization::Ready(files.clone().merged_with_shared(&self.shared))
+                NodeMaterialization::Ready(files.clone().merged_with_shared(&map.shared))
             }
             None => NodeMaterialization::Missing,
         })
@@ -82,9 +108,10 @@ impl NodeArtifactsMaterializer for StaticArtifactsMaterializer {
 
     async fn replace(&self, identifier: &str, files: ArtifactSet) -> Result<()> {
         validate_identifier(identifier)?;
-        self.nodes
+        self.map
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+            .nodes
             .insert(identifier.to_owned(), files);
         self.changes.notify();
         Ok(())

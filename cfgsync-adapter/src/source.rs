@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use async_trait::async_trait;
 use cfgsync_artifacts::ArtifactSet;
 use cfgsync_core::{
-    ChangeNotifier, ConfigResolveResponse, ConfigSource, NodeRegistration, ServedPayload,
+    ChangeNotifier, ConfigResolveResponse, ConfigSource, NodeAnswer, NodeRegistration,
+    ServedPayload, SourceNode, SourceStatus,
 };
 use tokio::sync::watch;
 
@@ -102,7 +103,35 @@ impl<M: RegistrationSnapshotMaterializer> ConfigSource for SnapshotConfigSource<
     async fn check_ready(&self) -> cfgsync_core::Result<()> {
         Ok(self.store.check().await?)
     }
+
+    async fn status(&self) -> cfgsync_core::Result<SourceStatus> {
+        let snapshot = self.store.snapshot().await?;
+        let cached = self.cache.materialize(&snapshot).await;
+        let nodes = snapshot
+            .iter()
+            .map(|registration| {
+                let answer = match &cached {
+                    Ok(cached) => NodeAnswer::from_resolved(
+                        cached.resolve(&registration.identifier),
+                        NOT_READY_POLICY,
+                    ),
+                    Err(e) => NodeAnswer::Failed {
+                        error: e.to_string(),
+                    },
+                };
+                SourceNode::new(registration.identifier.clone(), answer)
+                    .with_registration(registration.clone())
+            })
+            .collect();
+        let inputs = self.cache.inner().changes().map_or(0, |rx| *rx.borrow());
+        Ok(SourceStatus::new("registration")
+            .with_generation(snapshot.generation() + inputs)
+            .with_nodes(nodes))
+    }
 }
+
+/// Why a registered node is not ready, as the status page says it.
+const NOT_READY_POLICY: &str = "registered; the adapter's policy is not met yet";
 
 /// Follows the store's and the materializer's changes for a
 /// [`SnapshotConfigSource`]: materializes each new generation (bursts
@@ -203,24 +232,12 @@ impl<M: NodeArtifactsMaterializer> MaterializingConfigSource<M> {
     fn inputs_generation(&self) -> u64 {
         self.materializer.changes().map_or(0, |rx| *rx.borrow())
     }
-}
 
-#[async_trait]
-impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M> {
-    async fn register(&self, registration: NodeRegistration) -> cfgsync_core::Result<()> {
-        self.materializer.validate_registration(&registration)?;
-        self.store.put(registration).await?;
-        Ok(())
-    }
-
-    async fn resolve(
+    /// The answer for a registered node, from its stored registration.
+    async fn resolve_stored(
         &self,
-        registration: &NodeRegistration,
+        stored: &NodeRegistration,
     ) -> cfgsync_core::Result<ConfigResolveResponse> {
-        let snapshot = self.store.snapshot().await?;
-        let Some(stored) = snapshot.get(&registration.identifier) else {
-            return Ok(ConfigResolveResponse::NotReady);
-        };
         let inputs = self.inputs_generation();
         {
             let built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
@@ -251,6 +268,26 @@ impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M>
             }
         }
     }
+}
+
+#[async_trait]
+impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M> {
+    async fn register(&self, registration: NodeRegistration) -> cfgsync_core::Result<()> {
+        self.materializer.validate_registration(&registration)?;
+        self.store.put(registration).await?;
+        Ok(())
+    }
+
+    async fn resolve(
+        &self,
+        registration: &NodeRegistration,
+    ) -> cfgsync_core::Result<ConfigResolveResponse> {
+        let snapshot = self.store.snapshot().await?;
+        let Some(stored) = snapshot.get(&registration.identifier) else {
+            return Ok(ConfigResolveResponse::NotReady);
+        };
+        self.resolve_stored(stored).await
+    }
 
     async fn replace(&self, identifier: &str, files: ArtifactSet) -> cfgsync_core::Result<()> {
         self.materializer.replace(identifier, files).await?;
@@ -267,6 +304,24 @@ impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M>
 
     async fn check_ready(&self) -> cfgsync_core::Result<()> {
         Ok(self.store.check().await?)
+    }
+
+    async fn status(&self) -> cfgsync_core::Result<SourceStatus> {
+        let snapshot = self.store.snapshot().await?;
+        let mut nodes = Vec::with_capacity(snapshot.len());
+        for registration in snapshot.iter() {
+            let answer = NodeAnswer::from_resolved(
+                self.resolve_stored(registration).await,
+                NOT_READY_POLICY,
+            );
+            nodes.push(
+                SourceNode::new(registration.identifier.clone(), answer)
+                    .with_registration(registration.clone()),
+            );
+        }
+        Ok(SourceStatus::new("registration")
+            .with_generation(snapshot.generation() + self.inputs_generation())
+            .with_nodes(nodes))
     }
 }
 

@@ -377,3 +377,44 @@ async fn deployment_adapter_derives_node_and_shared_files_from_its_model() {
     .unwrap();
     assert_eq!(members, ["x", "y"]);
 }
+
+#[tokio::test]
+async fn snapshot_source_status_shows_waiting_nodes_until_the_policy_is_met() {
+    let source = SnapshotConfigSource::new(
+        Arc::new(MemoryRegistrationStore::new()),
+        Peers {
+            expected: 2,
+            ..Peers::default()
+        },
+    );
+    let first = reg("node-1", "10.0.0.1")
+        .with_metadata(&serde_json::json!({"rack": "r1"}))
+        .unwrap();
+    source.register(first.clone()).await.unwrap();
+    let status = source.status().await.unwrap();
+    assert_eq!(status.kind, "registration");
+    let nodes = status.nodes.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].identifier, "node-1");
+    assert_eq!(nodes[0].registration.as_ref(), Some(&first));
+    assert!(
+        matches!(&nodes[0].answer, cfgsync_core::NodeAnswer::NotReady { reason } if reason.contains("policy")),
+        "{:?}",
+        nodes[0].answer
+    );
+
+    source.register(reg("node-2", "10.0.0.2")).await.unwrap();
+    let status = source.status().await.unwrap();
+    let nodes = status.nodes.unwrap();
+    let ConfigResolveResponse::Ready(payload) = source.resolve(&first).await.unwrap() else {
+        panic!("node-1 is ready once two nodes registered");
+    };
+    assert_eq!(
+        nodes[0].answer,
+        cfgsync_core::NodeAnswer::Ready {
+            etag: payload.etag().to_owned(),
+            files: 2
+        }
+    );
+    assert!(nodes[1].answer.is_ready());
+}

@@ -83,14 +83,26 @@ impl RegistrationArtifacts {
 /// Reads and parses a YAML or JSON document (by extension), with errors naming
 /// the file and the parser's position.
 pub fn read_document<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+    let bytes = std::fs::read(path).map_err(|source| Error::ReadFile {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_document(path, &bytes, what)
+}
+
+/// Parses the bytes of `path` as [`read_document`] does: JSON when the name
+/// ends in `.json`, YAML otherwise; errors name the file and the position.
+pub fn parse_document<T: DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T> {
     let parsed = if path.extension().is_some_and(|ext| ext == "json") {
-        serde_json::from_str(&text).map_err(|e| e.to_string())
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
     } else {
-        parse_yaml(&text)
+        std::str::from_utf8(bytes)
+            .map_err(|e| format!("not UTF-8: {e}"))
+            .and_then(parse_yaml)
     };
     parsed.map_err(|message| Error::ParseFile {
         path: path.to_path_buf(),

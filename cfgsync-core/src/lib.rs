@@ -15,6 +15,7 @@ mod serve;
 mod server;
 mod source;
 mod static_source;
+pub mod status;
 pub mod transport;
 
 pub use auth::{AuthConfig, Secret};
@@ -42,6 +43,10 @@ pub use server::{
 };
 pub use source::{ChangeNotifier, ConfigResolveResponse, ConfigSource};
 pub use static_source::{BundleConfigSource, StaticConfigSource};
+pub use status::{
+    FetchTracker, NodeAnswer, RenderedSection, ServerStatus, SourceNode, SourceStatus,
+    StatusSection,
+};
 pub use transport::{TransportFailure, describe_transport_failure};
 
 pub use cfgsync_artifacts::{ArtifactEncoding, ArtifactFile, ArtifactSet};

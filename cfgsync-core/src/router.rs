@@ -188,6 +188,8 @@ pub fn build_cfgsync_router(state: CfgsyncServerState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(status_page))
+        .route(STATUS_ROUTE, get(status_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -248,8 +250,10 @@ async fn register(
         ROUTE,
     )?;
     tracing::info!(identifier = %registration.identifier, ip = %registration.ip, "node registered");
+    let (identifier, ip) = (registration.identifier.clone(), registration.ip);
     state.source().register(registration).await?;
     state.inner.metrics.registrations.inc();
+    state.inner.tracker.registered(&identifier, ip);
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -289,39 +293,60 @@ async fn node(
         .wait
         .map(|secs| std::time::Duration::from_secs(secs).min(state.limits().max_wait()))
         .filter(|wait| !wait.is_zero());
+    let response = answer_node(&state, &registration, if_none_match.as_deref(), wait).await?;
+    let etag = response
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok());
+    state.inner.tracker.fetched(
+        &registration.identifier,
+        registration.ip,
+        response.status().as_u16(),
+        etag,
+    );
+    Ok(response)
+}
+
+/// The `/node` answer, held while it would be `425` or `304` when `wait` is set.
+async fn answer_node(
+    state: &CfgsyncServerState,
+    registration: &NodeRegistration,
+    if_none_match: Option<&str>,
+    wait: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
     let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
     let mut changes = deadline.and_then(|_| state.source().changes());
-    let _waiting = changes.as_ref().map(|_| WaitingGuard::new(&state));
+    let _waiting = changes.as_ref().map(|_| WaitingGuard::new(state));
 
     loop {
         if let Some(changes) = changes.as_mut() {
             // Seen before resolving: a change after this point wakes us below.
             changes.borrow_and_update();
         }
-        let answer = state.source().resolve(&registration).await?;
+        let answer = state.source().resolve(registration).await?;
         // Held only while the answer is "not yet" (425) or "unchanged" (304);
         // a missing config is a final answer and goes back at once.
         let settled = match &answer {
-            ConfigResolveResponse::Ready(payload) => !if_none_match
-                .as_deref()
-                .is_some_and(|tag| payload.matches_if_none_match(tag)),
+            ConfigResolveResponse::Ready(payload) => {
+                !if_none_match.is_some_and(|tag| payload.matches_if_none_match(tag))
+            }
             ConfigResolveResponse::NotReady => false,
             _ => true,
         };
         let (Some(rx), Some(deadline), false) = (changes.as_mut(), deadline, settled) else {
-            return Ok(respond(&registration, answer, if_none_match.as_deref()));
+            return Ok(respond(registration, answer, if_none_match));
         };
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
-                    return Ok(respond(&registration, answer, if_none_match.as_deref()));
+                    return Ok(respond(registration, answer, if_none_match));
                 }
             }
             () = tokio::time::sleep_until(deadline) => {
-                return Ok(respond(&registration, answer, if_none_match.as_deref()));
+                return Ok(respond(registration, answer, if_none_match));
             }
             () = state.inner.shutdown.cancelled() => {
-                return Ok(respond(&registration, answer, if_none_match.as_deref()));
+                return Ok(respond(registration, answer, if_none_match));
             }
         }
     }
@@ -444,4 +469,81 @@ async fn method_not_allowed(request: Request) -> ApiError {
             request.uri().path()
         ),
     )
+}
+
+/// The JSON twin of the status page.
+pub const STATUS_ROUTE: &str = "/api/v1/status";
+
+/// The operator's token of a status request: a bearer token, or the password
+/// of HTTP Basic auth (what a browser sends after asking the person; the user
+/// name is ignored).
+fn status_token(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    if let Some(token) = bearer_token(headers) {
+        return Some(token.to_owned());
+    }
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.to_owned())
+}
+
+/// With auth on, the status needs the admin (operator) token: none is `401`
+/// (with a Basic challenge, so a browser asks for it), a node token `403`.
+/// Returns the refusal, `None` when allowed.
+fn refuse_status(
+    state: &CfgsyncServerState,
+    headers: &HeaderMap,
+    route: &'static str,
+) -> Option<Response> {
+    let token = status_token(headers);
+    state
+        .inner
+        .auth
+        .authorize(token.as_deref(), Access::Admin, route)
+        .err()
+        .map(|e| {
+            let mut response = ApiError::from(e).into_response();
+            if response.status() == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Basic realm=\"cfgsync status (password: the admin token)\", charset=\"UTF-8\"",
+                    ),
+                );
+            }
+            response
+        })
+}
+
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn status_page(State(state): State<CfgsyncServerState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_status(&state, &headers, "/") {
+        return refused;
+    }
+    let (status, sections) = state.status().await;
+    no_store(
+        axum::response::Html(crate::status::render_status_page(&status, &sections)).into_response(),
+    )
+}
+
+async fn status_json(State(state): State<CfgsyncServerState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_status(&state, &headers, STATUS_ROUTE) {
+        return refused;
+    }
+    let (status, _) = state.status().await;
+    no_store(axum::Json(status).into_response())
 }

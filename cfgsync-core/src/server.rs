@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +18,9 @@ use crate::ConfigSource;
 use crate::auth::AuthConfig;
 use crate::metrics::ServerMetrics;
 use crate::registration::DEFAULT_MAX_METADATA_BYTES;
+use crate::status::{
+    FetchTracker, ServerStatus, SourceStatus, SourceSummary, StatusSection, node_rows,
+};
 
 /// Default of [`ServerLimits::header_read_timeout_secs`].
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
@@ -139,6 +145,26 @@ pub(crate) struct StateInner {
     pub metrics: ServerMetrics,
     pub shutdown: CancellationToken,
     pub insecure_listener: AtomicBool,
+    pub tracker: FetchTracker,
+    pub app: AppInfo,
+    pub sections: Vec<Arc<dyn StatusSection>>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// The name and version a status page shows.
+#[derive(Debug, Clone)]
+pub(crate) struct AppInfo {
+    pub name: String,
+    pub version: String,
+}
+
+impl Default for AppInfo {
+    fn default() -> Self {
+        Self {
+            name: "cfgsync".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
 }
 
 impl CfgsyncServerState {
@@ -155,6 +181,8 @@ impl CfgsyncServerState {
             limits: ServerLimits::default(),
             auth: AuthConfig::default(),
             registry: Registry::default(),
+            app: AppInfo::default(),
+            sections: Vec::new(),
         }
     }
 
@@ -205,6 +233,64 @@ impl CfgsyncServerState {
         Ok(text)
     }
 
+    /// What each node last did (registered, fetched, ETag served).
+    pub fn tracker(&self) -> &FetchTracker {
+        &self.inner.tracker
+    }
+
+    /// The server's status now: what `GET /api/v1/status` answers, and the
+    /// HTML of the app's sections for `GET /`. Asks the source and every
+    /// section; a failure of one is shown in its place, never fails the rest.
+    pub async fn status(&self) -> (ServerStatus, Vec<maud::Markup>) {
+        let inner = &self.inner;
+        let (source, error) = match inner.source.status().await {
+            Ok(source) => (source, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "config source cannot tell its status");
+                (SourceStatus::new("unknown"), Some(e.to_string()))
+            }
+        };
+        let (nodes, mut counts) = node_rows(source.nodes, &inner.tracker);
+        counts.long_polls_held = u64::try_from(inner.metrics.long_polls_waiting.get()).unwrap_or(0);
+        let mut sections = BTreeMap::new();
+        let mut html = Vec::with_capacity(inner.sections.len());
+        for section in &inner.sections {
+            let key = section.key().to_owned();
+            match section.render().await {
+                Ok(rendered) => {
+                    sections.insert(key, rendered.json);
+                    html.push(rendered.html);
+                }
+                Err(e) => {
+                    tracing::warn!(section = %key, error = %e, "status section failed");
+                    let message = e.to_string();
+                    html.push(maud::html! {
+                        section { h2 { (key) } p.err { "cannot show this section: " (message) } }
+                    });
+                    sections.insert(key, serde_json::json!({ "error": message }));
+                }
+            }
+        }
+        let status = ServerStatus {
+            server: inner.app.name.clone(),
+            version: inner.app.version.clone(),
+            started_at: inner.started_at,
+            generated_at: Utc::now(),
+            auth: inner.auth.is_enabled(),
+            source: SourceSummary {
+                kind: source.kind,
+                file: source.file,
+                generation: source.generation,
+                reload: source.reload,
+                error,
+            },
+            counts,
+            nodes,
+            sections,
+        };
+        (status, html)
+    }
+
     /// Ends held long-polls (each answers what it has); `serve_cfgsync*` call this
     /// when shutdown begins.
     pub fn begin_shutdown(&self) {
@@ -218,6 +304,8 @@ pub struct CfgsyncServerStateBuilder {
     limits: ServerLimits,
     auth: AuthConfig,
     registry: Registry,
+    app: AppInfo,
+    sections: Vec<Arc<dyn StatusSection>>,
 }
 
 impl CfgsyncServerStateBuilder {
@@ -243,6 +331,25 @@ impl CfgsyncServerStateBuilder {
         self
     }
 
+    /// Names the server on its status page and in `GET /api/v1/status`
+    /// (default: `cfgsync` and this crate's version).
+    #[must_use]
+    pub fn with_app(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
+        self.app = AppInfo {
+            name: name.into(),
+            version: version.into(),
+        };
+        self
+    }
+
+    /// Adds an app's section to the status page and its JSON twin, shown in
+    /// the order added, between the server summary and the node table.
+    #[must_use]
+    pub fn with_status_section(mut self, section: Arc<dyn StatusSection>) -> Self {
+        self.sections.push(section);
+        self
+    }
+
     /// The state.
     pub fn build(mut self) -> CfgsyncServerState {
         let metrics = ServerMetrics::register(&mut self.registry);
@@ -255,6 +362,10 @@ impl CfgsyncServerStateBuilder {
                 metrics,
                 shutdown: CancellationToken::new(),
                 insecure_listener: AtomicBool::new(false),
+                tracker: FetchTracker::new(),
+                app: self.app,
+                sections: self.sections,
+                started_at: Utc::now(),
             }),
         }
     }
@@ -266,6 +377,7 @@ impl fmt::Debug for CfgsyncServerStateBuilder {
             .field("source", &self.source)
             .field("limits", &self.limits)
             .field("auth", &self.auth)
+            .field("sections", &self.sections)
             .finish_non_exhaustive()
     }
 }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use cfgsync_artifacts::ArtifactSet;
 use tokio::sync::watch;
 
+use crate::status::SourceStatus;
 use crate::{Error, NodeRegistration, Result, ServedPayload};
 
 /// What a [`ConfigSource`] answers for one node.
@@ -50,6 +51,15 @@ pub trait ConfigSource: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the source can serve (`GET /readyz`): its backing store answers.
     async fn check_ready(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// What the source tells the status page (`GET /`, `GET /api/v1/status`):
+    /// its kind, file, generation, and its nodes with what each would be
+    /// answered now. Called only when someone looks, never on the `/node`
+    /// path. By default: kind `custom`, nodes not enumerated (the page then
+    /// lists the nodes seen in requests).
+    async fn status(&self) -> Result<SourceStatus> {
+        Ok(SourceStatus::new("custom"))
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::document::{NodeArtifactsBundle, RegistrationArtifacts};
 use crate::registration::validate_identifier;
+use crate::status::{NodeAnswer, SourceNode, SourceStatus};
 use crate::{
     ChangeNotifier, ConfigResolveResponse, ConfigSource, Error, NodeRegistration, Result,
     ServedPayload, SharedFiles,
@@ -40,6 +41,27 @@ impl NodePayloads {
 
     fn get(&self, identifier: &str) -> Option<Arc<ServedPayload>> {
         self.nodes.get(identifier).cloned()
+    }
+
+    fn from_bundle(bundle: NodeArtifactsBundle) -> Result<Self> {
+        let mut payloads = Self::new(bundle.shared_files)?;
+        for entry in bundle.nodes {
+            if payloads.nodes.contains_key(&entry.identifier) {
+                return Err(Error::Invalid {
+                    field: "nodes",
+                    reason: format!("node {:?} appears twice in the bundle", entry.identifier),
+                });
+            }
+            payloads.set(&entry.identifier, entry.files)?;
+        }
+        Ok(payloads)
+    }
+
+    fn ready(payload: &ServedPayload) -> NodeAnswer {
+        NodeAnswer::Ready {
+            etag: payload.etag().to_owned(),
+            files: payload.file_count(),
+        }
     }
 }
 
@@ -133,6 +155,53 @@ impl ConfigSource for StaticConfigSource {
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.changes.subscribe())
     }
+
+    async fn status(&self) -> Result<SourceStatus> {
+        let registered = read(&self.registered).clone();
+        let payloads = read(&self.payloads);
+        let waiting: Vec<SourceNode> = payloads
+            .nodes
+            .keys()
+            .filter(|id| !registered.contains_key(*id))
+            .map(|id| {
+                SourceNode::new(
+                    id.clone(),
+                    NodeAnswer::NotReady {
+                        reason: "not registered yet".into(),
+                    },
+                )
+            })
+            .collect();
+        let mut nodes: Vec<SourceNode> = registered
+            .into_values()
+            .map(|registration| {
+                let answer = match payloads.get(&registration.identifier) {
+                    Some(payload) => NodePayloads::ready(&payload),
+                    None => NodeAnswer::Missing {
+                        reason: "registered, but the source has no files for it".into(),
+                    },
+                };
+                SourceNode::new(registration.identifier.clone(), answer)
+                    .with_registration(registration)
+            })
+            .collect();
+        nodes.extend(waiting);
+        Ok(SourceStatus::new("registration")
+            .with_generation(self.changes.generation())
+            .with_nodes(nodes))
+    }
+}
+
+/// Maps a document's validation error to one naming the file.
+fn invalid_file(error: Error, path: &Path, what: &'static str) -> Error {
+    match error {
+        Error::Invalid { field, reason } => Error::ParseFile {
+            path: path.to_path_buf(),
+            what,
+            message: format!("invalid {field}: {reason}"),
+        },
+        other => other,
+    }
 }
 
 /// A precomputed bundle, served **without registration**: any node the bundle
@@ -148,18 +217,8 @@ impl BundleConfigSource {
     /// Builds the source from a bundle; fails on a duplicate identifier, a bad
     /// identifier or a duplicate path within a node.
     pub fn from_bundle(bundle: NodeArtifactsBundle) -> Result<Self> {
-        let mut payloads = NodePayloads::new(bundle.shared_files)?;
-        for entry in bundle.nodes {
-            if payloads.nodes.contains_key(&entry.identifier) {
-                return Err(Error::Invalid {
-                    field: "nodes",
-                    reason: format!("node {:?} appears twice in the bundle", entry.identifier),
-                });
-            }
-            payloads.set(&entry.identifier, entry.files)?;
-        }
         Ok(Self {
-            payloads: RwLock::new(payloads),
+            payloads: RwLock::new(NodePayloads::from_bundle(bundle)?),
             changes: ChangeNotifier::new(),
         })
     }
@@ -167,14 +226,21 @@ impl BundleConfigSource {
     /// Loads a bundle file (YAML, or JSON when the name ends in `.json`).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        Self::from_bundle(NodeArtifactsBundle::from_path(path)?).map_err(|e| match e {
-            Error::Invalid { field, reason } => Error::ParseFile {
-                path: path.to_path_buf(),
-                what: "cfgsync bundle",
-                message: format!("invalid {field}: {reason}"),
-            },
-            other => other,
-        })
+        Self::from_bundle(NodeArtifactsBundle::from_path(path)?)
+            .map_err(|e| invalid_file(e, path, "cfgsync bundle"))
+    }
+
+    /// Serves `bundle` instead of the current set, all at once: requests see
+    /// either the old set or the new one, never a mix. Checked as
+    /// [`from_bundle`](Self::from_bundle) does; on error the current set stays.
+    /// Waiting long-polls look again: nodes whose payload changed are answered,
+    /// the others (same ETag) stay held. Files set by
+    /// [`replace`](ConfigSource::replace) are dropped with the old set.
+    pub fn replace_bundle(&self, bundle: NodeArtifactsBundle) -> Result<()> {
+        let payloads = NodePayloads::from_bundle(bundle)?;
+        *write(&self.payloads) = payloads;
+        self.changes.notify();
+        Ok(())
     }
 
     /// Identifiers the bundle serves, sorted.
@@ -208,5 +274,16 @@ impl ConfigSource for BundleConfigSource {
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.changes.subscribe())
+    }
+
+    async fn status(&self) -> Result<SourceStatus> {
+        let nodes = read(&self.payloads)
+            .nodes
+            .iter()
+            .map(|(id, payload)| SourceNode::new(id.clone(), NodePayloads::ready(payload)))
+            .collect();
+        Ok(SourceStatus::new("bundle")
+            .with_generation(self.changes.generation())
+            .with_nodes(nodes))
     }
 }

@@ -1,5 +1,5 @@
 //! The server's YAML config: the original's keys, plus optional `bind`, `auth`,
-//! `registration_store` and `limits`.
+//! `registration_store`, `limits` and `reload`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use cfgsync_core::{AuthConfig, Secret, ServerLimits};
 use serde::{Deserialize, Serialize};
 
+use crate::reload::ReloadConfig;
 use crate::{Error, Result};
 
 /// Env variables that override the config's secrets, so they need not sit in a file.
@@ -47,6 +48,9 @@ pub struct CfgsyncServerConfig {
     /// Request limits.
     #[serde(default)]
     pub limits: ServerLimits,
+    /// How the source's file is watched for changes.
+    #[serde(default)]
+    pub reload: ReloadConfig,
 }
 
 fn default_port() -> u16 {

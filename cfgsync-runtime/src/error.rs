@@ -182,6 +182,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A signal handler (e.g. `SIGHUP` for reload) could not be installed.
+    #[error("cannot listen for {signal}: {source}")]
+    Signal {
+        /// The signal.
+        signal: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// An error of the core crate while serving (bundle files, binding).
     #[error(transparent)]
     Core(#[from] cfgsync_core::Error),

@@ -7,6 +7,7 @@ mod env;
 mod error;
 mod fetch;
 mod output;
+pub mod reload;
 mod server;
 
 pub use config::{CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig};
@@ -21,6 +22,8 @@ pub use fetch::{
     register_and_fetch_artifacts_with,
 };
 pub use output::{ArtifactOutputMap, FORBIDDEN_MODE_BITS, GROUP_WORLD_WRITE_BITS, WrittenFile};
+pub use reload::{FileKind, FileReloader, ReloadConfig, ReloadableSource, load_reloadable};
 pub use server::{
-    build_server_state, open_registration_store, serve_cfgsync_from_config, serve_snapshot_cfgsync,
+    ConfiguredServer, build_server, build_server_state, open_registration_store,
+    serve_cfgsync_from_config, serve_snapshot_cfgsync,
 };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cfgsync_core::auth::node_token;
-use cfgsync_runtime::{CfgsyncServerConfig, build_server_state};
+use cfgsync_runtime::{CfgsyncServerConfig, build_server};
 use clap::{Parser, Subcommand};
 
 /// Serve node registration and config delivery from a config file.
@@ -25,7 +25,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve until SIGTERM or ctrl-c (the default).
+    /// Serve until SIGTERM or ctrl-c (the default). The source file is
+    /// reloaded when it changes and on SIGHUP; a bad version keeps the last
+    /// good one serving. Status page on GET /, JSON on GET /api/v1/status.
     Serve,
     /// Load and check the config and its files, print a summary, and exit.
     Check,
@@ -60,17 +62,18 @@ async fn run(cli: Cli) -> Result<(), String> {
     let config = CfgsyncServerConfig::from_path(&cli.config).map_err(|e| e.to_string())?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let state = build_server_state(&config)
-                .await
+            let server = build_server(&config).await.map_err(|e| e.to_string())?;
+            #[cfg(unix)]
+            let _hangups = server
+                .reloader
+                .reload_on_sighup()
                 .map_err(|e| e.to_string())?;
-            cfgsync_core::serve_cfgsync(config.socket_addr(), state)
+            cfgsync_core::serve_cfgsync(config.socket_addr(), server.state)
                 .await
                 .map_err(|e| e.to_string())
         }
         Command::Check => {
-            build_server_state(&config)
-                .await
-                .map_err(|e| e.to_string())?;
+            build_server(&config).await.map_err(|e| e.to_string())?;
             println!(
                 "{}: ok — {:?}, listening on {}, registrations in {}, auth {}",
                 cli.config.display(),

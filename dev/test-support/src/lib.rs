@@ -2,10 +2,12 @@
 //! with feature `s3`, a real S3 server.
 #![doc = include_str!("../README.md")]
 
+mod browser;
 #[cfg(feature = "s3")]
 mod s3;
 mod server;
 
+pub use browser::Chromium;
 #[cfg(feature = "s3")]
 pub use s3::{S3Faults, S3Harness};
 pub use server::{TestServer, files, long_poll, woken};
