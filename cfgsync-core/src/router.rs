@@ -474,27 +474,6 @@ async fn method_not_allowed(request: Request) -> ApiError {
 /// The JSON twin of the status page.
 pub const STATUS_ROUTE: &str = "/api/v1/status";
 
-/// The operator's token of a status request: a bearer token, or the password
-/// of HTTP Basic auth (what a browser sends after asking the person; the user
-/// name is ignored).
-fn status_token(headers: &HeaderMap) -> Option<String> {
-    use base64::Engine as _;
-    if let Some(token) = bearer_token(headers) {
-        return Some(token.to_owned());
-    }
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (_, password) = text.split_once(':')?;
-    Some(password.to_owned())
-}
-
 /// With auth on, the status needs the admin (operator) token: none is `401`
 /// (with a Basic challenge, so a browser asks for it), a node token `403`.
 /// Returns the refusal, `None` when allowed.
@@ -503,7 +482,7 @@ fn refuse_status(
     headers: &HeaderMap,
     route: &'static str,
 ) -> Option<Response> {
-    let token = status_token(headers);
+    let token = crate::status::operator_token(headers);
     state
         .inner
         .auth

@@ -339,6 +339,32 @@ impl RenderedSection {
     }
 }
 
+/// The operator's token in a request: a bearer token, or the password of HTTP
+/// Basic auth (what a browser sends after a `401` with a Basic challenge; the
+/// user name is ignored). The status routes check it with
+/// [`AuthConfig::authorize`](crate::AuthConfig::authorize) for
+/// [`Access::Admin`](crate::auth::Access::Admin); an app's operator routes that
+/// people reach from the page can do the same (guard browser form posts
+/// against cross-site requests: a browser sends Basic credentials with them).
+pub fn operator_token(headers: &http::HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(credentials.to_owned());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.to_owned())
+}
+
 /// Puts the source's view and the tracker's together, one row per node.
 pub(crate) fn node_rows(
     nodes: Option<Vec<SourceNode>>,
