@@ -1,6 +1,6 @@
 //! Where package bytes live (stage `store`): [`PackageStore`] over one backend,
-//! `file://` ([`file`]) or `s3://` ([`s3`]), each behind the crate-private
-//! [`StoreBackend`] trait.
+//! `file://` (`file.rs`) or `s3://` (`s3.rs`), each behind the crate-private
+//! `StoreBackend` trait.
 //!
 //! Upload streams the temp file in parts (memory bounded by part size x
 //! concurrency) and never leaves a partial object at the final key: S3 multipart
