@@ -1,7 +1,8 @@
 use std::fmt;
+use std::io::Read as _;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
+use reqwest::header::{ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, ETAG, IF_NONE_MATCH};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
@@ -11,6 +12,9 @@ use crate::{Error, NodeArtifactsPayload, NodeFilesReplacement, NodeRegistration,
 /// Default time one request may take (connect included), long-poll wait excluded.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default cap on a `/node` payload, counted after decompression.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024 * 1024;
+
 /// A client of the cfgsync HTTP contract.
 ///
 /// Every answer maps to a typed [`Error`]: `425` → [`Error::NotReady`], `404
@@ -18,12 +22,18 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`Error::Unauthorized`]/[`Error::Forbidden`], anything else →
 /// [`Error::Rejected`] with the server's code and message, no answer →
 /// [`Error::Transport`].
+///
+/// `POST /node` asks for `Accept-Encoding: gzip` and decodes a gzip answer;
+/// a server that does not compress (the original) answers identity bytes,
+/// read as before. Either way the payload is capped (after decoding) at
+/// [`max_payload_bytes`](CfgsyncClientBuilder::max_payload_bytes).
 #[derive(Clone)]
 pub struct CfgsyncClient {
     base: String,
     http: reqwest::Client,
     token: Option<Secret>,
     timeout: Duration,
+    max_payload_bytes: usize,
 }
 
 /// Builds a [`CfgsyncClient`].
@@ -32,6 +42,7 @@ pub struct CfgsyncClientBuilder {
     base: String,
     timeout: Duration,
     token: Option<Secret>,
+    max_payload_bytes: usize,
 }
 
 /// Options of [`CfgsyncClient::fetch_node_config_with`].
@@ -76,6 +87,16 @@ impl CfgsyncClientBuilder {
         self
     }
 
+    /// Largest `/node` payload accepted, in bytes after decompression
+    /// (default [`DEFAULT_MAX_PAYLOAD_BYTES`]); a larger one is an
+    /// [`Error::InvalidResponse`], so a hostile or broken server cannot make
+    /// the client hold more (a small gzip body can decode to gigabytes).
+    #[must_use]
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
     /// The client.
     pub fn build(self) -> Result<CfgsyncClient> {
         let http = reqwest::Client::builder()
@@ -91,6 +112,7 @@ impl CfgsyncClientBuilder {
             http,
             token: self.token,
             timeout: self.timeout,
+            max_payload_bytes: self.max_payload_bytes,
         })
     }
 }
@@ -108,6 +130,7 @@ impl CfgsyncClient {
             base: base_url.into().trim_end_matches('/').to_owned(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
             token: None,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 
@@ -174,11 +197,7 @@ impl CfgsyncClient {
                     .get(ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let bytes = response.bytes().await.map_err(|source| Error::Transport {
-                    route,
-                    url: self.url(&path),
-                    source,
-                })?;
+                let bytes = self.payload_bytes(route, &path, response).await?;
                 let payload =
                     serde_json::from_slice(&bytes).map_err(|e| Error::InvalidResponse {
                         route,
@@ -204,6 +223,58 @@ impl CfgsyncClient {
         format!("{}{path}", self.base)
     }
 
+    /// The body of a `/node` answer, decoded from its `Content-Encoding`,
+    /// at most `max_payload_bytes` read and at most that many decoded.
+    async fn payload_bytes(
+        &self,
+        route: &'static str,
+        path: &str,
+        mut response: Response,
+    ) -> Result<Vec<u8>> {
+        let max = self.max_payload_bytes;
+        let too_large = |what: &str| Error::InvalidResponse {
+            route,
+            reason: format!("payload is larger than the limit of {max} bytes ({what})"),
+        };
+        let encoding = response.headers().get(CONTENT_ENCODING).map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        });
+        let mut raw = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|source| Error::Transport {
+            route,
+            url: self.url(path),
+            source,
+        })? {
+            if raw.len() + chunk.len() > max {
+                return Err(too_large("as sent"));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        match encoding.as_deref() {
+            None | Some("" | "identity") => Ok(raw),
+            Some("gzip" | "x-gzip") => {
+                let mut decoded = Vec::new();
+                flate2::read::MultiGzDecoder::new(raw.as_slice())
+                    .take(max as u64 + 1)
+                    .read_to_end(&mut decoded)
+                    .map_err(|e| Error::InvalidResponse {
+                        route,
+                        reason: format!("gzip body does not decode: {e}"),
+                    })?;
+                if decoded.len() > max {
+                    return Err(too_large("decompressed"));
+                }
+                Ok(decoded)
+            }
+            Some(other) => Err(Error::InvalidResponse {
+                route,
+                reason: format!("unsupported Content-Encoding {other:?} (asked for gzip)"),
+            }),
+        }
+    }
+
     async fn post<T: serde::Serialize + ?Sized>(
         &self,
         path: &str,
@@ -218,6 +289,11 @@ impl CfgsyncClient {
         }
         if let Some(tag) = if_none_match {
             request = request.header(IF_NONE_MATCH, tag);
+        }
+        if route_of(path) == "/node" {
+            // Payloads compress well (a peer list to a fifth or less); the
+            // server sends identity bytes to clients that do not ask.
+            request = request.header(ACCEPT_ENCODING, "gzip");
         }
         request.send().await.map_err(|source| Error::Transport {
             route: route_of(path),
@@ -293,6 +369,7 @@ impl fmt::Debug for CfgsyncClient {
             .field("base", &self.base)
             .field("timeout", &self.timeout)
             .field("token", &self.token)
+            .field("max_payload_bytes", &self.max_payload_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -303,6 +380,7 @@ impl fmt::Debug for CfgsyncClientBuilder {
             .field("base", &self.base)
             .field("timeout", &self.timeout)
             .field("token", &self.token)
+            .field("max_payload_bytes", &self.max_payload_bytes)
             .finish()
     }
 }
