@@ -2,10 +2,11 @@
 //! errors per status.
 
 use std::fmt;
+use std::io::Read as _;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
+use reqwest::header::{ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, ETAG, IF_NONE_MATCH};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
@@ -32,6 +33,12 @@ const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// a payload over the limit → [`Error::PayloadTooLarge`] (the body is read as
 /// it streams and never held beyond the limit). An identifier the server
 /// would refuse is refused before any request ([`Error::Invalid`]).
+///
+/// `POST /node` asks for `Accept-Encoding: gzip` and decodes a gzip answer;
+/// a server that does not compress (the original) answers identity bytes,
+/// read as before. Either way the payload is capped at
+/// [`max_payload_bytes`](CfgsyncClientBuilder::max_payload_bytes) as sent and
+/// again after decoding (a small gzip body can decode to gigabytes).
 #[derive(Clone)]
 pub struct CfgsyncClient {
     base: String,
@@ -218,8 +225,15 @@ impl CfgsyncClient {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 let url = self.url(&path);
+                let encoding = response.headers().get(CONTENT_ENCODING).map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .trim()
+                        .to_ascii_lowercase()
+                });
                 let bytes = match read_capped(response, self.max_payload_bytes).await {
-                    Ok(Capped::Whole(bytes)) => bytes,
+                    Ok(Capped::Whole(bytes)) => {
+                        decode_payload(route, &url, encoding.as_deref(), bytes, self.max_payload_bytes)?
+                    }
                     Ok(Capped::Cut(_)) => {
                         return Err(Error::PayloadTooLarge {
                             route,
@@ -270,6 +284,11 @@ impl CfgsyncClient {
         if let Some(tag) = if_none_match {
             request = request.header(IF_NONE_MATCH, tag);
         }
+        if route_of(path) == "/node" {
+            // Payloads compress well (a peer list to a fifth or less); the
+            // server sends identity bytes to clients that do not ask.
+            request = request.header(ACCEPT_ENCODING, "gzip");
+        }
         request
             .send()
             .await
@@ -312,6 +331,42 @@ async fn read_capped(mut response: Response, limit: u64) -> reqwest::Result<Capp
         body.extend_from_slice(&chunk);
     }
     Ok(Capped::Whole(body.freeze()))
+}
+
+/// A `/node` body decoded from its `Content-Encoding`, at most `limit` bytes
+/// decoded.
+fn decode_payload(
+    route: &'static str,
+    url: &str,
+    encoding: Option<&str>,
+    raw: Bytes,
+    limit: u64,
+) -> Result<Bytes> {
+    match encoding {
+        None | Some("" | "identity") => Ok(raw),
+        Some("gzip" | "x-gzip") => {
+            let mut decoded = Vec::new();
+            flate2::read::MultiGzDecoder::new(raw.as_ref())
+                .take(limit.saturating_add(1))
+                .read_to_end(&mut decoded)
+                .map_err(|e| Error::InvalidResponse {
+                    route,
+                    reason: format!("gzip body does not decode: {e}"),
+                })?;
+            if u64::try_from(decoded.len()).unwrap_or(u64::MAX) > limit {
+                return Err(Error::PayloadTooLarge {
+                    route,
+                    url: url.to_owned(),
+                    limit,
+                });
+            }
+            Ok(Bytes::from(decoded))
+        }
+        Some(other) => Err(Error::InvalidResponse {
+            route,
+            reason: format!("unsupported Content-Encoding {other:?} (asked for gzip)"),
+        }),
+    }
 }
 
 fn route_of(path: &str) -> &'static str {

@@ -6,12 +6,14 @@ pub mod auth;
 mod client;
 mod connection;
 pub mod document;
+mod encoding;
 mod error;
 mod metrics;
 mod payload;
 mod registration;
 mod router;
 mod serve;
+mod served;
 mod server;
 mod source;
 mod static_source;
@@ -24,10 +26,10 @@ pub use client::{
     FetchOptions, FetchOutcome,
 };
 pub use document::{NodeArtifactsBundle, NodeArtifactsBundleEntry, RegistrationArtifacts};
+pub use encoding::ContentCoding;
 pub use error::{BoxError, Error, Result};
 pub use payload::{
     ErrorBody, ErrorCode, NodeArtifactsPayload, NodeFilesReplacement, SCHEMA_VERSION,
-    ServedPayload, SharedFiles,
 };
 pub use registration::{
     DEFAULT_MAX_METADATA_BYTES, IDENTIFIER_CHARS, MAX_IDENTIFIER_LEN, NodeRegistration,
@@ -37,6 +39,7 @@ pub use router::build_cfgsync_router;
 pub use serve::{
     LISTEN_BACKLOG, bind_listener, serve_app_on, serve_cfgsync, serve_cfgsync_on, shutdown_signal,
 };
+pub use served::{ServedPayload, SharedFiles};
 pub use server::{
     CfgsyncServerState, CfgsyncServerStateBuilder, DEFAULT_HEADER_READ_TIMEOUT_SECS,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT_SECS, ServerLimits, is_insecure_listener,

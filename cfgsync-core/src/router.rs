@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,9 +16,11 @@ use serde::de::DeserializeOwned;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::{Access, BearerToken, MISSING_TOKEN};
+use crate::served::ChunkedBody;
 use crate::server::CfgsyncServerState;
 use crate::{
-    ConfigResolveResponse, Error, ErrorBody, ErrorCode, NodeFilesReplacement, NodeRegistration,
+    ConfigResolveResponse, ContentCoding, Error, ErrorBody, ErrorCode, NodeFilesReplacement,
+    NodeRegistration,
 };
 
 /// An error answer: status from the code, JSON body `{"code","message"}`.
@@ -288,12 +291,13 @@ async fn node(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let coding = ContentCoding::negotiate(&headers);
 
     let wait = query
         .wait
         .map(|secs| std::time::Duration::from_secs(secs).min(state.limits().max_wait()))
         .filter(|wait| !wait.is_zero());
-    let response = answer_node(&state, &registration, if_none_match.as_deref(), wait).await?;
+    let response = answer_node(&state, &registration, if_none_match.as_deref(), coding, wait).await?;
     let etag = response
         .headers()
         .get(header::ETAG)
@@ -312,6 +316,7 @@ async fn answer_node(
     state: &CfgsyncServerState,
     registration: &NodeRegistration,
     if_none_match: Option<&str>,
+    coding: ContentCoding,
     wait: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
     let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
@@ -334,19 +339,19 @@ async fn answer_node(
             _ => true,
         };
         let (Some(rx), Some(deadline), false) = (changes.as_mut(), deadline, settled) else {
-            return Ok(respond(registration, answer, if_none_match));
+            return Ok(respond(registration, answer, if_none_match, coding));
         };
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
-                    return Ok(respond(registration, answer, if_none_match));
+                    return Ok(respond(registration, answer, if_none_match, coding));
                 }
             }
             () = tokio::time::sleep_until(deadline) => {
-                return Ok(respond(registration, answer, if_none_match));
+                return Ok(respond(registration, answer, if_none_match, coding));
             }
             () = state.inner.shutdown.cancelled() => {
-                return Ok(respond(registration, answer, if_none_match));
+                return Ok(respond(registration, answer, if_none_match, coding));
             }
         }
     }
@@ -373,16 +378,35 @@ fn respond(
     registration: &NodeRegistration,
     answer: ConfigResolveResponse,
     if_none_match: Option<&str>,
+    coding: ContentCoding,
 ) -> Response {
     let identifier = &registration.identifier;
     match answer {
         ConfigResolveResponse::Ready(payload) => {
             let etag = HeaderValue::from_str(payload.etag())
                 .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+            // The answer depends on Accept-Encoding: say so on every answer
+            // with the payload's ETag, so a cache never hands gzip to a client
+            // that did not ask for it.
+            let vary = (header::VARY, HeaderValue::from_static("accept-encoding"));
             if if_none_match.is_some_and(|tag| payload.matches_if_none_match(tag)) {
-                return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+                return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag), vary]).into_response();
             }
-            (
+            let (coding, chunks) = match payload.chunks(coding) {
+                Ok(chunks) => (coding, chunks),
+                // Identity is always acceptable; a node gets its files even if
+                // compressing failed.
+                Err(error) => {
+                    tracing::error!(%identifier, %error, "cannot compress the payload; answering identity");
+                    (
+                        ContentCoding::Identity,
+                        payload
+                            .chunks(ContentCoding::Identity)
+                            .unwrap_or_else(|_| vec![payload.body()]),
+                    )
+                }
+            };
+            let mut response = (
                 StatusCode::OK,
                 [
                     (
@@ -390,10 +414,17 @@ fn respond(
                         HeaderValue::from_static("application/json"),
                     ),
                     (header::ETAG, etag),
+                    vary,
                 ],
-                payload.body().clone(),
+                Body::new(ChunkedBody::new(chunks)),
             )
-                .into_response()
+                .into_response();
+            if let Some(encoding) = coding.header_value() {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+            }
+            response
         }
         ConfigResolveResponse::NotReady => json_error(
             ErrorCode::NotReady,

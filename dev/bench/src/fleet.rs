@@ -126,7 +126,7 @@ mod tests {
         let files = catalog
             .payload_files(&fleet.nodes[index].identifier)
             .unwrap();
-        ServedPayload::new(files).unwrap().body().clone()
+        ServedPayload::new(files).unwrap().body()
     }
 
     #[tokio::test]

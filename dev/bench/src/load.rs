@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use std::io::Read as _;
+
 use bytes::Bytes;
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -47,26 +49,84 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// An answer as it came over the wire.
+struct Answer {
+    status: StatusCode,
+    /// The body as sent (gzip when `gzip`).
+    body: Bytes,
+    /// `Content-Encoding: gzip`.
+    gzip: bool,
+}
+
+/// POSTs `body`; with `compress`, says `Accept-Encoding: gzip` as our client
+/// does (the body is left as sent: the caller decodes or checks it).
 async fn post(
     http: &reqwest::Client,
     url: &str,
     body: &Bytes,
     timeout: Duration,
-) -> Result<(StatusCode, Bytes), String> {
-    let response = http
+    compress: bool,
+) -> Result<Answer, String> {
+    let mut request = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.clone())
-        .timeout(timeout)
+        .timeout(timeout);
+    if compress {
+        request = request.header(reqwest::header::ACCEPT_ENCODING, "gzip");
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| format!("POST {url}: {e}"))?;
     let status = response.status();
-    let bytes = response
+    let gzip = response
+        .headers()
+        .get(reqwest::header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let body = response
         .bytes()
         .await
         .map_err(|e| format!("POST {url}: reading the body: {e}"))?;
-    Ok((status, bytes))
+    Ok(Answer { status, body, gzip })
+}
+
+/// A gzip body, decoded.
+fn gunzip(body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(body)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("gzip body does not decode: {e}"))?;
+    Ok(out)
+}
+
+/// CRC-32 of each node's verified body, per coding it arrived in, so later
+/// phases check every body cheaply without decoding it.
+#[derive(Debug, Clone, Default)]
+pub struct Checksums {
+    pub identity: Vec<Option<u32>>,
+    pub gzip: Vec<Option<u32>>,
+}
+
+impl Checksums {
+    /// Checks the body of node `index`: against the CRC of its coding when
+    /// known, else decoded and verified in full.
+    fn check(&self, fleet: &Fleet, index: usize, answer: &Answer) -> Result<(), String> {
+        let known = if answer.gzip {
+            &self.gzip
+        } else {
+            &self.identity
+        };
+        match known.get(index).copied().flatten() {
+            Some(expected) if expected == crc32fast::hash(&answer.body) => Ok(()),
+            Some(_) => Err(format!(
+                "{}: body differs from the verified payload",
+                fleet.nodes[index].identifier
+            )),
+            None if answer.gzip => fleet.verify(index, &gunzip(&answer.body)?),
+            None => fleet.verify(index, &answer.body),
+        }
+    }
 }
 
 /// What the boot storm measured.
@@ -93,18 +153,24 @@ pub struct BootResult {
     /// ran out of time.
     pub errors: usize,
     pub first_errors: Vec<String>,
+    /// Mean payload per node: its JSON (identity) bytes, and what came over
+    /// the wire (smaller when gzip was asked for and sent).
+    pub identity_bytes: u64,
+    pub wire_bytes: u64,
     /// CRC-32 of each node's verified body (`None` where it failed), so the
     /// throughput phase can check every body cheaply.
     #[serde(skip)]
-    pub checksums: Vec<Option<u32>>,
+    pub checksums: Checksums,
 }
 
 struct NodeDone {
     index: usize,
     at: Instant,
-    /// Checked after the storm, so the load generator's JSON parsing does not
-    /// compete with the server for the CPU while delays are measured.
+    /// Checked after the storm, so the load generator's decoding and JSON
+    /// parsing do not compete with the server for the CPU while delays are
+    /// measured.
     body: Bytes,
+    gzip: bool,
     requests: u64,
 }
 
@@ -120,6 +186,7 @@ pub async fn boot_storm(
     concurrency: usize,
     long_poll_secs: u64,
     time_limit: Duration,
+    compress: bool,
 ) -> anyhow::Result<BootResult> {
     let http = http_client()?;
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -148,11 +215,12 @@ pub async fn boot_storm(
             let body = &fleet.nodes[index].body;
             {
                 let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
-                let (status, answer) = post(&http, &register_url, body, REQUEST_TIMEOUT).await?;
-                if status != StatusCode::ACCEPTED {
+                let answer = post(&http, &register_url, body, REQUEST_TIMEOUT, false).await?;
+                if answer.status != StatusCode::ACCEPTED {
                     return Err(format!(
-                        "/register answered {status}: {}",
-                        String::from_utf8_lossy(&answer)
+                        "/register answered {}: {}",
+                        answer.status,
+                        String::from_utf8_lossy(&answer.body)
                     ));
                 }
             }
@@ -170,32 +238,33 @@ pub async fn boot_storm(
                 let answer = match mode {
                     WaitMode::Poll => {
                         let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
-                        post(&http, &node_url, body, REQUEST_TIMEOUT).await?
+                        post(&http, &node_url, body, REQUEST_TIMEOUT, compress).await?
                     }
                     WaitMode::LongPoll => {
                         let timeout = REQUEST_TIMEOUT + Duration::from_secs(long_poll_secs);
-                        post(&http, &node_url, body, timeout).await?
+                        post(&http, &node_url, body, timeout, compress).await?
                     }
                 };
-                match answer {
-                    (StatusCode::OK, body) => {
+                match answer.status {
+                    StatusCode::OK => {
                         return Ok(NodeDone {
                             index,
                             at: Instant::now(),
-                            body,
+                            body: answer.body,
+                            gzip: answer.gzip,
                             requests,
                         });
                     }
-                    (StatusCode::TOO_EARLY, _) => {
+                    StatusCode::TOO_EARLY => {
                         if mode == WaitMode::Poll {
                             tokio::time::sleep(jittered(backoff, index, requests)).await;
                             backoff = (backoff * 2).min(POLL_BACKOFF_MAX);
                         }
                     }
-                    (status, bytes) => {
+                    status => {
                         return Err(format!(
                             "/node answered {status}: {}",
-                            String::from_utf8_lossy(&bytes)
+                            String::from_utf8_lossy(&answer.body)
                         ));
                     }
                 }
@@ -203,7 +272,11 @@ pub async fn boot_storm(
         });
     }
 
-    let mut checksums = vec![None; count];
+    let mut checksums = Checksums {
+        identity: vec![None; count],
+        gzip: vec![None; count],
+    };
+    let (mut identity_bytes, mut wire_bytes) = (0_u64, 0_u64);
     let mut done = Vec::with_capacity(count);
     let mut first_errors = Vec::new();
     let mut errors = 0;
@@ -230,8 +303,20 @@ pub async fn boot_storm(
     }
     for node in &mut done {
         let body = std::mem::take(&mut node.body);
-        match fleet.verify(node.index, &body) {
-            Ok(()) => checksums[node.index] = Some(crc32fast::hash(&body)),
+        let decoded = if node.gzip {
+            gunzip(&body).map(Bytes::from)
+        } else {
+            Ok(body.clone())
+        };
+        match decoded.and_then(|decoded| fleet.verify(node.index, &decoded).map(|()| decoded)) {
+            Ok(decoded) => {
+                checksums.identity[node.index] = Some(crc32fast::hash(&decoded));
+                if node.gzip {
+                    checksums.gzip[node.index] = Some(crc32fast::hash(&body));
+                }
+                identity_bytes += decoded.len() as u64;
+                wire_bytes += body.len() as u64;
+            }
             Err(message) => {
                 errors += 1;
                 if first_errors.len() < 5 {
@@ -258,6 +343,8 @@ pub async fn boot_storm(
         node_requests,
         errors,
         first_errors,
+        identity_bytes: identity_bytes.checked_div(done.len() as u64).unwrap_or(0),
+        wire_bytes: wire_bytes.checked_div(done.len() as u64).unwrap_or(0),
         checksums,
     })
 }
@@ -306,44 +393,41 @@ pub struct LoadResult {
 pub async fn throughput(
     base: &str,
     fleet: Arc<Fleet>,
-    checksums: Arc<Vec<Option<u32>>>,
+    checksums: Arc<Checksums>,
     concurrency: usize,
     requests: usize,
     time_limit: Duration,
+    compress: bool,
 ) -> anyhow::Result<LoadResult> {
     let http = http_client()?;
     let url: Arc<str> = format!("{base}/node").into();
     let warmup = (requests / 10).max(concurrency);
-    run_requests(
-        &http,
-        &url,
-        &fleet,
-        &checksums,
-        concurrency,
-        warmup,
-        time_limit,
-    )
-    .await;
-    Ok(run_requests(
-        &http,
-        &url,
-        &fleet,
-        &checksums,
-        concurrency,
-        requests,
-        time_limit,
-    )
-    .await)
+    let run = |requests| {
+        run_requests(
+            &http,
+            &url,
+            &fleet,
+            &checksums,
+            concurrency,
+            requests,
+            time_limit,
+            compress,
+        )
+    };
+    run(warmup).await;
+    Ok(run(requests).await)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_requests(
     http: &reqwest::Client,
     url: &Arc<str>,
     fleet: &Arc<Fleet>,
-    checksums: &Arc<Vec<Option<u32>>>,
+    checksums: &Arc<Checksums>,
     concurrency: usize,
     requests: usize,
     time_limit: Duration,
+    compress: bool,
 ) -> LoadResult {
     struct Shared {
         latencies: Vec<Duration>,
@@ -381,21 +465,21 @@ async fn run_requests(
                 }
                 let index = i % fleet.len();
                 let sent = Instant::now();
-                let outcome = post(&http, &url, &fleet.nodes[index].body, REQUEST_TIMEOUT).await;
+                let outcome = post(
+                    &http,
+                    &url,
+                    &fleet.nodes[index].body,
+                    REQUEST_TIMEOUT,
+                    compress,
+                )
+                .await;
                 let took = sent.elapsed();
-                let checked = outcome.and_then(|(status, body)| {
-                    if status != StatusCode::OK {
-                        return Err(format!("/node answered {status}"));
+                let checked = outcome.and_then(|answer| {
+                    if answer.status != StatusCode::OK {
+                        return Err(format!("/node answered {}", answer.status));
                     }
-                    bytes_total += body.len() as u64;
-                    match checksums.get(index).copied().flatten() {
-                        Some(expected) if expected == crc32fast::hash(&body) => Ok(()),
-                        Some(_) => Err(format!(
-                            "{}: body differs from the verified payload",
-                            fleet.nodes[index].identifier
-                        )),
-                        None => fleet.verify(index, &body),
-                    }
+                    bytes_total += answer.body.len() as u64;
+                    checksums.check(&fleet, index, &answer)
                 });
                 match checked {
                     Ok(()) => latencies.push(took),
@@ -449,8 +533,9 @@ pub struct BurstResult {
 pub async fn burst(
     base: &str,
     fleet: Arc<Fleet>,
-    checksums: Arc<Vec<Option<u32>>>,
+    checksums: Arc<Checksums>,
     time_limit: Duration,
+    compress: bool,
 ) -> anyhow::Result<BurstResult> {
     let http = http_client()?;
     let url: Arc<str> = format!("{base}/node").into();
@@ -471,19 +556,12 @@ pub async fn burst(
             tasks.spawn(async move {
                 let started = start.recv().await.map_err(|e| e.to_string())?;
                 let body = &fleet.nodes[index].body;
-                let (status, bytes) = post(&http, &url, body, REQUEST_TIMEOUT).await?;
+                let answer = post(&http, &url, body, REQUEST_TIMEOUT, compress).await?;
                 let took = started.elapsed();
-                if status != StatusCode::OK {
-                    return Err(format!("/node answered {status}"));
+                if answer.status != StatusCode::OK {
+                    return Err(format!("/node answered {}", answer.status));
                 }
-                match checksums.get(index).copied().flatten() {
-                    Some(expected) if expected == crc32fast::hash(&bytes) => Ok(took),
-                    Some(_) => Err(format!(
-                        "{}: body differs from the verified payload",
-                        fleet.nodes[index].identifier
-                    )),
-                    None => fleet.verify(index, &bytes).map(|()| took),
-                }
+                checksums.check(&fleet, index, &answer).map(|()| took)
             });
         }
         // Let every task reach its `recv` before the start signal.

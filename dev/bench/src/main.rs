@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::fleet::Fleet;
-use crate::load::WaitMode;
+use crate::load::{Checksums, WaitMode};
 use crate::report::{BootRow, LoadRow, SizeReport};
 use crate::servers::{ServerKind, ServerProcess};
 
@@ -34,7 +34,9 @@ simulated nodes register and wait for their files (--mode), verify every payload
 (own /config.yaml + the peer list of N), then send --requests POST /node across the N \
 identities at --concurrency and do the same against a bare axum handler serving the \
 same bytes. Reports wall time, delays, req/s, p50/p99, server peak RSS (VmHWM) and \
-errors (must be 0; the exit status is non-zero otherwise). Loopback only.",
+errors (must be 0; the exit status is non-zero otherwise). The bare handler also \
+meets a poll boot storm (answering 425 until N nodes registered), the reference of \
+our storm. --compress makes the nodes ask for gzip. Loopback only.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -73,6 +75,12 @@ struct Cli {
     /// correct files, never times.
     #[arg(long)]
     quick: bool,
+    /// Simulated nodes send `Accept-Encoding: gzip`, as our client does: the
+    /// server may answer gzip (decoded and verified by the bench; the wire size
+    /// is reported beside the JSON size). The bare axum handler always answers
+    /// identity bytes.
+    #[arg(long)]
+    compress: bool,
     /// Print the results as JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -205,7 +213,7 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
     let fleet = Arc::new(Fleet::new(nodes)?);
     let modes = cli.mode.modes();
     let mut boot = Vec::new();
-    let mut checksums = Arc::new(Vec::new());
+    let mut checksums = Arc::new(Checksums::default());
     let mut ready = None;
     for (i, &mode) in modes.iter().enumerate() {
         let server = match &cli.url {
@@ -218,8 +226,17 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
             (None, None) => anyhow::bail!("no server to target"),
         };
         let cpu_before = server.as_ref().map(ServerProcess::cpu_time).transpose()?;
-        let result =
-            load::boot_storm(&base, fleet.clone(), mode, cli.concurrency, cli.wait, limit).await?;
+        let server_idle_rss = server.as_ref().map(ServerProcess::peak_rss).transpose()?;
+        let result = load::boot_storm(
+            &base,
+            fleet.clone(),
+            mode,
+            cli.concurrency,
+            cli.wait,
+            limit,
+            cli.compress,
+        )
+        .await?;
         let server_cpu = match (&server, cpu_before) {
             (Some(server), Some(before)) => Some(server.cpu_time()?.saturating_sub(before)),
             _ => None,
@@ -231,6 +248,7 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
             boot.push(BootRow {
                 result,
                 server_cpu,
+                server_idle_rss,
                 server_peak_rss: None,
             });
             ready = Some((server, base));
@@ -242,6 +260,7 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
             boot.push(BootRow {
                 result,
                 server_cpu,
+                server_idle_rss,
                 server_peak_rss,
             });
         }
@@ -249,10 +268,36 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
     let (server, base) = ready.context("no boot storm ran")?;
     // Memory at N = 10 000 is ~9 GiB for our server, ~4.6 GiB for the bare one
     // and up to ~4.6 GiB in this process during a burst: never hold all three.
-    let cfgsync_burst = Some(load::burst(&base, fleet.clone(), checksums.clone(), limit).await?);
+    let cfgsync_burst =
+        Some(load::burst(&base, fleet.clone(), checksums.clone(), limit, cli.compress).await?);
     let bare = match &cli.url {
         Some(_) => None,
         None => Some(ServerProcess::start(ServerKind::Bare, nodes).await?),
+    };
+    // The bare handler's own poll boot storm: the reference for ours (it also
+    // leaves the bare handler with all N registered for the throughput phase).
+    let bare_boot = match &bare {
+        Some(bare) => {
+            let cpu_before = bare.cpu_time()?;
+            let server_idle_rss = Some(bare.peak_rss()?);
+            let result = load::boot_storm(
+                &bare.url,
+                fleet.clone(),
+                WaitMode::Poll,
+                cli.concurrency,
+                cli.wait,
+                limit,
+                cli.compress,
+            )
+            .await?;
+            Some(BootRow {
+                result,
+                server_cpu: Some(bare.cpu_time()?.saturating_sub(cpu_before)),
+                server_idle_rss,
+                server_peak_rss: Some(bare.peak_rss()?),
+            })
+        }
+        None => None,
     };
     // Alternate the two servers round by round, so a busy moment of the
     // machine hits both alike; each reports its median round.
@@ -267,6 +312,7 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
                 cli.concurrency,
                 cli.requests,
                 limit,
+                cli.compress,
             )
             .await?,
         );
@@ -279,6 +325,7 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
                     cli.concurrency,
                     cli.requests,
                     limit,
+                    cli.compress,
                 )
                 .await?,
             );
@@ -292,7 +339,9 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
         last.server_peak_rss = ours_rss;
     }
     let bare_burst = match &bare {
-        Some(bare) => Some(load::burst(&bare.url, fleet.clone(), checksums, limit).await?),
+        Some(bare) => {
+            Some(load::burst(&bare.url, fleet.clone(), checksums, limit, cli.compress).await?)
+        }
         None => None,
     };
     let (encode_all, encode_breakdown, bare_rss) = match bare {
@@ -305,7 +354,8 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
     };
     let cfgsync = LoadRow::from_rounds(ours_rounds, ours_rss);
     let bare = LoadRow::from_rounds(bare_rounds, bare_rss);
-    let payload_bytes = cfgsync
+    let payload_bytes = boot.last().map(|b| b.result.identity_bytes);
+    let wire_bytes = cfgsync
         .as_ref()
         .and_then(|l| l.result.body_bytes.checked_div(l.result.requests as u64));
     let throughput_ratio = match (&cfgsync, &bare) {
@@ -316,8 +366,11 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
     };
     Ok(SizeReport {
         nodes,
+        compress: cli.compress,
         payload_bytes,
+        wire_bytes,
         boot,
+        bare_boot,
         cfgsync,
         bare,
         throughput_ratio,

@@ -21,6 +21,8 @@ pub struct BootRow {
     /// CPU time (user + system) the server used during the storm.
     #[serde(serialize_with = "ms_opt")]
     pub server_cpu: Option<Duration>,
+    /// RSS of that server process when it started listening (before the storm).
+    pub server_idle_rss: Option<u64>,
     /// Peak RSS of that server process over the storm (and, for the last
     /// mode, the throughput phase); `None` against `--url`.
     pub server_peak_rss: Option<u64>,
@@ -36,6 +38,14 @@ pub struct LoadRow {
     /// Errors over all rounds.
     pub errors_all_rounds: usize,
     pub server_peak_rss: Option<u64>,
+}
+
+impl BootRow {
+    /// What the storm added to the server's peak RSS, per node.
+    pub fn rss_per_node(&self) -> Option<u64> {
+        let grown = self.server_peak_rss?.saturating_sub(self.server_idle_rss?);
+        grown.checked_div(self.result.nodes as u64)
+    }
 }
 
 impl LoadRow {
@@ -60,9 +70,16 @@ impl LoadRow {
 #[derive(Debug, Serialize)]
 pub struct SizeReport {
     pub nodes: usize,
-    /// Mean `/node` body size.
+    /// Whether the nodes asked for gzip (`--compress`).
+    pub compress: bool,
+    /// Mean `/node` payload (JSON, identity) size.
     pub payload_bytes: Option<u64>,
+    /// Mean `/node` body size on the wire from our server (gzip with
+    /// `--compress`).
+    pub wire_bytes: Option<u64>,
     pub boot: Vec<BootRow>,
+    /// The bare handler's poll boot storm.
+    pub bare_boot: Option<BootRow>,
     pub cfgsync: Option<LoadRow>,
     pub bare: Option<LoadRow>,
     /// cfgsync rps ÷ bare axum rps.
@@ -91,7 +108,11 @@ fn ms_opt<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::O
 
 impl SizeReport {
     pub fn errors(&self) -> usize {
-        self.boot.iter().map(|b| b.result.errors).sum::<usize>()
+        self.boot
+            .iter()
+            .chain(&self.bare_boot)
+            .map(|b| b.result.errors)
+            .sum::<usize>()
             + self.cfgsync.as_ref().map_or(0, |l| l.errors_all_rounds)
             + self.bare.as_ref().map_or(0, |l| l.errors_all_rounds)
             + self.cfgsync_burst.as_ref().map_or(0, |b| b.errors)
@@ -122,13 +143,19 @@ pub fn render(report: &SizeReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n== N = {} nodes, /node payload {} per node",
+        "\n== N = {} nodes, /node payload {} per node, {} on the wire from cfgsync ({})",
         report.nodes,
-        fmt_bytes(report.payload_bytes)
+        fmt_bytes(report.payload_bytes),
+        fmt_bytes(report.wire_bytes),
+        if report.compress {
+            "nodes ask for gzip"
+        } else {
+            "identity"
+        }
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11} {:>11}",
+        "{:<15} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11} {:>11} {:>9}",
         "boot",
         "wall",
         "registered",
@@ -138,14 +165,25 @@ pub fn render(report: &SizeReport) -> String {
         "/node reqs",
         "errors",
         "server CPU",
-        "server RSS"
+        "server RSS",
+        "RSS/node"
     );
-    for row in &report.boot {
+    let rows = report
+        .boot
+        .iter()
+        .map(|row| (row.result.mode.name().to_owned(), row))
+        .chain(
+            report
+                .bare_boot
+                .iter()
+                .map(|row| (format!("{} (bare)", row.result.mode.name()), row)),
+        );
+    for (name, row) in rows {
         let b = &row.result;
         let _ = writeln!(
             out,
-            "{:<10} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11} {:>11}",
-            b.mode.name(),
+            "{:<15} {:>10} {:>12} {:>11} {:>11} {:>11} {:>10} {:>7} {:>11} {:>11} {:>9}",
+            name,
             fmt_ms(b.wall),
             fmt_ms(b.registered),
             fmt_ms(b.delay_p50),
@@ -154,7 +192,9 @@ pub fn render(report: &SizeReport) -> String {
             b.node_requests,
             b.errors,
             row.server_cpu.map_or_else(|| "n/a".into(), fmt_ms),
-            fmt_bytes(row.server_peak_rss)
+            fmt_bytes(row.server_peak_rss),
+            row.rss_per_node()
+                .map_or_else(|| "n/a".into(), |b| format!("{b} B"))
         );
     }
     let _ = writeln!(
@@ -229,7 +269,7 @@ pub fn render(report: &SizeReport) -> String {
             let _ = writeln!(out, "cfgsync / bare axum throughput: n/a");
         }
     }
-    for row in &report.boot {
+    for row in report.boot.iter().chain(&report.bare_boot) {
         for e in &row.result.first_errors {
             let _ = writeln!(out, "  error ({}): {e}", row.result.mode.name());
         }
@@ -290,6 +330,7 @@ pub fn check_targets(reports: &[SizeReport]) -> Vec<TargetCheck> {
             });
         }
     }
+    issue_13_targets(reports, &mut checks);
     for report in reports {
         for row in report
             .boot
@@ -321,8 +362,66 @@ pub fn check_targets(reports: &[SizeReport]) -> Vec<TargetCheck> {
     checks
 }
 
+/// Issue 13: memory per node, the boot storm against the bare handler, and
+/// the size on the wire with gzip.
+fn issue_13_targets(reports: &[SizeReport], checks: &mut Vec<TargetCheck>) {
+    for report in reports {
+        let poll = report.boot.iter().find(|b| b.result.mode == WaitMode::Poll);
+        if let Some(rss) = poll.and_then(|b| b.server_peak_rss)
+            && report.nodes >= 10_000
+        {
+            checks.push(TargetCheck {
+                target: format!(
+                    "server peak RSS in a poll storm at N={} <= 64 MiB",
+                    report.nodes
+                ),
+                measured: fmt_bytes(Some(rss)),
+                met: rss <= 64 << 20,
+            });
+        }
+        if let (Some(ours), Some(bare)) = (poll, &report.bare_boot) {
+            let ratio = ours.result.wall.as_secs_f64() / bare.result.wall.as_secs_f64().max(1e-9);
+            checks.push(TargetCheck {
+                target: format!(
+                    "poll boot storm at N={} <= 1.5x the bare axum handler{}",
+                    report.nodes,
+                    if report.compress {
+                        " (ours gzip, bare identity)"
+                    } else {
+                        ""
+                    }
+                ),
+                measured: format!(
+                    "{ratio:.2}x ({} vs {})",
+                    fmt_ms(ours.result.wall),
+                    fmt_ms(bare.result.wall)
+                ),
+                met: ratio <= 1.5,
+            });
+        }
+        if report.compress
+            && let (Some(identity), Some(wire)) = (report.payload_bytes, report.wire_bytes)
+        {
+            let share = wire as f64 / identity.max(1) as f64;
+            checks.push(TargetCheck {
+                target: format!(
+                    "payload on the wire with gzip at N={} <= 25% of identity",
+                    report.nodes
+                ),
+                measured: format!(
+                    "{:.1}% ({} of {})",
+                    share * 100.0,
+                    fmt_bytes(Some(wire)),
+                    fmt_bytes(Some(identity))
+                ),
+                met: share <= 0.25,
+            });
+        }
+    }
+}
+
 pub fn render_targets(checks: &[TargetCheck]) -> String {
-    let mut out = String::from("\n== targets (issue 7)\n");
+    let mut out = String::from("\n== targets (issues 7 and 13)\n");
     for c in checks {
         let _ = writeln!(
             out,

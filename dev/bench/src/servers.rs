@@ -1,11 +1,13 @@
 //! The servers under test, each run in a child process (this binary re-executed
 //! with a hidden subcommand) so its peak RSS is its own: `__serve` is our
 //! server with the peer-list materializer, `__bare` a bare axum handler that
-//! answers `POST /node` with the same payload bytes, precomputed.
+//! counts `POST /register` and answers `POST /node` with `425` until N nodes
+//! registered, then with the same payload bytes, precomputed (identity only).
 
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -78,12 +80,26 @@ pub async fn run_cfgsync_server(nodes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `__bare`: `POST /node` answers the payload of the body's `identifier`.
+/// The bare handler's state: every node's body, and how many registered.
+struct Bare {
+    bodies: HashMap<String, Bytes>,
+    registered: AtomicUsize,
+    expected: usize,
+}
+
+/// `__bare`: `POST /register` counts and answers `202`; `POST /node` answers
+/// `425` until `nodes` registrations arrived, then the payload of the body's
+/// `identifier`.
 pub async fn run_bare_server(nodes: usize) -> anyhow::Result<()> {
-    let bodies = Arc::new(payload_bodies(nodes).await?);
+    let bare = Arc::new(Bare {
+        bodies: payload_bodies(nodes).await?,
+        registered: AtomicUsize::new(0),
+        expected: nodes,
+    });
     let router = axum::Router::new()
+        .route("/register", axum::routing::post(bare_register))
         .route("/node", axum::routing::post(bare_node))
-        .with_state(bodies);
+        .with_state(bare);
     let listener = bind_and_announce().await?;
     axum::serve(listener, router)
         .with_graceful_shutdown(parent_gone())
@@ -111,7 +127,7 @@ async fn payload_bodies(nodes: usize) -> anyhow::Result<HashMap<String, Bytes>> 
                 .payload_files(&node.identifier)
                 .with_context(|| format!("no files for {}", node.identifier))?;
             let served = ServedPayload::new(files)?;
-            Ok((node.identifier.clone(), served.body().clone()))
+            Ok((node.identifier.clone(), served.body()))
         })
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     println!("{ENCODED}{}", started.elapsed().as_micros());
@@ -185,11 +201,22 @@ struct Identifier {
     identifier: String,
 }
 
+async fn bare_register(
+    State(bare): State<Arc<Bare>>,
+    axum::Json(_): axum::Json<Identifier>,
+) -> StatusCode {
+    bare.registered.fetch_add(1, Ordering::Relaxed);
+    StatusCode::ACCEPTED
+}
+
 async fn bare_node(
-    State(bodies): State<Arc<HashMap<String, Bytes>>>,
+    State(bare): State<Arc<Bare>>,
     axum::Json(who): axum::Json<Identifier>,
 ) -> Response {
-    match bodies.get(&who.identifier) {
+    if bare.registered.load(Ordering::Relaxed) < bare.expected {
+        return StatusCode::TOO_EARLY.into_response();
+    }
+    match bare.bodies.get(&who.identifier) {
         Some(body) => (
             [(
                 header::CONTENT_TYPE,
