@@ -81,7 +81,7 @@ pub async fn serve_app_on(
     let max_connections = limits
         .max_connections
         .unwrap_or_else(default_max_connections)
-        .max(1);
+        .clamp(1, Semaphore::MAX_PERMITS);
     tracing::info!(%addr, max_connections, "cfgsync server listening");
     state.note_listener(addr);
 
@@ -89,7 +89,6 @@ pub async fn serve_app_on(
     let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS));
     let closing = CancellationToken::new();
     let mut connections = JoinSet::new();
-    let shutdown = shutdown;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

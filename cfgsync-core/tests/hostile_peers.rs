@@ -384,3 +384,47 @@ async fn a_listener_beyond_loopback_without_auth_is_flagged() {
     with_auth.shutdown().await;
     loopback.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_held_long_poll_is_not_idle() {
+    // Timeouts of 1 s; the long-poll is held for longer and must survive them.
+    let source = StaticConfigSource::default()
+        .with_node(
+            "node-1",
+            cfgsync_core::ArtifactSet::from_files([cfgsync_core::ArtifactFile::new(
+                "/config.yaml",
+                "id: 1\n",
+            )])
+            .unwrap(),
+        )
+        .unwrap();
+    let server = Server::start(limits(1, 1), Arc::new(source)).await;
+    let client = CfgsyncClient::new(server.url()).unwrap();
+    let node = NodeRegistration::new("node-1", "10.0.0.1".parse().unwrap());
+    let waiting = {
+        let (client, node) = (client.clone(), node.clone());
+        tokio::spawn(async move {
+            client
+                .fetch_node_config_with(
+                    &node,
+                    &FetchOptions {
+                        if_none_match: None,
+                        wait: Some(Duration::from_secs(30)),
+                    },
+                )
+                .await
+        })
+    };
+    // Registered only after both timeouts have passed several times over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.register_node(&node).await.unwrap();
+    let answer = tokio::time::timeout(GENEROUS, waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(answer, Ok(cfgsync_core::FetchOutcome::Updated { .. })),
+        "{answer:?}"
+    );
+    server.shutdown().await;
+}

@@ -304,6 +304,12 @@ async fn node_token_command_prints_tokens_the_server_accepts() {
 
     let (ok, _, stderr) = run_server(&["node-token", "a/b"], Some(&config_text));
     assert!(!ok && stderr.contains("path separator"), "{stderr}");
+    // The one identifier rule: no token for an identifier that could not use it.
+    let (ok, stdout, stderr) = run_server(&["node-token", "ñodo"], Some(&config_text));
+    assert!(
+        !ok && stdout.is_empty() && stderr.contains("non-ASCII"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
