@@ -231,9 +231,13 @@ impl CfgsyncClient {
                         .to_ascii_lowercase()
                 });
                 let bytes = match read_capped(response, self.max_payload_bytes).await {
-                    Ok(Capped::Whole(bytes)) => {
-                        decode_payload(route, &url, encoding.as_deref(), bytes, self.max_payload_bytes)?
-                    }
+                    Ok(Capped::Whole(bytes)) => decode_payload(
+                        route,
+                        &url,
+                        encoding.as_deref(),
+                        bytes,
+                        self.max_payload_bytes,
+                    )?,
                     Ok(Capped::Cut(_)) => {
                         return Err(Error::PayloadTooLarge {
                             route,

@@ -297,7 +297,14 @@ async fn node(
         .wait
         .map(|secs| std::time::Duration::from_secs(secs).min(state.limits().max_wait()))
         .filter(|wait| !wait.is_zero());
-    let response = answer_node(&state, &registration, if_none_match.as_deref(), coding, wait).await?;
+    let response = answer_node(
+        &state,
+        &registration,
+        if_none_match.as_deref(),
+        coding,
+        wait,
+    )
+    .await?;
     let etag = response
         .headers()
         .get(header::ETAG)
