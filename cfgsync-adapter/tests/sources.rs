@@ -157,6 +157,80 @@ async fn long_polling_node_wakes_when_the_last_peer_registers() {
     );
 }
 
+/// `POST /node` as a plain HTTP client: status, `Content-Encoding`, ETag, body.
+async fn raw_node(
+    server: &TestServer,
+    node: &NodeRegistration,
+    accept: Option<&str>,
+) -> (u16, Option<String>, String, Vec<u8>) {
+    let mut request = reqwest::Client::new().post(server.url("/node")).json(node);
+    if let Some(accept) = accept {
+        request = request.header("accept-encoding", accept);
+    }
+    let response = request.send().await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let (coding, etag) = (
+        header("content-encoding"),
+        header("etag").unwrap_or_default(),
+    );
+    let status = response.status().as_u16();
+    (
+        status,
+        coding,
+        etag,
+        response.bytes().await.unwrap().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn gzip_answers_follow_every_generation_of_the_shared_files() {
+    // Ready from the first node on: every registration is a new generation
+    // with a new shared peer list, compressed anew.
+    let source = Arc::new(SnapshotConfigSource::new(
+        Arc::new(MemoryRegistrationStore::new()),
+        Peers {
+            expected: 1,
+            ..Peers::default()
+        },
+    ));
+    let server = TestServer::with_source(source).await;
+    let client = CfgsyncClient::new(&server.url).unwrap();
+    let nodes: Vec<NodeRegistration> = (1..=4)
+        .map(|i| reg(&format!("node-{i}"), &format!("10.0.0.{i}")))
+        .collect();
+    let mut etags = std::collections::HashSet::new();
+    for (n, joining) in nodes.iter().enumerate() {
+        client.register_node(joining).await.unwrap();
+        let peers: String = nodes[..=n].iter().map(|r| format!("{}\n", r.ip)).collect();
+        for node in &nodes[..=n] {
+            let (status, coding, etag, plain) = raw_node(&server, node, None).await;
+            assert_eq!((status, coding), (200, None));
+            let payload: cfgsync_core::NodeArtifactsPayload =
+                serde_json::from_slice(&plain).unwrap();
+            assert_eq!(payload.files.get("/peers.txt").unwrap().content, peers);
+            let (status, coding, gzip_etag, compressed) =
+                raw_node(&server, node, Some("gzip")).await;
+            assert_eq!((status, coding.as_deref()), (200, Some("gzip")));
+            assert_eq!(gzip_etag, etag, "one ETag for both codings");
+            let mut decoded = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::MultiGzDecoder::new(compressed.as_slice()),
+                &mut decoded,
+            )
+            .unwrap();
+            assert_eq!(decoded, plain, "{} at generation {n}", node.identifier);
+            etags.insert(etag);
+        }
+    }
+    // Each generation changed every node's payload: 1 + 2 + 3 + 4 distinct ETags.
+    assert_eq!(etags.len(), 10);
+}
+
 #[tokio::test]
 async fn two_servers_sharing_s3_serve_the_same_payload_and_etag() {
     let s3 = S3Harness::start().await.unwrap();
