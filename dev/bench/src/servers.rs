@@ -1,7 +1,8 @@
 //! The servers under test, each run in a child process (this binary re-executed
 //! with a hidden subcommand) so its peak RSS is its own: `__serve` is our
 //! server with the peer-list materializer, `__bare` a bare axum handler that
-//! answers `POST /node` with the same payload bytes, precomputed.
+//! counts `POST /register` and answers `POST /node` with `425` until N nodes
+//! registered, then with the same payload bytes, precomputed (identity only).
 
 use std::collections::HashMap;
 use std::process::Stdio;
