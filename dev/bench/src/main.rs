@@ -241,6 +241,10 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
             (Some(server), Some(before)) => Some(server.cpu_time()?.saturating_sub(before)),
             _ => None,
         };
+        // Read now: the server of the last mode goes on to the burst (N
+        // connections at once) and the throughput phase, whose peak the
+        // /node table reports.
+        let server_peak_rss = server.as_ref().map(ServerProcess::peak_rss).transpose()?;
         checksums = Arc::new(result.checksums.clone());
         if i + 1 == modes.len() {
             // The payload is ready on this server: /node is measured there,
@@ -249,14 +253,13 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
                 result,
                 server_cpu,
                 server_idle_rss,
-                server_peak_rss: None,
+                server_peak_rss,
             });
             ready = Some((server, base));
         } else {
-            let server_peak_rss = match server {
-                Some(server) => Some(server.stop().await?),
-                None => None,
-            };
+            if let Some(server) = server {
+                server.stop().await?;
+            }
             boot.push(BootRow {
                 result,
                 server_cpu,
@@ -335,9 +338,6 @@ async fn run_size(cli: &Cli, nodes: usize, limit: Duration) -> anyhow::Result<Si
         Some(server) => Some(server.stop().await?),
         None => None,
     };
-    if let Some(last) = boot.last_mut() {
-        last.server_peak_rss = ours_rss;
-    }
     let bare_burst = match &bare {
         Some(bare) => {
             Some(load::burst(&bare.url, fleet.clone(), checksums, limit, cli.compress).await?)

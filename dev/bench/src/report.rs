@@ -23,8 +23,8 @@ pub struct BootRow {
     pub server_cpu: Option<Duration>,
     /// RSS of that server process when it started listening (before the storm).
     pub server_idle_rss: Option<u64>,
-    /// Peak RSS of that server process over the storm (and, for the last
-    /// mode, the throughput phase); `None` against `--url`.
+    /// Peak RSS of that server process at the end of the storm; `None`
+    /// against `--url`.
     pub server_peak_rss: Option<u64>,
 }
 
