@@ -103,7 +103,7 @@ async fn the_status_page_in_chromium_shows_nodes_generation_and_a_broken_edit() 
         "10.0.0.11",
         "id=\"source-generation\">1<",
         "Reload failed",
-        "did not find expected",
+        "is not a valid cfgsync artifacts file",
         "Still serving generation 1",
         "no config",
     ] {
