@@ -365,7 +365,14 @@ async fn the_client_caps_the_decoded_payload_and_refuses_unknown_codings() {
         .unwrap();
     let err = capped.fetch_node_config(&node("node-1")).await.unwrap_err();
     assert!(
-        matches!(&err, Error::PayloadTooLarge { route: "/node", limit: 1_048_576, .. }),
+        matches!(
+            &err,
+            Error::PayloadTooLarge {
+                route: "/node",
+                limit: 1_048_576,
+                ..
+            }
+        ),
         "{err}"
     );
     // With room for it, the same answer decodes.
@@ -382,7 +389,14 @@ async fn the_client_caps_the_decoded_payload_and_refuses_unknown_codings() {
         .unwrap();
     let err = capped.fetch_node_config(&node("node-1")).await.unwrap_err();
     assert!(
-        matches!(&err, Error::PayloadTooLarge { route: "/node", limit: 1_048_576, .. }),
+        matches!(
+            &err,
+            Error::PayloadTooLarge {
+                route: "/node",
+                limit: 1_048_576,
+                ..
+            }
+        ),
         "{err}"
     );
     server.abort();
