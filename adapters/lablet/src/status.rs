@@ -327,6 +327,33 @@ fn moment(text: Option<&str>, now: DateTime<Utc>) -> Markup {
     }
 }
 
+/// Longest package or error text shown in a cell; the whole text is its
+/// `title` (and in the JSON twin).
+const TEXT_SHOWN: usize = 80;
+
+/// `text`, cut at [`TEXT_SHOWN`] characters.
+fn clip(text: &str) -> Markup {
+    let shown: String = text.chars().take(TEXT_SHOWN).collect();
+    if shown.len() == text.len() {
+        return html! { (text) };
+    }
+    html! { span title=(text) { (shown) "…" } }
+}
+
+/// Style of the section (the table is wide: it scrolls, never squeezes).
+const SECTION_STYLE: &str = "#lablets .scroll { overflow-x: auto; } \
+    #lablets table { min-width: 1100px; } \
+    #lablets td { overflow-wrap: anywhere; } \
+    #lablets td:first-child { max-width: 16rem; } \
+    #lablets td.store { min-width: 13rem; } \
+    #lablets td.last-sync, #lablets td.outbox { min-width: 11rem; } \
+    #lablets td.nodes { min-width: 8rem; overflow-wrap: normal; } \
+    #lablets button { white-space: nowrap; } \
+    #lablets td code { word-break: normal; overflow-wrap: anywhere; } \
+    #lablets ul.node-list { margin: .2rem 0 0; padding-left: 1.1rem; } \
+    #lablets form { margin: 0; } \
+    #lablets form.sync-new { margin-top: .8rem; }";
+
 fn short_hash(hash: &str) -> Markup {
     let short: String = hash.chars().take(12).collect();
     html! { code title=(hash) { (short) @if hash.len() > short.len() { "…" } } }
@@ -334,7 +361,7 @@ fn short_hash(hash: &str) -> Markup {
 
 fn or_dash(value: Option<&str>) -> Markup {
     match value {
-        Some(value) => html! { (value) },
+        Some(value) => clip(value),
         None => html! { span.muted { "—" } },
     }
 }
@@ -365,7 +392,7 @@ fn last_sync_cell(lablet: &LabletView, now: DateTime<Utc>) -> Markup {
                     span.err { "last sync failed" }
                     @if let Some(stage) = attempt.stage { " at " b { (stage) } }
                     " " (timestamp(attempt.finished_at, now)) ": "
-                    code.sync-error { (attempt.error.as_deref().unwrap_or_default()) }
+                    code.sync-error { (clip(attempt.error.as_deref().unwrap_or_default())) }
                 },
                 Some(true) => {},
             }
@@ -381,13 +408,13 @@ fn outbox_cell(lablet: &LabletView, now: DateTime<Utc>) -> Markup {
         @for q in &lablet.queued_deliveries {
             div.queued {
                 span.warn { (q.target) " queued" } " (" (q.attempts) " attempts, since "
-                (moment(Some(&q.queued_at), now)) "): " code { (q.last_error) }
+                (moment(Some(&q.queued_at), now)) "): " code { (clip(&q.last_error)) }
             }
         }
         @for k in &lablet.kept_records {
             div.kept {
                 span.warn { "record kept" } " " (short_hash(&k.content_package_hash))
-                " (" (k.attempts) " attempts): " code { (k.last_error) }
+                " (" (k.attempts) " attempts): " code { (clip(&k.last_error)) }
             }
         }
     }
@@ -426,7 +453,7 @@ fn lablet_row(lablet: &LabletView, now: DateTime<Utc>) -> Markup {
             td {
                 code.lablet { (lablet.name) }
                 @if let Some(instance) = &lablet.upstream_instance_name {
-                    br; span.muted.instance { (instance) }
+                    br; span.muted.instance { (clip(instance)) }
                 }
             }
             td.version {
@@ -434,10 +461,10 @@ fn lablet_row(lablet: &LabletView, now: DateTime<Utc>) -> Markup {
             }
             td.upstream {
                 (or_dash(lablet.upstream_version.as_deref()))
-                @if let Some(date) = &lablet.upstream_date_published { br; span.muted { (date) } }
+                @if let Some(date) = &lablet.upstream_date_published { br; span.muted { (clip(date)) } }
             }
             td { @if let Some(hash) = &lablet.content_package_hash { (short_hash(hash)) } @else { span.muted { "—" } } }
-            td { @if let Some(store) = &lablet.store { code { (store.url) } } @else { span.muted { "—" } } }
+            td.store { @if let Some(store) = &lablet.store { code { (store.url) } } @else { span.muted { "—" } } }
             td.status { (status_cell(lablet)) }
             td.last-sync { (last_sync_cell(lablet, now)) }
             td.outbox { (outbox_cell(lablet, now)) }
@@ -452,6 +479,7 @@ fn render_html(view: &SectionView, now: DateTime<Utc>) -> Markup {
     let waiting: usize = view.lablets.iter().map(|l| l.nodes.waiting).sum();
     html! {
         section #lablets {
+            style { (maud::PreEscaped(SECTION_STYLE)) }
             h2 { "Lablets" }
             @for error in &view.errors {
                 div.alert.error role="alert" { strong { "Cannot read" } " " code { (error) } }
@@ -464,14 +492,14 @@ fn render_html(view: &SectionView, now: DateTime<Utc>) -> Markup {
             @if view.lablets.is_empty() {
                 p.muted { "No lablets yet: sync one below." }
             } @else {
-                table {
+                div.scroll { table {
                     thead { tr {
                         th { "Lablet" } th { "Version" } th { "Upstream" } th { "Package" }
                         th { "Stored at" } th { "Status" } th { "Last sync" }
                         th { "Outbox" } th { "Nodes" } th { "" }
                     } }
                     tbody { @for lablet in &view.lablets { (lablet_row(lablet, now)) } }
-                }
+                } }
             }
             form.sync-new method="post" action=(SYNC_FORM_ROUTE) {
                 p {

@@ -23,6 +23,7 @@ use wiremock::{Mock, ResponseTemplate};
 
 const LAB: &str = "LAB-1.1.1";
 const WAITING_LAB: &str = "LAB-2.0.0";
+const CLEAN_LAB: &str = "LAB-1.2.0";
 const HOSTILE: &str = "<script>document.title='pwned';document.body.append(Object.assign(document.createElement('p'),{id:'injected'}))</script>";
 
 /// A package whose `mosaic_meta.json` fields are markup.
@@ -102,9 +103,12 @@ fn lablet<'a>(status: &'a Value, name: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lablet_page_shows_versions_a_stale_target_and_waiting_nodes() {
     let env = Env::start().await;
+    let (app, server) = start(&env, AuthConfig::default()).await;
+    // One lablet synced while every target answers.
+    env.publish(CLEAN_LAB, sample_package("2.3.0", "")).await;
+    app.sync_lablet(CLEAN_LAB).await.unwrap();
     env.publish(LAB, hostile_package()).await;
     lds_fails(&env).await;
-    let (app, server) = start(&env, AuthConfig::default()).await;
     let nodes = CfgsyncClient::new(&server.url).unwrap();
     nodes.register_node(&node("node-a", LAB)).await.unwrap();
     nodes.register_node(&node("node-b", LAB)).await.unwrap();
@@ -149,6 +153,10 @@ async fn the_lablet_page_shows_versions_a_stale_target_and_waiting_nodes() {
         lab["nodes"],
         json!({"registered": ["node-a", "node-b"], "waiting": 0})
     );
+    let clean = lablet(&status, CLEAN_LAB);
+    assert_eq!(clean["status"], "synced", "{clean:#}");
+    assert_eq!(clean["stale_targets"], json!([]));
+    assert_eq!(clean["upstream_version"], "2.3.0");
     let waiting = lablet(&status, WAITING_LAB);
     assert_eq!(waiting["status"], "not_synced");
     assert_eq!(
@@ -189,6 +197,8 @@ async fn the_lablet_page_shows_versions_a_stale_target_and_waiting_nodes() {
         "data-lablet=\"LAB-1.1.1\"",
         "<td class=\"version\">v1</td>",
         "<span class=\"warn\">stale</span>",
+        "<span class=\"ok\">synced</span>",
+        "2.3.0",
         "<span class=\"stale-targets\">lds</span> not told yet",
         "lds queued",
         "data-lablet=\"LAB-2.0.0\"",
@@ -219,7 +229,7 @@ async fn the_lablet_page_shows_versions_a_stale_target_and_waiting_nodes() {
     if std::env::var_os("CFGSYNC_UPDATE_SCREENSHOTS").is_some() {
         let png = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/status-lablet-sync.png");
         let url = server.url.clone();
-        tokio::task::spawn_blocking(move || chromium.screenshot(&url, &png, 1400, 1000))
+        tokio::task::spawn_blocking(move || chromium.screenshot(&url, &png, 1600, 1250))
             .await
             .unwrap()
             .unwrap();
