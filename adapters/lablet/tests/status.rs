@@ -371,3 +371,47 @@ async fn the_status_needs_the_operator_token_and_the_sync_form_refuses_cross_sit
     .await;
     assert_eq!(response.status(), 400);
 }
+
+/// A page of another origin that posts the sync form on load, as a hostile
+/// site would (auth off: without the origin check this would start a sync).
+async fn hostile_site(target: &str) -> String {
+    let page = format!(
+        "<!doctype html><html><body><form id=\"f\" method=\"post\" action=\"{target}/lablets/sync\">\
+         <input name=\"lablet\" value=\"{LAB}\"></form>\
+         <script>document.getElementById('f').submit()</script></body></html>"
+    );
+    let router = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let page = page.clone();
+            async move { axum::response::Html(page) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_another_site_posts_in_chromium_is_refused_and_syncs_nothing() {
+    let Some(chromium) = Chromium::find("a_form_another_site_posts_in_chromium_is_refused") else {
+        return;
+    };
+    let env = Env::start().await;
+    env.publish(LAB, sample_package("1.0.0", "")).await;
+    let (app, server) = start(&env, AuthConfig::default()).await;
+    let evil = hostile_site(&server.url).await;
+
+    let page = dom(&chromium, &evil).await;
+    // The browser followed the form to our answer: the refusal.
+    assert!(
+        page.contains("cross-site form post refused"),
+        "chromium did not show the refusal:\n{page}"
+    );
+    assert!(
+        env.mosaic.received_requests().await.unwrap().is_empty(),
+        "the hostile site started a sync"
+    );
+    assert!(app.sync().catalog().get(LAB).await.unwrap().is_none());
+}
