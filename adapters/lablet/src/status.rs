@@ -217,7 +217,7 @@ impl LabletsSection {
         }
         let attempts = self.attempts.snapshot();
 
-        let by_name: BTreeMap<String, LabletDefinition> = definitions
+        let mut by_name: BTreeMap<String, LabletDefinition> = definitions
             .into_iter()
             .map(|d| (d.content.lablet.clone(), d))
             .collect();
@@ -229,6 +229,21 @@ impl LabletsSection {
             .chain(queued.iter().map(|q| q.body.lablet.clone()))
             .chain(kept.iter().map(|k| k.lablet().to_owned()))
             .collect();
+        // A catalog that cannot list (CPA guarantees only the record call)
+        // may still answer for one definition, as it does for the nodes.
+        let unlisted: Vec<&String> = names.iter().filter(|n| !by_name.contains_key(*n)).collect();
+        for name in unlisted {
+            let Ok(id) = self.sync.definition_id(name) else {
+                continue;
+            };
+            match self.sync.catalog().get(&id).await {
+                Ok(Some(definition)) => {
+                    by_name.insert(name.clone(), definition);
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("catalog, {name}: {e}")),
+            }
+        }
         let lablets = names
             .into_iter()
             .map(|name| {

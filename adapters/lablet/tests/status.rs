@@ -15,7 +15,7 @@ use cfgsync_adapter::MemoryRegistrationStore;
 use cfgsync_core::{AuthConfig, CfgsyncClient, NodeRegistration};
 use cfgsync_lablet::{LabletService, ServeOptions, build_lablet_app, serve_lablets};
 use cfgsync_test_support::Chromium;
-use common::env::Env;
+use common::env::{Env, FakeCpa};
 use common::{CML, DEVICES, sample_package, zip_bytes};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
@@ -58,16 +58,18 @@ struct Server {
 
 /// `serve` on 127.0.0.1:0 (it stops with the test's runtime).
 async fn start(env: &Env, auth: AuthConfig) -> (Arc<LabletService>, Server) {
+    start_with(env.config(None), auth).await
+}
+
+async fn start_with(
+    config: cfgsync_lablet::LabletSyncConfig,
+    auth: AuthConfig,
+) -> (Arc<LabletService>, Server) {
     let options = ServeOptions {
         auth,
         ..ServeOptions::default()
     };
-    let app = build_lablet_app(
-        env.config(None),
-        Arc::new(MemoryRegistrationStore::new()),
-        &options,
-    )
-    .unwrap();
+    let app = build_lablet_app(config, Arc::new(MemoryRegistrationStore::new()), &options).unwrap();
     let service = app.service.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -414,4 +416,40 @@ async fn a_form_another_site_posts_in_chromium_is_refused_and_syncs_nothing() {
         "the hostile site started a sync"
     );
     assert!(app.sync().catalog().get(LAB).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_cpa_catalog_that_cannot_list_still_shows_what_it_recorded() {
+    let env = Env::start().await;
+    env.publish(LAB, sample_package("1.0.0", "")).await;
+    let (_cpa, cpa_server) = FakeCpa::start().await;
+    // CPA guarantees only the record call: this one has no list.
+    Mock::given(method("GET"))
+        .and(path("/api/internal/lablet-definitions"))
+        .respond_with(ResponseTemplate::new(404))
+        .with_priority(1)
+        .mount(&cpa_server)
+        .await;
+    let config = env.config(None).with_cpa_url(cpa_server.uri());
+    let (app, server) = start_with(config, AuthConfig::default()).await;
+    CfgsyncClient::new(&server.url)
+        .unwrap()
+        .register_node(&node("node-a", LAB))
+        .await
+        .unwrap();
+    app.sync_lablet(LAB).await.unwrap();
+
+    let status: Value = reqwest::get(format!("{}/api/v1/status", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lab = lablet(&status, LAB);
+    assert_eq!(lab["status"], "synced", "{lab:#}");
+    assert_eq!(lab["upstream_version"], "1.0.0");
+    assert_eq!(
+        lab["nodes"],
+        json!({"registered": ["node-a"], "waiting": 0})
+    );
 }
