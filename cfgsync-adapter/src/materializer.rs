@@ -81,6 +81,14 @@ pub trait NodeArtifactsMaterializer: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// Why a node this materializer answered `NotReady` is waiting, for people
+    /// (the status page, e.g. "waiting for X to be published"). `None` (the
+    /// default) shows a generic reason.
+    fn not_ready_reason(&self, registration: &NodeRegistration) -> Option<String> {
+        let _ = registration;
+        None
+    }
+
     /// Replaces what one node is served (`POST /node/replace`); most
     /// materializers derive files from policy and do not support it.
     async fn replace(&self, identifier: &str, files: ArtifactSet) -> Result<()> {
@@ -126,6 +134,10 @@ impl<M: NodeArtifactsMaterializer + ?Sized> NodeArtifactsMaterializer for std::s
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         (**self).changes()
+    }
+
+    fn not_ready_reason(&self, registration: &NodeRegistration) -> Option<String> {
+        (**self).not_ready_reason(registration)
     }
 
     async fn replace(&self, identifier: &str, files: ArtifactSet) -> Result<()> {

@@ -314,6 +314,15 @@ impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M>
                 self.resolve_stored(registration).await,
                 NOT_READY_POLICY,
             );
+            let answer = match answer {
+                NodeAnswer::NotReady { .. } => NodeAnswer::NotReady {
+                    reason: self
+                        .materializer
+                        .not_ready_reason(registration)
+                        .unwrap_or_else(|| NOT_READY_POLICY.to_owned()),
+                },
+                other => other,
+            };
             nodes.push(
                 SourceNode::new(registration.identifier.clone(), answer)
                     .with_registration(registration.clone()),

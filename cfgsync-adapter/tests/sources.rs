@@ -325,6 +325,41 @@ impl NodeArtifactsMaterializer for Channels {
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.changes.subscribe())
     }
+
+    fn not_ready_reason(&self, node: &NodeRegistration) -> Option<String> {
+        let meta: ChannelMeta = node.metadata().ok()??;
+        Some(format!("channel {} is not published yet", meta.channel))
+    }
+}
+
+#[tokio::test]
+async fn materializing_source_status_says_what_a_waiting_node_waits_for() {
+    let channels = Arc::new(Channels {
+        content: Default::default(),
+        changes: ChangeNotifier::new(),
+    });
+    let source =
+        MaterializingConfigSource::new(Arc::new(MemoryRegistrationStore::new()), channels.clone());
+    let node = reg("n1", "10.0.0.1")
+        .with_metadata(&serde_json::json!({"channel": "beta"}))
+        .unwrap();
+    source.register(node.clone()).await.unwrap();
+    let nodes = source.status().await.unwrap().nodes.unwrap();
+    assert_eq!(
+        nodes[0].answer,
+        cfgsync_core::NodeAnswer::NotReady {
+            reason: "channel beta is not published yet".into()
+        }
+    );
+    // Once ready, the reason is gone.
+    channels
+        .content
+        .write()
+        .unwrap()
+        .insert("beta".into(), "v1".into());
+    channels.changes.notify();
+    let nodes = source.status().await.unwrap().nodes.unwrap();
+    assert!(nodes[0].answer.is_ready(), "{:?}", nodes[0].answer);
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ mod pipeline;
 pub mod resolver;
 mod retry;
 mod serve;
+mod status;
 pub mod store;
 mod template;
 
@@ -32,3 +33,4 @@ pub use materializer::{ContentManifest, LabletMaterializer, LabletNodeMetadata};
 pub use metrics::Metrics;
 pub use pipeline::{BytesProgress, LabletSync, Progress, SyncReport, validate_name};
 pub use serve::{LabletApp, LabletService, ServeOptions, build_lablet_app, serve_lablets};
+pub use status::{SYNC_FORM_ROUTE, SyncAttempt};

@@ -98,7 +98,8 @@ impl LabletMaterializer {
         self.changes.notify();
     }
 
-    fn lablet_of(node: &NodeRegistration) -> Result<String, AdapterError> {
+    /// The lablet a node registered for (its `{"lablet": NAME}` metadata).
+    pub(crate) fn lablet_of(node: &NodeRegistration) -> Result<String, AdapterError> {
         let invalid = |reason: String| AdapterError::InvalidMetadata {
             identifier: node.identifier.clone(),
             reason,
@@ -159,5 +160,13 @@ impl NodeArtifactsMaterializer for LabletMaterializer {
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.changes.subscribe())
+    }
+
+    /// A node is not ready only while its lablet has no catalog record.
+    fn not_ready_reason(&self, node: &NodeRegistration) -> Option<String> {
+        let lablet = Self::lablet_of(node).ok()?;
+        Some(format!(
+            "waiting for lablet {lablet}: it has not been synced yet"
+        ))
     }
 }

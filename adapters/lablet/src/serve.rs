@@ -6,12 +6,20 @@
 //! | `POST /api/v1/lablets/{name}/sync` | `200` the sync report (definition, `uploaded`, `uploaded_bytes`); errors `{code, message, stage}` |
 //! | `GET /api/v1/lablets[?instance=X&status=synced\|stale]` | `200` the definitions |
 //! | `GET /api/v1/lablets/{name}` | `200` the definition, `404 not_found` |
-//! | cfgsync routes | `/register`, `/node`, `/healthz`, `/readyz`, `/metrics`, ... |
+//! | `POST /lablets/sync` | the status page's sync form (`lablet=NAME`): same-origin only, then `303` back to `/` |
+//! | cfgsync routes | `/register`, `/node`, `/healthz`, `/readyz`, `/metrics`, `/` and `/api/v1/status` (with the `lablets` section), ... |
+//!
+//! The operator routes take the operator token as a bearer token or as the
+//! password of HTTP Basic auth (what a browser sends after the status page's
+//! `401`). A browser sends Basic credentials with a form posted from any site,
+//! so the sync form also needs the request to come from the page's own origin
+//! (`Sec-Fetch-Site`, `Origin` or `Referer` naming the `Host`).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +27,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cfgsync_adapter::{MaterializingConfigSource, RegistrationStore};
 use cfgsync_core::auth::Access;
+use cfgsync_core::status::operator_token;
 use cfgsync_core::{AuthConfig, CfgsyncServerState, ServerLimits, build_cfgsync_router};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -28,6 +37,7 @@ use crate::catalog::{CatalogFilter, SyncStatus};
 use crate::materializer::LabletMaterializer;
 use crate::metrics::Metrics;
 use crate::pipeline::{LabletSync, validate_name};
+use crate::status::{LabletsSection, SYNC_FORM_ROUTE, SyncAttempts};
 use crate::{Error, LabletSyncConfig, Result, Stage};
 
 /// How `serve` runs, beside the sync configuration.
@@ -58,6 +68,7 @@ pub struct LabletService {
     sync: Arc<LabletSync>,
     materializer: Arc<LabletMaterializer>,
     auth: AuthConfig,
+    attempts: Arc<SyncAttempts>,
 }
 
 impl LabletService {
@@ -66,9 +77,13 @@ impl LabletService {
         &self.sync
     }
 
-    /// Syncs `name` and wakes the nodes waiting for it.
+    /// Syncs `name` and wakes the nodes waiting for it; the status page shows
+    /// the attempt (running, or how it ended).
     pub async fn sync_lablet(&self, name: &str) -> Result<crate::SyncReport> {
+        validate_name(name)?;
+        self.attempts.started(name);
         let result = self.sync.sync(name).await;
+        self.attempts.finished(name, &result);
         if result.is_ok() {
             self.materializer.notify_synced();
         }
@@ -145,15 +160,10 @@ fn authorize(
     headers: &HeaderMap,
     route: &'static str,
 ) -> Result<(), ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+    let token = operator_token(headers);
     service
         .auth
-        .authorize(token, Access::Admin, route)
+        .authorize(token.as_deref(), Access::Admin, route)
         .map_err(|e| match e {
             cfgsync_core::Error::Forbidden { message, .. } => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
@@ -175,6 +185,87 @@ async fn sync_route(
     validate_name(&name)?;
     let report = service.sync_lablet(&name).await?;
     Ok(Json(report).into_response())
+}
+
+/// Refuses a form post that does not come from a page of this server: a
+/// browser sends the operator's Basic credentials with a form posted from any
+/// site, so the token alone does not show the operator meant it.
+fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "cross-site form post refused: {why}; post the form from this server's status page"
+            ),
+        )
+    };
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && site != "same-origin"
+    {
+        return Err(refuse(format!("Sec-Fetch-Site is {site:?}")));
+    }
+    let host = text(header::HOST).ok_or_else(|| refuse("no Host header".to_owned()))?;
+    let (what, from) = match (text(header::ORIGIN), text(header::REFERER)) {
+        (Some(origin), _) => ("Origin", origin),
+        (None, Some(referer)) => ("Referer", referer),
+        (None, None) => return Err(refuse("no Origin or Referer header".to_owned())),
+    };
+    let authority = from
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()));
+    match authority {
+        Some(authority) if authority.eq_ignore_ascii_case(host) => Ok(()),
+        _ => Err(refuse(format!(
+            "{what} {from:?} is not this server ({host})"
+        ))),
+    }
+}
+
+/// The status page's sync form: `lablet=NAME`, posted from the page. Syncs,
+/// then sends the browser back to the page (`303`), which shows how it went.
+async fn sync_form_route(
+    State(service): State<Arc<LabletService>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Response> {
+    authorize(&service, &headers, SYNC_FORM_ROUTE).map_err(|e| {
+        let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+        let mut response = e.into_response();
+        if unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(
+                    "Basic realm=\"cfgsync status (password: the admin token)\", charset=\"UTF-8\"",
+                ),
+            );
+        }
+        response
+    })?;
+    same_origin(&headers).map_err(IntoResponse::into_response)?;
+    let name = url::form_urlencoded::parse(&body)
+        .find(|(key, _)| key == "lablet")
+        .map(|(_, value)| value.trim().to_owned())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the form needs a `lablet` field",
+            )
+            .into_response()
+        })?;
+    validate_name(&name).map_err(|e| ApiError::from(e).into_response())?;
+    // The outcome is the page's to show (last sync, its error).
+    if let Err(error) = service.sync_lablet(&name).await {
+        tracing::warn!(lablet = %name, %error, "sync from the status page failed");
+    }
+    Ok((
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, format!("/#lablet-{name}"))],
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,8 +344,16 @@ pub fn build_lablet_app(
     let metrics = Metrics::registered(&mut registry);
     let sync = Arc::new(LabletSync::from_config(config)?.with_metrics(metrics));
     let materializer = Arc::new(LabletMaterializer::new(sync.clone()));
+    let attempts = Arc::new(SyncAttempts::default());
+    let section = LabletsSection {
+        sync: sync.clone(),
+        registrations: store.clone(),
+        attempts: attempts.clone(),
+    };
     let source = MaterializingConfigSource::new(store, materializer.clone());
     let state = CfgsyncServerState::builder(Arc::new(source))
+        .with_app("lablet-sync", env!("CARGO_PKG_VERSION"))
+        .with_status_section(Arc::new(section))
         .with_auth(options.auth.clone())
         .with_limits(options.limits.clone())
         .with_metrics_registry(registry)
@@ -263,11 +362,13 @@ pub fn build_lablet_app(
         sync,
         materializer,
         auth: options.auth.clone(),
+        attempts,
     });
     let api = Router::new()
         .route("/api/v1/lablets", get(list_route))
         .route("/api/v1/lablets/{name}", get(show_route))
         .route("/api/v1/lablets/{name}/sync", post(sync_route))
+        .route(SYNC_FORM_ROUTE, post(sync_form_route))
         .with_state(service.clone());
     let router = build_cfgsync_router(state.clone()).merge(api);
     Ok(LabletApp {

@@ -65,11 +65,13 @@ enum Command {
     /// Try everything in the retry queue once: fan-out deliveries, and catalog
     /// records that failed after their package was stored.
     Retry,
-    /// Serve the operator API (/api/v1/lablets) and the cfgsync routes for nodes
+    /// Serve the operator API (/api/v1/lablets), the status page (/, JSON twin
+    /// /api/v1/status, with a sync form) and the cfgsync routes for nodes
     /// (/register, /node, /healthz, /readyz, /metrics) until SIGTERM or ctrl-c.
     ///
     /// Tokens (auth is off while none is set): LABLET_OPERATOR_TOKEN for the
-    /// operator API and /node/replace, CFGSYNC_NODE_SECRET (per-node tokens) and
+    /// operator API, the status page and /node/replace (a browser gives it as
+    /// the Basic password), CFGSYNC_NODE_SECRET (per-node tokens) and
     /// CFGSYNC_SHARED_TOKEN for the node routes.
     Serve {
         /// Address to listen on.
