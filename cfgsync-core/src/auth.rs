@@ -26,9 +26,14 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// - `==` takes the same time whatever the secrets hold (SHA-256 of both,
 ///   compared in constant time, so not even the length leaks);
 /// - the bytes are zeroed when it is dropped;
-/// - it deserializes from a string (config files) but serializes only as
-///   `"***"`: a config written back out, or shown on a status page, never
-///   carries the secret.
+/// - it deserializes from a string (config files) but does not serialize at
+///   all, so no config written back out, logged as JSON or shown on a status
+///   page can carry it (structs holding one skip it when they serialize):
+///
+/// ```compile_fail
+/// fn serializable<T: serde::Serialize>() {}
+/// serializable::<cfgsync_core::Secret>();
+/// ```
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -66,12 +71,6 @@ impl Drop for Secret {
     }
 }
 
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("***")
-    }
-}
-
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
@@ -79,17 +78,18 @@ impl fmt::Debug for Secret {
 }
 
 /// Which tokens a server accepts. All `None` (the default) means auth is off.
+/// Serializing it writes no token: the secrets are skipped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// A token every node may use.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub shared_token: Option<Secret>,
     /// The secret per-node tokens are derived from.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub node_secret: Option<Secret>,
     /// The token for admin routes (`/node/replace`).
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub admin_token: Option<Secret>,
 }
 

@@ -195,7 +195,8 @@ fn secrets_compare_by_value_never_serialize_and_never_print() {
         .with_node_secret("node-s3cret");
     let json = serde_json::to_string(&config).unwrap();
     assert!(!json.contains("s3cret"), "{json}");
-    assert_eq!(serde_json::to_string(&secret).unwrap(), "\"***\"");
+    assert_eq!(json, "{}", "secrets are skipped, not masked");
+    // `Secret` itself has no `Serialize` (a compile_fail doc test on it).
     // Config files still load their secrets.
     let loaded: Secret = serde_json::from_str("\"from-file\"").unwrap();
     assert_eq!(loaded.expose(), "from-file");

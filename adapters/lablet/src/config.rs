@@ -343,6 +343,14 @@ mod tests {
             !debug.contains("s3-secret-xyz") && debug.contains("***"),
             "{debug}"
         );
+        // serialized, the config carries no secret at all (Secret has no
+        // Serialize; the fields holding one are skipped)
+        let json = serde_json::to_string(&with_s3).unwrap();
+        assert!(
+            !json.contains("s3-secret-xyz") && !json.contains("tok-123"),
+            "{json}"
+        );
+        assert!(!json.contains("cpa_token") && !json.contains("secret_access_key"));
 
         let bad = HashMap::from([("LABLET_MAX_PACKAGE_BYTES", "lots")]);
         let err =

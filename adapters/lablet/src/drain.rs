@@ -123,7 +123,7 @@ impl LabletSync {
             let mut delivered = Vec::new();
             for mut d in deliveries {
                 // one attempt each: the drain itself is the retry
-                match self.fanout().post(&d.url, &d.body).await {
+                match self.fanout().post(&d.target, &d.url, &d.body).await {
                     Ok(()) => {
                         self.queue()
                             .remove(&d.target, &lablet)

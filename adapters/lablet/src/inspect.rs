@@ -226,14 +226,14 @@ pub enum InspectError {
         /// Entry name.
         name: String,
     },
-    /// Invalid YAML.
-    #[error("entry {name:?} is not valid YAML: {source}")]
+    /// Invalid YAML, or YAML beyond the parser's budget (an alias bomb, nesting
+    /// deeper than 64): the parser's one-line message with line and column.
+    #[error("entry {name:?} is not valid YAML: {message}")]
     InvalidYaml {
         /// Entry name.
         name: String,
-        /// Parser error.
-        #[source]
-        source: serde_yaml_ng::Error,
+        /// The parser's message (`cfgsync_core::document::parse_yaml`).
+        message: String,
     },
     /// Invalid JSON.
     #[error("entry {name:?} is not valid JSON: {source}")]
@@ -312,12 +312,14 @@ pub fn inspect_package(path: &Path, limits: &InspectLimits) -> Result<PackageInf
     let cml_bytes = read_entry(&mut archive, &names[cml], limits)?;
     let cml_yaml_hash = hex::encode(Sha256::digest(&cml_bytes));
     let cml_yaml_content = utf8(cml_bytes, &names[cml].1)?;
-    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&cml_yaml_content).map_err(|source| {
-        InspectError::InvalidYaml {
+    // validated only (the text is recorded as it is), with the workspace's
+    // panic-free parser under its linear budget
+    cfgsync_core::document::parse_yaml::<serde::de::IgnoredAny>(&cml_yaml_content).map_err(
+        |message| InspectError::InvalidYaml {
             name: names[cml].1.clone(),
-            source,
-        }
-    })?;
+            message,
+        },
+    )?;
     let devices_json = match devices {
         Some(i) => {
             let text = read_text(&mut archive, &names[i], limits)?;

@@ -28,6 +28,7 @@ pub use cfgsync_core::Secret;
 pub use config::{LabletSyncConfig, RetryPolicy};
 pub use drain::RetryReport;
 pub use error::{Error, Result, Stage};
+pub use http::TransportError;
 pub use inspect::{InspectError, InspectLimits, PackageInfo, inspect_package};
 pub use materializer::{ContentManifest, LabletMaterializer, LabletNodeMetadata};
 pub use metrics::Metrics;

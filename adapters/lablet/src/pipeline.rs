@@ -132,7 +132,10 @@ impl Package {
     }
 }
 
-/// Check a lablet name: it becomes part of object keys and file names.
+/// Check a lablet name: it becomes part of object keys, file names and node
+/// metadata. A valid name is also a valid cfgsync identifier
+/// ([`cfgsync_core::validate_identifier`]), narrowed to what keys and file
+/// names take: 1 to 128 of `A-Z a-z 0-9 - _ .`, not starting with `.`.
 pub fn validate_name(name: &str) -> Result<()> {
     let reject = |reason| {
         Err(Error::InvalidName {
@@ -146,6 +149,7 @@ pub fn validate_name(name: &str) -> Result<()> {
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        || cfgsync_core::validate_identifier(name).is_err()
     {
         return reject("only ASCII letters, digits, '-', '_' and '.' are allowed");
     }
@@ -209,7 +213,7 @@ impl LabletSync {
         Ok(Self {
             resolver: ResolverClient::new(http.clone(), &config.resolver, retry.clone()),
             mosaic: MosaicClient::new(http.clone(), &config.mosaic, retry.clone()),
-            fanout: FanOutClient::new(http, retry.clone()),
+            fanout: FanOutClient::new(http, &config.fanout, retry.clone()),
             store,
             queue,
             outbox,
@@ -281,11 +285,24 @@ impl LabletSync {
         &self.locks
     }
 
-    /// The catalog id of lablet `name` (`id_template`, default `{name}`).
+    /// The catalog id of lablet `name` (`id_template`, default `{name}`). It
+    /// must be a valid cfgsync identifier ([`cfgsync_core::validate_identifier`]):
+    /// it travels in CPA URL paths, catalog keys and nodes' `content.json`.
     pub fn definition_id(&self, name: &str) -> Result<String> {
         let vars = Vars::from([("name".to_owned(), name.to_owned())]);
-        template::render(&self.config.catalog.id_template, &vars)
-            .map_err(|e| Error::Config(ConfigError::new("id_template", e.to_string())))
+        let id = template::render(&self.config.catalog.id_template, &vars)
+            .map_err(|e| Error::Config(ConfigError::new("LABLET_ID_TEMPLATE", e.to_string())))?;
+        cfgsync_core::validate_identifier(&id).map_err(|e| {
+            let reason = match e {
+                cfgsync_core::Error::Invalid { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            Error::Config(ConfigError::new(
+                "LABLET_ID_TEMPLATE",
+                format!("the definition id of lablet {name} is not a valid identifier: {reason}"),
+            ))
+        })?;
+        Ok(id)
     }
 
     /// Sync lablet `name` end to end.
@@ -331,10 +348,11 @@ impl LabletSync {
         .await
     }
 
-    /// The six stages, under the lablet's lock.
+    /// The six stages; all but resolve (a read-only query) under the lablet's
+    /// lock, so a name the resolver does not know leaves no lock file behind.
     async fn sync_locked(&self, run: &Run<'_>) -> Result<SyncReport> {
-        let _guard = self.lock(run.name).await?;
         let vars = self.resolve(run).await?;
+        let _guard = self.lock(run.name).await?;
         let download = self.download(run, &vars).await?;
         let info = self.inspect(run, &download).await?;
         let (package, upload) = self.store_package(run, &vars, &download, &info).await?;
@@ -396,7 +414,16 @@ impl LabletSync {
             let url = template::render(&self.config.mosaic.download_url, vars)
                 .map_err(DownloadError::from)?;
             let on_bytes = |done, total| (run.bytes)(Stage::Download, done, total);
-            let package = self.mosaic.download(&url, &self.tmp_dir, &on_bytes).await?;
+            let setting = crate::http::setting_of(
+                &self.config.mosaic.download_url,
+                "{MOSAIC_BASE_URL}",
+                "MOSAIC_BASE_URL from the resolver",
+                "LABLET_DOWNLOAD_URL",
+            );
+            let package = self
+                .mosaic
+                .download(&url, &setting, &self.tmp_dir, &on_bytes)
+                .await?;
             self.metrics.downloaded(package.size);
             Ok(package)
         })
@@ -487,7 +514,7 @@ impl LabletSync {
             let targets = self.targets(vars)?;
             let attempts = targets.iter().map(|(target, url)| {
                 let body = &body;
-                async move { (*target, url, self.fanout.deliver(url, body).await) }
+                async move { (*target, url, self.fanout.deliver(target, url, body).await) }
             });
             let mut results = Vec::new();
             for (target, url, (attempts, delivered)) in futures::future::join_all(attempts).await {

@@ -167,3 +167,63 @@ async fn sync_catalog_and_retry_through_the_binary() {
     );
     assert_eq!(*progress, ["[1/6] LAB-UNKNOWN: resolve"], "{stderr}");
 }
+
+#[tokio::test]
+async fn serve_takes_its_connection_limits_from_flags_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin(dir.path()).args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for flag in [
+        "--header-read-timeout-secs",
+        "LABLET_HEADER_READ_TIMEOUT_SECS",
+        "--idle-timeout-secs",
+        "LABLET_IDLE_TIMEOUT_SECS",
+        "--max-connections",
+        "LABLET_MAX_CONNECTIONS",
+        "--shutdown-timeout-secs",
+        "LABLET_SHUTDOWN_TIMEOUT_SECS",
+    ] {
+        assert!(
+            help.contains(flag),
+            "{flag} missing from serve --help: {help}"
+        );
+    }
+    let bad = bin(dir.path())
+        .args(["serve", "--max-connections", "many"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+
+    // a served idle connection is closed after the configured 1 s (default 30 s)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = bin(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("LABLET_IDLE_TIMEOUT_SECS", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut socket = None;
+    for _ in 0..400 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            socket = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut socket = socket.expect("lablet-sync serve listens");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read(&mut socket, &mut buf),
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let read = read.expect("the idle connection is closed well before the 30 s default");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}

@@ -236,3 +236,98 @@ fn hostile_packages_are_rejected_with_their_specific_reason() {
     // and the good one passes under default limits
     inspect_bytes(&good, &InspectLimits::default()).unwrap();
 }
+
+/// A zip holding `cml.yaml` stored (not deflated: big repetitive YAML would
+/// trip the compression-ratio check first).
+fn stored_cml(yaml: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    w.start_file("cml.yaml", stored).unwrap();
+    w.write_all(yaml).unwrap();
+    w.finish().unwrap().into_inner()
+}
+
+/// `levels` anchors, each a list of `width` aliases of the one before:
+/// `width ^ levels` nodes once expanded.
+fn alias_bomb(levels: usize, width: usize) -> String {
+    let mut doc = format!("a0: &a0 [{}]\n", vec!["lol"; width].join(", "));
+    for level in 1..levels {
+        let refs = vec![format!("*a{}", level - 1); width].join(", ");
+        doc.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+    }
+    doc
+}
+
+#[test]
+fn hostile_cml_yaml_fails_at_inspect_with_a_clear_error_and_never_panics() {
+    let limits = InspectLimits::default();
+    let cap = usize::try_from(limits.max_read_entry_bytes).unwrap();
+    let mut unterminated = b"a: \"".to_vec();
+    unterminated.resize(cap - 1, b'x');
+    let mut over_cap = b"a: ".to_vec();
+    over_cap.resize(cap + 1, b'x');
+    let mut block = String::new();
+    for depth in 0..2_000 {
+        block.push_str(&" ".repeat(depth));
+        block.push_str("k:\n");
+    }
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "alias bomb 9 x 10",
+            alias_bomb(9, 10).into_bytes(),
+            "invalid_yaml",
+        ),
+        (
+            "alias bomb 3 x 1000",
+            alias_bomb(3, 1_000).into_bytes(),
+            "invalid_yaml",
+        ),
+        (
+            "100,000-deep flow nesting",
+            "[".repeat(100_000).into_bytes(),
+            "invalid_yaml",
+        ),
+        (
+            "2,000-deep block nesting",
+            block.into_bytes(),
+            "invalid_yaml",
+        ),
+        ("unterminated 8 MiB scalar", unterminated, "invalid_yaml"),
+        (
+            "8 MiB scalar over the read cap",
+            over_cap,
+            "entry_too_large",
+        ),
+        ("invalid UTF-8", b"name: caf\xe9\n".to_vec(), "not_utf8"),
+        ("recursive alias", b"a: &a [*a]\n".to_vec(), "invalid_yaml"),
+        ("tab indentation", b"a:\n\t- b\n".to_vec(), "invalid_yaml"),
+    ];
+    for (label, yaml, code) in cases {
+        let err = inspect_bytes(&stored_cml(&yaml), &limits)
+            .map(|info| info.cml_yaml_path)
+            .expect_err(label);
+        assert_eq!(err.code(), code, "{label}: {err}");
+        let message = err.to_string();
+        let expected_start = match code {
+            "invalid_yaml" => "entry \"cml.yaml\" is not valid YAML: ",
+            "not_utf8" => "entry \"cml.yaml\" is not valid UTF-8",
+            _ => "entry \"cml.yaml\" is larger than the limit of 8388608 bytes",
+        };
+        assert!(
+            message.starts_with(expected_start) && !message.contains('\n'),
+            "{label}: {message}"
+        );
+    }
+
+    // an 8 MiB plain scalar is valid YAML and is accepted as it is
+    let mut big = b"a: ".to_vec();
+    big.resize(cap, b'x');
+    let info = inspect_bytes(&stored_cml(&big), &limits).unwrap();
+    assert_eq!(info.cml_yaml_content.len(), cap);
+    // and an empty or comment-only cml.yaml stays valid, as before
+    for yaml in [&b""[..], b"# nothing yet\n"] {
+        inspect_bytes(&stored_cml(yaml), &limits).unwrap();
+    }
+}

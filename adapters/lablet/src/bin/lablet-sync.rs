@@ -85,7 +85,46 @@ enum Command {
         /// and kept records).
         #[arg(long, env = "LABLET_RETRY_INTERVAL_SECS", default_value_t = 30)]
         retry_interval_secs: u64,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
+}
+
+// Connection limits of `serve` (hostile peers): see `cfgsync_core::ServerLimits`.
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Seconds a client has to send a whole request head once its first byte
+    /// arrived (and the longest pause inside a request body); the connection
+    /// is closed past it (at least 1).
+    #[arg(long, env = "LABLET_HEADER_READ_TIMEOUT_SECS", value_name = "SECS",
+          default_value_t = cfgsync_core::DEFAULT_HEADER_READ_TIMEOUT_SECS)]
+    header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight (held
+    /// long-polls are in flight); closed past it (at least 1).
+    #[arg(long, env = "LABLET_IDLE_TIMEOUT_SECS", value_name = "SECS",
+          default_value_t = cfgsync_core::DEFAULT_IDLE_TIMEOUT_SECS)]
+    idle_timeout_secs: u64,
+    /// Most connections served at once; one more is answered 503 and closed.
+    /// Default: the open-file limit (raised to its hard limit) less a sixteenth.
+    #[arg(long, env = "LABLET_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// On SIGTERM / ctrl-c: seconds in-flight requests get to finish; what is
+    /// still open then is dropped.
+    #[arg(long, env = "LABLET_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS",
+          default_value_t = cfgsync_core::DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
+    shutdown_timeout_secs: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> cfgsync_core::ServerLimits {
+        cfgsync_core::ServerLimits {
+            header_read_timeout_secs: self.header_read_timeout_secs.max(1),
+            idle_timeout_secs: self.idle_timeout_secs.max(1),
+            max_connections: self.max_connections,
+            shutdown_timeout_secs: self.shutdown_timeout_secs,
+            ..cfgsync_core::ServerLimits::default()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,12 +206,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             registration_store,
             retry_interval_secs,
+            limits,
         } => {
             serve(
                 config(&cli)?,
                 *listen,
                 registration_store,
                 *retry_interval_secs,
+                limits.limits(),
             )
             .await
         }
@@ -249,6 +290,7 @@ async fn serve(
     listen: std::net::SocketAddr,
     registration_store: &cfgsync_runtime::RegistrationStoreConfig,
     retry_interval_secs: u64,
+    limits: cfgsync_core::ServerLimits,
 ) -> anyhow::Result<ExitCode> {
     let secret = |name: &str| {
         std::env::var(name)
@@ -262,8 +304,8 @@ async fn serve(
             node_secret: secret("CFGSYNC_NODE_SECRET"),
             shared_token: secret("CFGSYNC_SHARED_TOKEN"),
         },
+        limits,
         retry_interval: Duration::from_secs(retry_interval_secs),
-        ..ServeOptions::default()
     };
     let store = cfgsync_runtime::open_registration_store(registration_store).await?;
     let app = build_lablet_app(config, store, &options)?;

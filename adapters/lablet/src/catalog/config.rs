@@ -36,7 +36,8 @@ pub struct CatalogConfig {
     pub id_template: String,
     /// Base URL of CPA (`LABLET_CPA_URL`), needed for `kind = cpa`.
     pub cpa_url: Option<String>,
-    /// Bearer token for CPA (`LABLET_CPA_TOKEN`).
+    /// Bearer token for CPA (`LABLET_CPA_TOKEN`); never serialized.
+    #[serde(skip_serializing)]
     pub cpa_token: Option<Secret>,
     /// CPA record URL template (`LABLET_CPA_RECORD_URL`).
     pub cpa_record_url: String,

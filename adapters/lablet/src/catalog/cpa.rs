@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+use crate::http::{TransportError, setting_of};
 use crate::retry::RetryPolicy;
 use crate::template;
 use cfgsync_core::Secret;
@@ -32,7 +33,13 @@ pub struct CpaCatalog {
     list_url: String,
     token: Option<Secret>,
     retry: RetryPolicy,
+    /// The settings named when CPA cannot be reached: record, read, list.
+    settings: [String; 3],
 }
+
+const RECORD: usize = 0;
+const DEFINITION: usize = 1;
+const LIST: usize = 2;
 
 impl CpaCatalog {
     /// A CPA catalog at `cpa_url` with the default URL templates.
@@ -58,6 +65,12 @@ impl CpaCatalog {
             list_url: config.cpa_list_url.clone(),
             token: config.cpa_token.clone(),
             retry: RetryPolicy::default(),
+            settings: [
+                (&config.cpa_record_url, "LABLET_CPA_RECORD_URL"),
+                (&config.cpa_definition_url, "LABLET_CPA_DEFINITION_URL"),
+                (&config.cpa_list_url, "LABLET_CPA_LIST_URL"),
+            ]
+            .map(|(template, own)| setting_of(template, "{cpa_url}", "LABLET_CPA_URL", own)),
         }
     }
 
@@ -89,10 +102,14 @@ impl CpaCatalog {
     async fn send(
         &self,
         method: &'static str,
-        url: &str,
+        (url, which): (&str, usize),
         body: Option<&ContentSyncResult>,
         query: &[(&str, String)],
     ) -> Result<(u16, bytes::Bytes), CatalogError> {
+        let setting = self
+            .settings
+            .get(which)
+            .map_or("LABLET_CPA_URL", String::as_str);
         let url = if query.is_empty() {
             url.to_owned()
         } else {
@@ -109,11 +126,7 @@ impl CpaCatalog {
             if let Some(body) = body {
                 req = req.json(body);
             }
-            let req_err = |source| CatalogError::Request {
-                method,
-                url: url.to_owned(),
-                source,
-            };
+            let req_err = |source| CatalogError::Request(TransportError::new(url, setting, source));
             let resp = self.auth(req).send().await.map_err(req_err)?;
             let status = resp.status().as_u16();
             if !resp.status().is_success() && status != 404 {
@@ -147,7 +160,7 @@ impl Catalog for CpaCatalog {
         result: &ContentSyncResult,
     ) -> Result<LabletDefinition, CatalogError> {
         let url = self.url(&self.record_url, id)?;
-        let (status, body) = self.send("POST", &url, Some(result), &[]).await?;
+        let (status, body) = self.send("POST", (&url, RECORD), Some(result), &[]).await?;
         if status == 404 {
             return Err(CatalogError::Status {
                 method: "POST",
@@ -170,7 +183,7 @@ impl Catalog for CpaCatalog {
 
     async fn get(&self, id: &str) -> Result<Option<LabletDefinition>, CatalogError> {
         let url = self.url(&self.definition_url, id)?;
-        let (status, body) = self.send("GET", &url, None, &[]).await?;
+        let (status, body) = self.send("GET", (&url, DEFINITION), None, &[]).await?;
         if status == 404 {
             return Ok(None);
         }
@@ -186,7 +199,7 @@ impl Catalog for CpaCatalog {
         if let Some(s) = filter.status {
             query.push(("status", s.as_str().to_owned()));
         }
-        let (status, body) = self.send("GET", &url, None, &query).await?;
+        let (status, body) = self.send("GET", (&url, LIST), None, &query).await?;
         if status == 404 {
             return Ok(Vec::new());
         }

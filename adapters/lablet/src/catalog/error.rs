@@ -1,5 +1,7 @@
 //! [`CatalogError`]: why recording or reading a definition failed.
 
+use crate::http::TransportError;
+
 /// Why a catalog operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -7,17 +9,10 @@ pub enum CatalogError {
     /// A URL template could not be rendered.
     #[error(transparent)]
     Template(#[from] crate::template::TemplateError),
-    /// The HTTP request did not complete.
-    #[error("{method} {url} failed: {source}")]
-    Request {
-        /// Method.
-        method: &'static str,
-        /// URL.
-        url: String,
-        /// Transport error.
-        #[source]
-        source: reqwest::Error,
-    },
+    /// The request got no (complete) answer: refused, timed out, reset, DNS,
+    /// TLS — the message says which and names the setting to check.
+    #[error(transparent)]
+    Request(TransportError),
     /// CPA answered with a non-success status.
     #[error("{method} {url} answered {status}")]
     Status {
@@ -55,7 +50,7 @@ impl CatalogError {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Request { source, .. } => crate::http::transport_retryable(source),
+            Self::Request(transport) => transport.is_retryable(),
             Self::Status { status, .. } => crate::http::status_retryable(*status),
             _ => false,
         }

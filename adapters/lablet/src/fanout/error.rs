@@ -1,19 +1,16 @@
 //! Fan-out errors: one delivery failed ([`FanOutError`]), or the durable queue
 //! did ([`QueueError`]).
 
+use crate::http::TransportError;
+
 /// Why one delivery to a fan-out target failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub(crate) enum FanOutError {
-    /// The request did not complete.
-    #[error("POST {url} failed: {source}")]
-    Request {
-        /// URL.
-        url: String,
-        /// Transport error.
-        #[source]
-        source: reqwest::Error,
-    },
+    /// The request got no (complete) answer: refused, timed out, reset, DNS,
+    /// TLS — the message says which and names the setting to check.
+    #[error(transparent)]
+    Request(TransportError),
     /// The target answered with a non-success status.
     #[error("POST {url} answered {status}")]
     Status {
@@ -28,7 +25,7 @@ impl FanOutError {
     /// Whether another attempt may succeed.
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
-            Self::Request { source, .. } => crate::http::transport_retryable(source),
+            Self::Request(transport) => transport.is_retryable(),
             Self::Status { status, .. } => crate::http::status_retryable(*status),
         }
     }

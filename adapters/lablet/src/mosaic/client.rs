@@ -6,6 +6,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::http::TransportError;
 use crate::retry::RetryPolicy;
 
 use super::{DownloadError, MosaicConfig};
@@ -39,20 +40,21 @@ impl MosaicClient {
         }
     }
 
-    /// `GET url`, streaming the body into a temp file in `dir` while hashing it,
+    /// `GET url` (whose address comes from `setting`), streaming the body into a temp file in `dir` while hashing it,
     /// telling `on_bytes(done, total)` after every chunk (`total` from
     /// `Content-Length` when the server sends it). Memory use is bounded by the
     /// HTTP chunk size; a retry starts a fresh file.
     pub(crate) async fn download(
         &self,
         url: &str,
+        setting: &str,
         dir: &Path,
         on_bytes: &(dyn Fn(u64, Option<u64>) + Send + Sync),
     ) -> Result<DownloadedPackage, DownloadError> {
         self.retry
             .run(
                 "download",
-                || self.attempt(url, dir, on_bytes),
+                || self.attempt(url, setting, dir, on_bytes),
                 DownloadError::is_retryable,
             )
             .await
@@ -61,6 +63,7 @@ impl MosaicClient {
     async fn attempt(
         &self,
         url: &str,
+        setting: &str,
         dir: &Path,
         on_bytes: &(dyn Fn(u64, Option<u64>) + Send + Sync),
     ) -> Result<DownloadedPackage, DownloadError> {
@@ -68,10 +71,8 @@ impl MosaicClient {
             dir: dir.display().to_string(),
             source,
         };
-        let request_err = |source| DownloadError::Request {
-            url: url.to_owned(),
-            source,
-        };
+        let request_err =
+            |source| DownloadError::Request(TransportError::new(url, setting, source));
         let response = self.http.get(url).send().await.map_err(request_err)?;
         let status = response.status();
         if !status.is_success() {

@@ -1,5 +1,6 @@
 //! [`DownloadError`]: why downloading a package failed (stage `download`).
 
+use crate::http::TransportError;
 use crate::template::TemplateError;
 
 /// Why downloading a package failed.
@@ -9,15 +10,10 @@ pub enum DownloadError {
     /// The download URL template could not be rendered.
     #[error(transparent)]
     Template(#[from] TemplateError),
-    /// The request or the body stream failed.
-    #[error("GET {url} failed: {source}")]
-    Request {
-        /// Requested URL.
-        url: String,
-        /// Transport error.
-        #[source]
-        source: reqwest::Error,
-    },
+    /// The request or the body stream failed: refused, timed out, reset, DNS,
+    /// TLS — the message says which and names the setting to check.
+    #[error(transparent)]
+    Request(TransportError),
     /// Mosaic answered with a non-success status.
     #[error("GET {url} answered {status}")]
     Status {
@@ -49,7 +45,7 @@ impl DownloadError {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Request { source, .. } => crate::http::transport_retryable(source),
+            Self::Request(transport) => transport.is_retryable(),
             Self::Status { status, .. } => crate::http::status_retryable(*status),
             _ => false,
         }

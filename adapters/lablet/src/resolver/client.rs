@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::http::TransportError;
 use crate::retry::RetryPolicy;
 use crate::template;
 
@@ -15,6 +16,8 @@ pub(crate) type ResolvedVars = BTreeMap<String, String>;
 pub(crate) struct ResolverClient {
     http: reqwest::Client,
     url_template: String,
+    /// The setting named when the resolver cannot be reached.
+    setting: String,
     retry: RetryPolicy,
 }
 
@@ -25,6 +28,12 @@ impl ResolverClient {
         Self {
             http,
             url_template: config.resolve_url.clone(),
+            setting: crate::http::setting_of(
+                &config.resolve_url,
+                "{resolver_url}",
+                "LABLET_RESOLVER_URL",
+                "LABLET_RESOLVE_URL",
+            ),
             retry,
         }
     }
@@ -55,15 +64,9 @@ impl ResolverClient {
     }
 
     async fn fetch(&self, url: &str) -> Result<ResolvedVars, ResolveError> {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|source| ResolveError::Request {
-                url: url.to_owned(),
-                source,
-            })?;
+        let response = self.http.get(url).send().await.map_err(|source| {
+            ResolveError::Request(TransportError::new(url, &self.setting, source))
+        })?;
         let status = response.status();
         if !status.is_success() {
             return Err(ResolveError::Status {
@@ -71,13 +74,9 @@ impl ResolverClient {
                 status: status.as_u16(),
             });
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| ResolveError::Request {
-                url: url.to_owned(),
-                source,
-            })?;
+        let bytes = response.bytes().await.map_err(|source| {
+            ResolveError::Request(TransportError::new(url, &self.setting, source))
+        })?;
         let body_err = |reason: String| ResolveError::Body {
             url: url.to_owned(),
             reason,

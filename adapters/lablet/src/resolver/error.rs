@@ -1,5 +1,6 @@
 //! [`ResolveError`]: why resolving a lablet failed (stage `resolve`).
 
+use crate::http::TransportError;
 use crate::template::TemplateError;
 
 /// Why resolving a lablet failed.
@@ -9,15 +10,10 @@ pub enum ResolveError {
     /// The resolve URL template could not be rendered.
     #[error(transparent)]
     Template(#[from] TemplateError),
-    /// The request did not complete.
-    #[error("GET {url} failed: {source}")]
-    Request {
-        /// Requested URL.
-        url: String,
-        /// Transport error.
-        #[source]
-        source: reqwest::Error,
-    },
+    /// The request got no (complete) answer: refused, timed out, reset, DNS,
+    /// TLS — the message says which and names the setting to check.
+    #[error(transparent)]
+    Request(TransportError),
     /// The resolver answered with a non-success status.
     #[error("GET {url} answered {status}")]
     Status {
@@ -46,7 +42,7 @@ impl ResolveError {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Request { source, .. } => crate::http::transport_retryable(source),
+            Self::Request(transport) => transport.is_retryable(),
             Self::Status { status, .. } => crate::http::status_retryable(*status),
             _ => false,
         }

@@ -77,7 +77,8 @@ pub struct S3Options {
     pub region: Option<String>,
     /// Access key id; else `AWS_ACCESS_KEY_ID`.
     pub access_key_id: Option<String>,
-    /// Secret access key; else `AWS_SECRET_ACCESS_KEY`.
+    /// Secret access key; else `AWS_SECRET_ACCESS_KEY`. Never serialized.
+    #[serde(skip_serializing)]
     pub secret_access_key: Option<Secret>,
     /// Allow plain `http://` endpoints; else `AWS_ALLOW_HTTP`. Always allowed for a
     /// loopback endpoint.
