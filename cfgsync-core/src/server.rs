@@ -277,6 +277,7 @@ impl CfgsyncServerState {
             started_at: inner.started_at,
             generated_at: Utc::now(),
             auth: inner.auth.is_enabled(),
+            insecure_listener: inner.insecure_listener.load(Ordering::Relaxed),
             source: SourceSummary {
                 kind: source.kind,
                 file: source.file,

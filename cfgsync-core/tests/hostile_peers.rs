@@ -379,6 +379,27 @@ async fn a_listener_beyond_loopback_without_auth_is_flagged() {
             metric_line(&server.state).contains(&expected),
             "{expected:?} missing"
         );
+        // The status page and its JSON twin say so too (open without auth).
+        if !server.state.auth_enabled() {
+            let status: serde_json::Value = reqwest::get(format!("{}/api/v1/status", server.url()))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(status["insecure_listener"], insecure, "{status}");
+            let page = reqwest::get(format!("{}/", server.url()))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(
+                page.contains("id=\"insecure-listener\""),
+                insecure,
+                "{page}"
+            );
+        }
     }
     open.shutdown().await;
     with_auth.shutdown().await;

@@ -299,6 +299,10 @@ pub struct ServerStatus {
     pub generated_at: DateTime<Utc>,
     /// Whether auth is on.
     pub auth: bool,
+    /// Whether a listener serving these routes is open beyond loopback with
+    /// auth off (anyone who reaches it can register and read every node's
+    /// files); the page shows a warning while it is.
+    pub insecure_listener: bool,
     /// The config source.
     pub source: SourceSummary,
     /// Node counts.

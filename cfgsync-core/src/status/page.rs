@@ -151,6 +151,13 @@ pub fn status_sections(status: &ServerStatus, app_sections: &[Markup]) -> Markup
                 " · refreshes every " (DEFAULT_REFRESH_SECS) " s"
             }
         }
+        @if status.insecure_listener {
+            div.alert.error #insecure-listener role="alert" {
+                strong { "Insecure: listening beyond loopback with auth off" } ": "
+                "anyone who can reach this port can register nodes and read every node's files. "
+                "Set auth tokens, or listen on 127.0.0.1."
+            }
+        }
         @if let Some(error) = &source.error {
             div.alert.error #source-error role="alert" {
                 strong { "The source cannot tell its state" } ": " code { (error) }
