@@ -46,7 +46,9 @@ pub struct ServeOptions {
     /// Tokens: `admin_token` is the operator token of the `/api/v1` routes;
     /// `shared_token` / `node_secret` protect the node routes. All unset = auth off.
     pub auth: AuthConfig,
-    /// Limits of the node routes.
+    /// Request limits of the node routes, and connection limits (header and
+    /// idle timeouts, connection cap, shutdown deadline) of the whole
+    /// listener, operator API included.
     pub limits: ServerLimits,
     /// How often the fan-out retry queue is drained in the background.
     pub retry_interval: Duration,
