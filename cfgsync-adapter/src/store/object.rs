@@ -253,19 +253,11 @@ impl Shared {
         };
         let commits: Vec<Commit<NodeRegistration>> = futures::stream::iter(entries)
             .map(|(_, path)| async move {
-                let bytes = self
-                    .store
-                    .get(&path)
-                    .await
-                    .map_err(|e| self.error("get", e))?
-                    .bytes()
-                    .await
-                    .map_err(|e| self.error("get", e))?;
-                serde_json::from_slice(&bytes).map_err(|e| Error::Store {
+                self.read_entry(&path).await?.ok_or_else(|| Error::Store {
                     store: self.name.clone(),
                     operation: "get",
-                    message: format!("{path} is not a registration log entry: {e}"),
-                    source: Some(Box::new(e)),
+                    message: format!("{path} was listed but is gone"),
+                    source: None,
                 })
             })
             .buffered(16)
@@ -282,6 +274,38 @@ impl Shared {
         Ok(())
     }
 
+    /// One log entry (`None` when there is none at `path`).
+    async fn read_entry(&self, path: &Path) -> Result<Option<Commit<NodeRegistration>>> {
+        let bytes = match self.store.get(path).await {
+            Ok(found) => found.bytes().await.map_err(|e| self.error("get", e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("get", e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Store {
+                store: self.name.clone(),
+                operation: "get",
+                message: format!("{path} is not a registration log entry: {e}"),
+                source: Some(Box::new(e)),
+            })
+    }
+
+    /// Reads the entries after `applied` one by one until one is missing: the
+    /// cheap catch-up after losing a number to another replica, which has
+    /// just written one or a few entries (a known key costs one `GET`, a
+    /// listing walks the log).
+    async fn probe(&self, applied: &mut u64) -> Result<()> {
+        loop {
+            let Some(commit) = self.read_entry(&self.entry_path(*applied + 1)).await? else {
+                return Ok(());
+            };
+            *applied += 1;
+            self.view
+                .insert_all(commit.registrations.into_iter().map(Arc::new), *applied);
+        }
+    }
+
     /// Makes write number `seq` part of the shared log: either a commit that
     /// finished while this one waited already covered it, or this call commits
     /// every write pending at that moment as one log entry.
@@ -290,11 +314,11 @@ impl Shared {
         if *committed >= seq {
             return Ok(());
         }
-        let writes = std::mem::take(&mut self.pending().writes);
-        let covered = writes.iter().map(|w| w.seq).max().unwrap_or(seq).max(seq);
-        match self.append(&writes).await {
+        let mut writes = std::mem::take(&mut self.pending().writes);
+        match self.append(&mut writes).await {
             Ok(()) => {
-                *committed = covered;
+                let covered = writes.iter().map(|w| w.seq).max().unwrap_or(seq);
+                *committed = covered.max(seq);
                 Ok(())
             }
             Err(error) => {
@@ -308,8 +332,8 @@ impl Shared {
         }
     }
 
-    /// Appends one log entry holding `writes` at the next free number.
-    async fn append(&self, writes: &[PendingWrite]) -> Result<()> {
+    /// The body of one log entry.
+    fn entry_body(&self, writes: &[PendingWrite]) -> Result<PutPayload> {
         let body = serde_json::to_vec(&Commit {
             registrations: writes.iter().map(|w| &*w.registration).collect(),
         })
@@ -319,7 +343,14 @@ impl Shared {
             message: e.to_string(),
             source: Some(Box::new(e)),
         })?;
-        let payload = PutPayload::from(body);
+        Ok(PutPayload::from(body))
+    }
+
+    /// Appends one log entry holding `writes` at the next free number. After
+    /// losing a number to another replica, the retry also carries the writes
+    /// that arrived meanwhile, so contention makes batches larger, not more.
+    async fn append(&self, writes: &mut Vec<PendingWrite>) -> Result<()> {
+        let mut payload = self.entry_body(writes)?;
         let mut applied = self.applied.lock().await;
         let started = Instant::now();
         let mut delays = self.options.commit_backoff().build();
@@ -350,11 +381,16 @@ impl Shared {
             };
             // Another replica took this number: read what it wrote (so the
             // next attempt aims past it), then try again.
-            self.catch_up(&mut applied).await?;
+            self.probe(&mut applied).await?;
             match delays.next() {
                 Some(delay) if started.elapsed() < self.options.max_commit_time => {
                     tracing::debug!(store = %self.name, ?delay, "log number taken by another writer; retrying");
                     tokio::time::sleep(delay).await;
+                    let arrived = std::mem::take(&mut self.pending().writes);
+                    if !arrived.is_empty() {
+                        writes.extend(arrived);
+                        payload = self.entry_body(writes)?;
+                    }
                 }
                 _ => {
                     return Err(Error::Store {
