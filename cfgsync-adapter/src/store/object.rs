@@ -68,13 +68,13 @@ impl ObjectStoreOptions {
         self
     }
 
-    /// The delays between conflicting commits: exponential from 1 ms to 40 ms,
+    /// The delays between conflicting commits: exponential from 1 ms to 8 ms,
     /// each plus a random jitter of up to itself, so replicas that collided
     /// spread apart; bounded in attempts and in total delay.
     fn commit_backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(1))
-            .with_max_delay(Duration::from_millis(40))
+            .with_max_delay(Duration::from_millis(8))
             .with_jitter()
             .with_max_times(self.max_commit_attempts.saturating_sub(1))
             .with_total_delay(Some(self.max_commit_time))
