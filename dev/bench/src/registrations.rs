@@ -116,26 +116,32 @@ pub async fn run(
         .pool_max_idle_per_host(concurrency)
         .build()?;
     let urls: Vec<String> = servers.iter().map(|s| s.url("/register")).collect();
+    // Counted as they come, so a run cut short by --phase-timeout still says
+    // how far it got.
+    let acked = std::sync::atomic::AtomicUsize::new(0);
     let started = Instant::now();
     let sent = futures::stream::iter((0..registrations).map(|i| {
         let http = http.clone();
         let url = urls[i % urls.len()].clone();
+        let acked = &acked;
         async move {
             let ip = IpAddr::V4(Ipv4Addr::from(
                 0x0a00_0000_u32 + u32::try_from(i).unwrap_or(0),
             ));
             let registration = NodeRegistration::new(format!("node-{i:05}"), ip);
-            matches!(
+            if matches!(
                 http.post(url).json(&registration).send().await,
                 Ok(response) if response.status() == 202
-            )
+            ) {
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }))
     .buffer_unordered(concurrency.max(1))
-    .collect::<Vec<bool>>();
-    let acks = tokio::time::timeout(limit, sent).await.unwrap_or_default();
+    .collect::<Vec<()>>();
+    let _ = tokio::time::timeout(limit, sent).await;
     let elapsed = started.elapsed();
-    let acknowledged = acks.iter().filter(|&&ok| ok).count();
+    let acknowledged = acked.load(std::sync::atomic::Ordering::Relaxed);
     let (s3_requests, s3_writes, s3_lists) = match &s3 {
         Some(s3) => (s3.requests(), s3.put_requests(), s3.list_requests()),
         None => (None, None, None),
