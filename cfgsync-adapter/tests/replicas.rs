@@ -1,6 +1,7 @@
 //! Several server replicas sharing one object-store registration set (the
 //! in-process S3): read-your-writes across replicas, bounded refreshes for
-//! unknown nodes, group commit of registrations.
+//! unknown nodes, group commit of registrations, the one-time import of the
+//! previous layout.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -224,4 +225,78 @@ async fn concurrent_registrations_share_commits_and_reach_every_replica() {
             200
         );
     }
+}
+
+#[tokio::test]
+async fn replicas_opening_a_prefix_of_the_previous_layout_import_it_once_and_agree() {
+    use object_store::{ObjectStoreExt as _, PutPayload, path::Path};
+
+    let s3 = S3Harness::start().await.unwrap();
+    let prefix = format!("{}/replicas", s3.prefix);
+    // The previous layout, as it wrote it: a generation counter and one
+    // `nodes/<identifier>.json` per node holding the registration.
+    let legacy: Vec<NodeRegistration> = (0..5)
+        .map(|i| reg(&format!("old-{i}"), &format!("10.0.1.{i}")))
+        .collect();
+    for registration in &legacy {
+        s3.store
+            .put(
+                &Path::from(format!("{prefix}/nodes/{}.json", registration.identifier)),
+                PutPayload::from(serde_json::to_vec(registration).unwrap()),
+            )
+            .await
+            .unwrap();
+    }
+    s3.store
+        .put(
+            &Path::from(format!("{prefix}/generation")),
+            PutPayload::from("5"),
+        )
+        .await
+        .unwrap();
+    // A broken legacy object is skipped, not fatal.
+    s3.store
+        .put(
+            &Path::from(format!("{prefix}/nodes/broken.json")),
+            PutPayload::from("{not json"),
+        )
+        .await
+        .unwrap();
+
+    let options = ObjectStoreOptions::default().with_poll_interval(NO_POLL);
+    let (a, b) = tokio::join!(replica(&s3, &options), replica(&s3, &options));
+    let (sa, sb) = (a.snapshot().await.unwrap(), b.snapshot().await.unwrap());
+    assert_eq!(sa.generation(), 1, "the import is the log's first entry");
+    assert_eq!(sb.generation(), 1, "one import, seen by both");
+    for (name, snapshot) in [("a", &sa), ("b", &sb)] {
+        assert_eq!(snapshot.len(), legacy.len(), "replica {name}");
+        for registration in &legacy {
+            assert_eq!(
+                snapshot.get(&registration.identifier),
+                Some(registration),
+                "replica {name} has {}",
+                registration.identifier
+            );
+        }
+    }
+    // The legacy objects stay where they were.
+    assert!(
+        s3.store
+            .head(&Path::from(format!("{prefix}/nodes/old-0.json")))
+            .await
+            .is_ok()
+    );
+
+    // New registrations go to the log after the import, seen by every replica.
+    assert!(a.put(reg("new-0", "10.0.2.1")).await.unwrap());
+    b.refresh().await.unwrap();
+    let sb = b.snapshot().await.unwrap();
+    assert_eq!(sb.generation(), sa.generation() + 1);
+    assert!(sb.contains("new-0") && sb.contains("old-4"));
+
+    // A replica opened later reads the log, not the legacy objects again.
+    let c = replica(&s3, &options).await;
+    let sc = c.snapshot().await.unwrap();
+    assert_eq!(sc.generation(), sb.generation());
+    assert_eq!(sc.len(), legacy.len() + 1);
 }

@@ -104,6 +104,13 @@ impl ObjectStoreOptions {
 /// once per [`ObjectStoreOptions::unknown_refresh_interval`], one listing
 /// shared by every request that arrives meanwhile), so a node registered on
 /// any replica is served by every replica on its first request.
+///
+/// **Upgrading** a prefix written by the previous layout (a `generation`
+/// counter plus one `nodes/<identifier>.json` per node): a replica that opens
+/// it and finds the log empty imports every legacy node object as log entry 1
+/// with the same conditional create, so exactly one replica's import wins and
+/// the others read it. Legacy objects are only read, never changed or
+/// removed; one that does not decode is skipped with a warning naming its key.
 #[derive(Debug)]
 pub struct ObjectRegistrationStore {
     shared: Arc<Shared>,
@@ -115,6 +122,9 @@ struct Shared {
     name: String,
     store: Arc<dyn ObjectStore>,
     log_prefix: Path,
+    /// Where the previous layout kept one object per node (`nodes/`), read
+    /// once when the log is empty.
+    legacy_prefix: Path,
     view: RegistrationView,
     options: ObjectStoreOptions,
     /// The last log number this replica applied to its view.
@@ -163,7 +173,8 @@ impl ObjectRegistrationStore {
         let prefix = Path::from(prefix);
         let shared = Arc::new(Shared {
             name: format!("object store {store} /{prefix}"),
-            log_prefix: prefix.join("log"),
+            log_prefix: prefix.clone().join("log"),
+            legacy_prefix: prefix.join("nodes"),
             store,
             view: RegistrationView::new([], 0),
             options: options.clone(),
@@ -172,7 +183,7 @@ impl ObjectRegistrationStore {
             committed: tokio::sync::Mutex::new(0),
             unknown: tokio::sync::Mutex::new(None),
         });
-        shared.refresh().await?;
+        shared.load().await?;
         let poller = tokio::spawn(poll(Arc::downgrade(&shared), options.poll_interval));
         Ok(Self { shared, poller })
     }
@@ -215,6 +226,91 @@ impl Shared {
     async fn refresh(&self) -> Result<()> {
         let mut applied = self.applied.lock().await;
         self.catch_up(&mut applied).await
+    }
+
+    /// The first read when opening: the log, or, when it is empty, the
+    /// legacy node objects imported as its first entry.
+    async fn load(&self) -> Result<()> {
+        let mut applied = self.applied.lock().await;
+        self.catch_up(&mut applied).await?;
+        if *applied == 0 {
+            self.import_legacy(&mut applied).await?;
+        }
+        Ok(())
+    }
+
+    /// Imports the previous layout's `nodes/*.json` objects as log entry 1
+    /// (a conditional create: when another replica imported first, reads its
+    /// entry instead). Objects that do not decode are skipped with a warning.
+    async fn import_legacy(&self, applied: &mut u64) -> Result<()> {
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.legacy_prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list legacy", e))?;
+        let read: Vec<Option<NodeRegistration>> = futures::stream::iter(metas)
+            .filter(|meta| {
+                std::future::ready(
+                    meta.location
+                        .filename()
+                        .is_some_and(|name| name.ends_with(".json")),
+                )
+            })
+            .map(|meta| async move {
+                let bytes = match self.store.get(&meta.location).await {
+                    Ok(found) => found.bytes().await.map_err(|e| self.error("get legacy", e))?,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(self.error("get legacy", e)),
+                };
+                match serde_json::from_slice::<NodeRegistration>(&bytes) {
+                    Ok(registration) => Ok(Some(registration)),
+                    Err(error) => {
+                        tracing::warn!(store = %self.name, key = %meta.location, %error, "legacy registration object does not decode; skipped");
+                        Ok(None)
+                    }
+                }
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        let mut registrations: Vec<NodeRegistration> = read.into_iter().flatten().collect();
+        if registrations.is_empty() {
+            return Ok(());
+        }
+        registrations.sort_by(|a, b| a.identifier.cmp(&b.identifier));
+        registrations.dedup_by(|a, b| a.identifier == b.identifier);
+        let body = serde_json::to_vec(&Commit {
+            registrations: registrations.iter().collect(),
+        })
+        .map_err(|e| Error::Store {
+            store: self.name.clone(),
+            operation: "import legacy",
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        })?;
+        let put = self
+            .store
+            .put_opts(
+                &self.entry_path(1),
+                PutPayload::from(body),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        match put {
+            Ok(_) => {
+                tracing::info!(store = %self.name, nodes = registrations.len(), "imported legacy registrations as log entry 1");
+                self.view
+                    .insert_all(registrations.into_iter().map(Arc::new), 1);
+                *applied = 1;
+                Ok(())
+            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => self.probe(applied).await,
+            Err(e) => Err(self.error("import legacy", e)),
+        }
     }
 
     /// Lists the log after `applied`, reads the new entries in order and
