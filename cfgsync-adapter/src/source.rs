@@ -88,7 +88,7 @@ impl<M: RegistrationSnapshotMaterializer> ConfigSource for SnapshotConfigSource<
         &self,
         registration: &NodeRegistration,
     ) -> cfgsync_core::Result<ConfigResolveResponse> {
-        let snapshot = self.store.snapshot().await?;
+        let snapshot = known_snapshot(self.store.as_ref(), &registration.identifier).await?;
         if !snapshot.contains(&registration.identifier) {
             return Ok(ConfigResolveResponse::NotReady);
         }
@@ -128,6 +128,25 @@ impl<M: RegistrationSnapshotMaterializer> ConfigSource for SnapshotConfigSource<
             .with_generation(snapshot.generation() + inputs)
             .with_nodes(nodes))
     }
+}
+
+/// The store's snapshot, re-read from the shared state first when it does not
+/// know `identifier` (the node may have registered on another replica). A
+/// failed re-read is logged and the node answered from what is known (`425`,
+/// which it retries), not with an error.
+async fn known_snapshot(
+    store: &dyn RegistrationStore,
+    identifier: &str,
+) -> crate::Result<Arc<crate::RegistrationSnapshot>> {
+    let snapshot = store.snapshot().await?;
+    if snapshot.contains(identifier) {
+        return Ok(snapshot);
+    }
+    if let Err(error) = store.refresh_unknown(identifier).await {
+        tracing::warn!(node = identifier, %error, "refresh for an unknown node failed");
+        return Ok(snapshot);
+    }
+    store.snapshot().await
 }
 
 /// Why a registered node is not ready, as the status page says it.
@@ -282,7 +301,7 @@ impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M>
         &self,
         registration: &NodeRegistration,
     ) -> cfgsync_core::Result<ConfigResolveResponse> {
-        let snapshot = self.store.snapshot().await?;
+        let snapshot = known_snapshot(self.store.as_ref(), &registration.identifier).await?;
         let Some(stored) = snapshot.get(&registration.identifier) else {
             return Ok(ConfigResolveResponse::NotReady);
         };

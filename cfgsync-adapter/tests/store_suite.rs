@@ -126,14 +126,14 @@ async fn object_store_replicas_share_one_set_and_one_generation_order() {
 }
 
 #[tokio::test]
-async fn object_store_gives_up_with_a_store_error_when_every_compare_and_swap_conflicts() {
+async fn object_store_gives_up_with_a_store_error_when_every_conditional_create_conflicts() {
     let s3 = S3Harness::start().await.unwrap();
     if !s3.is_in_process() {
         eprintln!("!!! s3 fault injection needs the in-process server: skipped !!!");
         return;
     }
     let options =
-        ObjectStoreOptions::default().with_increment_bounds(4, std::time::Duration::from_secs(60));
+        ObjectStoreOptions::default().with_commit_bounds(4, std::time::Duration::from_secs(60));
     let store = ObjectRegistrationStore::open(
         s3.store.clone(),
         &format!("{}/conflicts", s3.prefix),
@@ -142,7 +142,7 @@ async fn object_store_gives_up_with_a_store_error_when_every_compare_and_swap_co
     .await
     .unwrap();
 
-    // Another writer wins every compare-and-swap of the generation counter:
+    // Another writer wins every conditional create of the next log entry:
     // the put stops after its 4 attempts instead of spinning.
     s3.faults().conflict_conditional_puts();
     let err = store.put(reg("node-a", "10.3.0.1")).await.unwrap_err();
@@ -150,7 +150,7 @@ async fn object_store_gives_up_with_a_store_error_when_every_compare_and_swap_co
         cfgsync_adapter::Error::Store {
             operation, message, ..
         } => {
-            assert_eq!(*operation, "increment generation");
+            assert_eq!(*operation, "commit");
             assert!(message.contains("gave up after 4 attempt(s)"), "{message}");
         }
         other => panic!("a store error expected, got {other:?}"),

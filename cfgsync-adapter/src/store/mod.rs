@@ -42,6 +42,20 @@ pub trait RegistrationStore: Send + Sync + std::fmt::Debug + 'static {
     async fn check(&self) -> Result<()> {
         self.snapshot().await.map(|_| ())
     }
+
+    /// Called when a server is asked about `identifier` and [`snapshot`]
+    /// (`RegistrationStore::snapshot`) does not hold it, before it answers "not
+    /// ready": a store shared with other writers (other replicas) re-reads the
+    /// shared state now instead of at its next poll, so a node registered
+    /// anywhere is known everywhere on its next request. Implementations bound
+    /// the cost (at most one re-read per short interval, shared by every caller
+    /// that arrives meanwhile) since any client can ask about unknown names.
+    /// Stores that only this process writes know everything already: the
+    /// default does nothing.
+    async fn refresh_unknown(&self, identifier: &str) -> Result<()> {
+        let _ = identifier;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -60,5 +74,9 @@ impl<S: RegistrationStore + ?Sized> RegistrationStore for Arc<S> {
 
     async fn check(&self) -> Result<()> {
         (**self).check().await
+    }
+
+    async fn refresh_unknown(&self, identifier: &str) -> Result<()> {
+        (**self).refresh_unknown(identifier).await
     }
 }

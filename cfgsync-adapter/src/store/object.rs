@@ -1,17 +1,16 @@
 //! [`ObjectRegistrationStore`]: registrations in any `object_store`, shared by
 //! server replicas through conditional writes (feature `object-store`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use cfgsync_core::NodeRegistration;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::{Path, PathPart};
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::view::RegistrationView;
@@ -20,23 +19,27 @@ use crate::{Error, RegistrationSnapshot, RegistrationStore, Result};
 /// Settings of an [`ObjectRegistrationStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectStoreOptions {
-    /// How often a replica checks the shared generation for others' writes.
+    /// How often a replica lists the shared log for others' writes.
     /// Default 500 ms.
     pub poll_interval: Duration,
-    /// Compare-and-swaps one generation increment may try while other writers
-    /// keep moving the counter first, the first included. Default 50.
-    pub max_increment_attempts: usize,
-    /// Time one generation increment may spend retrying such conflicts.
-    /// Default 10 s.
-    pub max_increment_time: Duration,
+    /// The least time between two extra listings made because a node this
+    /// replica does not know asked for its files
+    /// ([`RegistrationStore::refresh_unknown`]). Default 250 ms.
+    pub unknown_refresh_interval: Duration,
+    /// Conditional creates one commit may try while other replicas keep taking
+    /// the next log number first, the first included. Default 50.
+    pub max_commit_attempts: usize,
+    /// Time one commit may spend retrying such conflicts. Default 10 s.
+    pub max_commit_time: Duration,
 }
 
 impl Default for ObjectStoreOptions {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_millis(500),
-            max_increment_attempts: 50,
-            max_increment_time: Duration::from_secs(10),
+            unknown_refresh_interval: Duration::from_millis(250),
+            max_commit_attempts: 50,
+            max_commit_time: Duration::from_secs(10),
         }
     }
 }
@@ -49,41 +52,65 @@ impl ObjectStoreOptions {
         self
     }
 
-    /// Bounds the conflict retries of one generation increment: at most
-    /// `attempts` compare-and-swaps (at least one) within `time`.
+    /// Sets the least time between two listings made for unknown nodes.
     #[must_use]
-    pub fn with_increment_bounds(mut self, attempts: usize, time: Duration) -> Self {
-        self.max_increment_attempts = attempts;
-        self.max_increment_time = time;
+    pub fn with_unknown_refresh_interval(mut self, interval: Duration) -> Self {
+        self.unknown_refresh_interval = interval;
         self
     }
 
-    /// The delays between conflicting compare-and-swaps: exponential from 1 ms
-    /// to 40 ms, each plus a random jitter of up to itself, so replicas that
-    /// collided spread apart; bounded in attempts and in total delay.
-    fn increment_backoff(&self) -> ExponentialBuilder {
+    /// Bounds the conflict retries of one commit: at most `attempts`
+    /// conditional creates (at least one) within `time`.
+    #[must_use]
+    pub fn with_commit_bounds(mut self, attempts: usize, time: Duration) -> Self {
+        self.max_commit_attempts = attempts;
+        self.max_commit_time = time;
+        self
+    }
+
+    /// The delays between conflicting commits: exponential from 1 ms to 8 ms,
+    /// each plus a random jitter of up to itself, so replicas that collided
+    /// spread apart; bounded in attempts and in total delay.
+    fn commit_backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(1))
-            .with_max_delay(Duration::from_millis(40))
+            .with_max_delay(Duration::from_millis(8))
             .with_jitter()
-            .with_max_times(self.max_increment_attempts.saturating_sub(1))
-            .with_total_delay(Some(self.max_increment_time))
+            .with_max_times(self.max_commit_attempts.saturating_sub(1))
+            .with_total_delay(Some(self.max_commit_time))
     }
 }
 
 /// Registrations in any [`ObjectStore`] (S3, RustFS, MinIO, ... anything with
 /// conditional writes), shared by several server replicas.
 ///
-/// Layout under the prefix: one object per node, `nodes/<identifier>.json`, so
-/// registrations on different replicas never overwrite each other; and a
-/// `generation` counter object, incremented with a compare-and-swap
-/// (`PutMode::Update` on its ETag, retried on conflict with jittered backoff,
-/// bounded by [`ObjectStoreOptions::max_increment_attempts`] and
-/// [`ObjectStoreOptions::max_increment_time`]) **after** the node
-/// object is written; concurrent registrations on one replica share one
-/// increment. Every replica numbers changes by that shared counter, so
-/// all see the same generation order; a replica polls the counter and re-lists
-/// (fetching only objects whose ETag changed) when it moves.
+/// Layout under the prefix: a **log** of commits, `log/<generation>.json`
+/// (the generation as 20 digits, so keys sort by number), each holding the
+/// registrations one replica committed together. A commit is one conditional
+/// create (`PutMode::Create`) of the next number: when another replica took
+/// it first, this one reads what that replica wrote and tries the number after
+/// (jittered backoff, bounded by [`ObjectStoreOptions::max_commit_attempts`]
+/// and [`ObjectStoreOptions::max_commit_time`]). The log's numbers are the
+/// generations, so every replica sees the same changes in the same order.
+///
+/// **Group commit**: registrations that arrive while a commit is in flight on
+/// a replica wait for it and then go out together in the next one, so a burst
+/// of N registrations costs a few writes, not N.
+///
+/// **Reading**: a replica lists the log after the last number it applied
+/// (`start-after`, so a listing returns only what is new) every
+/// [`ObjectStoreOptions::poll_interval`], and also when a node it does not
+/// know asks for its files ([`RegistrationStore::refresh_unknown`]: at most
+/// once per [`ObjectStoreOptions::unknown_refresh_interval`], one listing
+/// shared by every request that arrives meanwhile), so a node registered on
+/// any replica is served by every replica on its first request.
+///
+/// **Upgrading** a prefix written by the previous layout (a `generation`
+/// counter plus one `nodes/<identifier>.json` per node): a replica that opens
+/// it and finds the log empty imports every legacy node object as log entry 1
+/// with the same conditional create, so exactly one replica's import wins and
+/// the others read it. Legacy objects are only read, never changed or
+/// removed; one that does not decode is skipped with a warning naming its key.
 #[derive(Debug)]
 pub struct ObjectRegistrationStore {
     shared: Arc<Shared>,
@@ -94,22 +121,23 @@ pub struct ObjectRegistrationStore {
 struct Shared {
     name: String,
     store: Arc<dyn ObjectStore>,
-    nodes_prefix: Path,
-    counter: Path,
+    log_prefix: Path,
+    /// Where the previous layout kept one object per node (`nodes/`), read
+    /// once when the log is empty.
+    legacy_prefix: Path,
     view: RegistrationView,
     options: ObjectStoreOptions,
-    listed: tokio::sync::Mutex<Listed>,
-    /// Node objects written by this replica and not yet covered by a counter
-    /// increment, with a sequence number per write.
+    /// The last log number this replica applied to its view.
+    applied: tokio::sync::Mutex<u64>,
+    /// Registrations accepted by this replica and not yet committed.
     pending: std::sync::Mutex<Pending>,
-    /// The last counter increment: the writes it covered (up to this sequence
-    /// number) and the generation it made.
-    increments: tokio::sync::Mutex<(u64, u64)>,
+    /// Held by the one commit in flight: the highest write sequence number
+    /// committed so far.
+    committed: tokio::sync::Mutex<u64>,
+    /// When the last listing for an unknown node started.
+    unknown: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
-/// Concurrent puts on one replica share a counter increment: one put increments
-/// for every write waiting at that moment and applies them all, so a burst of N
-/// local registrations costs a few compare-and-swaps and no re-listing.
 #[derive(Debug, Default)]
 struct Pending {
     next_seq: u64,
@@ -119,25 +147,13 @@ struct Pending {
 #[derive(Debug)]
 struct PendingWrite {
     seq: u64,
-    path: Path,
-    e_tag: Option<String>,
-    registration: NodeRegistration,
+    registration: Arc<NodeRegistration>,
 }
 
-/// Why one compare-and-swap of the counter did not succeed.
-#[derive(Debug)]
-enum Increment {
-    /// Another writer moved the counter first: read it again and retry.
-    Conflict(object_store::Error),
-    /// Anything else: not retried here.
-    Failed(Error),
-}
-
-/// What this replica last listed: the counter value and each object's ETag.
-#[derive(Debug, Default)]
-struct Listed {
-    generation: u64,
-    objects: HashMap<Path, (Option<String>, Arc<NodeRegistration>)>,
+/// One log entry.
+#[derive(Debug, Serialize, Deserialize)]
+struct Commit<R> {
+    registrations: Vec<R>,
 }
 
 impl Drop for ObjectRegistrationStore {
@@ -157,16 +173,17 @@ impl ObjectRegistrationStore {
         let prefix = Path::from(prefix);
         let shared = Arc::new(Shared {
             name: format!("object store {store} /{prefix}"),
-            nodes_prefix: prefix.clone().join("nodes"),
-            counter: prefix.join("generation"),
+            log_prefix: prefix.clone().join("log"),
+            legacy_prefix: prefix.join("nodes"),
             store,
             view: RegistrationView::new([], 0),
             options: options.clone(),
-            listed: tokio::sync::Mutex::new(Listed::default()),
+            applied: tokio::sync::Mutex::new(0),
             pending: std::sync::Mutex::new(Pending::default()),
-            increments: tokio::sync::Mutex::new((0, 0)),
+            committed: tokio::sync::Mutex::new(0),
+            unknown: tokio::sync::Mutex::new(None),
         });
-        shared.refresh().await?;
+        shared.load().await?;
         let poller = tokio::spawn(poll(Arc::downgrade(&shared), options.poll_interval));
         Ok(Self { shared, poller })
     }
@@ -194,206 +211,297 @@ impl Shared {
         Error::store(self.name.clone(), operation, source)
     }
 
-    /// The shared counter's value and version (`None` before the first write).
-    async fn read_counter(&self) -> Result<Option<(u64, UpdateVersion)>> {
-        let result = match self.store.get(&self.counter).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.error("read generation", e)),
-        };
-        let version = UpdateVersion {
-            e_tag: result.meta.e_tag.clone(),
-            version: result.meta.version.clone(),
-        };
-        let bytes = result
-            .bytes()
-            .await
-            .map_err(|e| self.error("read generation", e))?;
-        let value = std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok())
-            .ok_or_else(|| Error::Store {
-                store: self.name.clone(),
-                operation: "read generation",
-                message: format!("{} does not hold a number", self.counter),
-                source: None,
-            })?;
-        Ok(Some((value, version)))
-    }
-
-    /// Moves the shared counter forward by one; returns the new value. A
-    /// compare-and-swap that another writer won is retried (read again, swap
-    /// again) after a jittered backoff, within the options' bounds; past them
-    /// the increment fails with [`Error::Store`] saying so.
-    async fn increment(&self) -> Result<u64> {
-        let started = Instant::now();
-        let attempts = AtomicUsize::new(0);
-        let max_time = self.options.max_increment_time;
-        let counted = &attempts;
-        let outcome = (move || async move {
-            counted.fetch_add(1, Ordering::Relaxed);
-            self.try_increment().await
-        })
-        .retry(self.options.increment_backoff())
-        .sleep(tokio::time::sleep)
-        .when(|attempt: &Increment| {
-            matches!(attempt, Increment::Conflict(_)) && started.elapsed() < max_time
-        })
-        .notify(|_, delay| {
-            tracing::debug!(store = %self.name, ?delay, "generation moved by another writer; retrying");
-        })
-        .await;
-        match outcome {
-            Ok(next) => Ok(next),
-            Err(Increment::Failed(error)) => Err(error),
-            Err(Increment::Conflict(source)) => Err(Error::Store {
-                store: self.name.clone(),
-                operation: "increment generation",
-                message: format!(
-                    "gave up after {} attempt(s) in {:?}: other writers moved {} first every time",
-                    attempts.load(Ordering::Relaxed),
-                    started.elapsed(),
-                    self.counter
-                ),
-                source: Some(Box::new(source)),
-            }),
-        }
-    }
-
-    /// One compare-and-swap of the counter.
-    async fn try_increment(&self) -> std::result::Result<u64, Increment> {
-        let (next, mode) = match self.read_counter().await.map_err(Increment::Failed)? {
-            Some((value, version)) => (value + 1, PutMode::Update(version)),
-            None => (1, PutMode::Create),
-        };
-        let put = self
-            .store
-            .put_opts(
-                &self.counter,
-                PutPayload::from(next.to_string()),
-                PutOptions::from(mode),
-            )
-            .await;
-        match put {
-            Ok(_) => Ok(next),
-            Err(
-                conflict @ (object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. }),
-            ) => Err(Increment::Conflict(conflict)),
-            Err(e) => Err(Increment::Failed(self.error("increment generation", e))),
-        }
-    }
-
-    /// Makes write number `seq` part of the shared state: either a concurrent
-    /// put's increment already covered it, or this call increments the counter
-    /// for every pending write and applies them to the local view.
-    async fn cover(&self, seq: u64) -> Result<()> {
-        let mut last = self.increments.lock().await;
-        if last.0 >= seq {
-            return Ok(());
-        }
-        let writes = std::mem::take(
-            &mut self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .writes,
-        );
-        let covered = writes.iter().map(|w| w.seq).max().unwrap_or(seq).max(seq);
-        let generation = match self.increment().await {
-            Ok(generation) => generation,
-            Err(error) => {
-                // Leave the writes for the next put (or the poller) to cover.
-                self.pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .writes
-                    .extend(writes);
-                return Err(error);
-            }
-        };
-        let mut listed = self.listed.lock().await;
-        if listed.generation + 1 == generation {
-            // Nobody else moved the counter since our last listing: the new
-            // state is the old one plus these writes.
-            listed.generation = generation;
-            for write in writes {
-                let registration = Arc::new(write.registration);
-                listed
-                    .objects
-                    .insert(write.path, (write.e_tag, registration.clone()));
-                self.view
-                    .insert(Arc::unwrap_or_clone(registration), generation);
-            }
-        } else {
-            drop(listed);
-            self.refresh().await?;
-        }
-        *last = (covered, generation);
-        Ok(())
-    }
-
-    fn node_path(&self, identifier: &str) -> Path {
-        self.nodes_prefix
+    fn entry_path(&self, generation: u64) -> Path {
+        self.log_prefix
             .clone()
-            .join(PathPart::from(format!("{identifier}.json")))
+            .join(PathPart::from(format!("{generation:020}.json")))
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn refresh(&self) -> Result<()> {
-        let mut listed = self.listed.lock().await;
-        let Some((generation, _)) = self.read_counter().await? else {
-            return Ok(());
-        };
-        if generation <= listed.generation {
-            return Ok(());
+        let mut applied = self.applied.lock().await;
+        self.catch_up(&mut applied).await
+    }
+
+    /// The first read when opening: the log, or, when it is empty, the
+    /// legacy node objects imported as its first entry.
+    async fn load(&self) -> Result<()> {
+        let mut applied = self.applied.lock().await;
+        self.catch_up(&mut applied).await?;
+        if *applied == 0 {
+            self.import_legacy(&mut applied).await?;
         }
+        Ok(())
+    }
+
+    /// Imports the previous layout's `nodes/*.json` objects as log entry 1
+    /// (a conditional create: when another replica imported first, reads its
+    /// entry instead). Objects that do not decode are skipped with a warning.
+    async fn import_legacy(&self, applied: &mut u64) -> Result<()> {
         let metas: Vec<object_store::ObjectMeta> = self
             .store
-            .list(Some(&self.nodes_prefix))
+            .list(Some(&self.legacy_prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list legacy", e))?;
+        let read: Vec<Option<NodeRegistration>> = futures::stream::iter(metas)
+            .filter(|meta| {
+                std::future::ready(
+                    meta.location
+                        .filename()
+                        .is_some_and(|name| name.ends_with(".json")),
+                )
+            })
+            .map(|meta| async move {
+                let bytes = match self.store.get(&meta.location).await {
+                    Ok(found) => found.bytes().await.map_err(|e| self.error("get legacy", e))?,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(self.error("get legacy", e)),
+                };
+                match serde_json::from_slice::<NodeRegistration>(&bytes) {
+                    Ok(registration) => Ok(Some(registration)),
+                    Err(error) => {
+                        tracing::warn!(store = %self.name, key = %meta.location, %error, "legacy registration object does not decode; skipped");
+                        Ok(None)
+                    }
+                }
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        let mut registrations: Vec<NodeRegistration> = read.into_iter().flatten().collect();
+        if registrations.is_empty() {
+            return Ok(());
+        }
+        registrations.sort_by(|a, b| a.identifier.cmp(&b.identifier));
+        registrations.dedup_by(|a, b| a.identifier == b.identifier);
+        let body = serde_json::to_vec(&Commit {
+            registrations: registrations.iter().collect(),
+        })
+        .map_err(|e| Error::Store {
+            store: self.name.clone(),
+            operation: "import legacy",
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        })?;
+        let put = self
+            .store
+            .put_opts(
+                &self.entry_path(1),
+                PutPayload::from(body),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        match put {
+            Ok(_) => {
+                tracing::info!(store = %self.name, nodes = registrations.len(), "imported legacy registrations as log entry 1");
+                self.view
+                    .insert_all(registrations.into_iter().map(Arc::new), 1);
+                *applied = 1;
+                Ok(())
+            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => self.probe(applied).await,
+            Err(e) => Err(self.error("import legacy", e)),
+        }
+    }
+
+    /// Lists the log after `applied`, reads the new entries in order and
+    /// applies them to the view.
+    async fn catch_up(&self, applied: &mut u64) -> Result<()> {
+        let offset = self.entry_path(*applied);
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list_with_offset(Some(&self.log_prefix), &offset)
             .try_collect()
             .await
             .map_err(|e| self.error("list", e))?;
-        let previous = std::mem::take(&mut listed.objects);
-        let fetched: Vec<(Path, Option<String>, Arc<NodeRegistration>)> =
-            futures::stream::iter(metas)
-                .map(|meta| {
-                    let reuse = previous
-                        .get(&meta.location)
-                        .filter(|(e_tag, _)| meta.e_tag.is_some() && *e_tag == meta.e_tag)
-                        .map(|(_, registration)| registration.clone());
-                    async move {
-                        if let Some(registration) = reuse {
-                            return Ok((meta.location, meta.e_tag, registration));
-                        }
-                        let bytes = self
-                            .store
-                            .get(&meta.location)
-                            .await
-                            .map_err(|e| self.error("get", e))?
-                            .bytes()
-                            .await
-                            .map_err(|e| self.error("get", e))?;
-                        let registration: NodeRegistration = serde_json::from_slice(&bytes)
-                            .map_err(|e| Error::Store {
-                                store: self.name.clone(),
-                                operation: "get",
-                                message: format!("{} is not a registration: {e}", meta.location),
-                                source: None,
-                            })?;
-                        Ok::<_, Error>((meta.location, meta.e_tag, Arc::new(registration)))
-                    }
+        let mut entries: Vec<(u64, Path)> = metas
+            .into_iter()
+            .filter_map(|meta| {
+                let number = meta
+                    .location
+                    .filename()?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()?;
+                (number > *applied).then_some((number, meta.location))
+            })
+            .collect();
+        entries.sort_unstable_by_key(|(number, _)| *number);
+        // Numbers are taken one after another; read only a gapless run (a gap
+        // is a listing that raced a create, filled by the next listing).
+        let mut expected = *applied + 1;
+        entries.retain(|(number, _)| {
+            let keep = *number == expected;
+            expected += u64::from(keep);
+            keep
+        });
+        let Some(&(last, _)) = entries.last() else {
+            return Ok(());
+        };
+        let commits: Vec<Commit<NodeRegistration>> = futures::stream::iter(entries)
+            .map(|(_, path)| async move {
+                self.read_entry(&path).await?.ok_or_else(|| Error::Store {
+                    store: self.name.clone(),
+                    operation: "get",
+                    message: format!("{path} was listed but is gone"),
+                    source: None,
                 })
-                .buffer_unordered(16)
-                .try_collect()
-                .await?;
-        let mut nodes = BTreeMap::new();
-        for (path, e_tag, registration) in fetched {
-            nodes.insert(registration.identifier.clone(), registration.clone());
-            listed.objects.insert(path, (e_tag, registration));
-        }
-        listed.generation = generation;
-        self.view.replace_all(nodes, generation);
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        self.view.insert_all(
+            commits
+                .into_iter()
+                .flat_map(|commit| commit.registrations)
+                .map(Arc::new),
+            last,
+        );
+        *applied = last;
         Ok(())
+    }
+
+    /// One log entry (`None` when there is none at `path`).
+    async fn read_entry(&self, path: &Path) -> Result<Option<Commit<NodeRegistration>>> {
+        let bytes = match self.store.get(path).await {
+            Ok(found) => found.bytes().await.map_err(|e| self.error("get", e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("get", e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Store {
+                store: self.name.clone(),
+                operation: "get",
+                message: format!("{path} is not a registration log entry: {e}"),
+                source: Some(Box::new(e)),
+            })
+    }
+
+    /// Reads the entries after `applied` one by one until one is missing: the
+    /// cheap catch-up after losing a number to another replica, which has
+    /// just written one or a few entries (a known key costs one `GET`, a
+    /// listing walks the log).
+    async fn probe(&self, applied: &mut u64) -> Result<()> {
+        loop {
+            let Some(commit) = self.read_entry(&self.entry_path(*applied + 1)).await? else {
+                return Ok(());
+            };
+            *applied += 1;
+            self.view
+                .insert_all(commit.registrations.into_iter().map(Arc::new), *applied);
+        }
+    }
+
+    /// Makes write number `seq` part of the shared log: either a commit that
+    /// finished while this one waited already covered it, or this call commits
+    /// every write pending at that moment as one log entry.
+    async fn commit(&self, seq: u64) -> Result<()> {
+        let mut committed = self.committed.lock().await;
+        if *committed >= seq {
+            return Ok(());
+        }
+        let mut writes = std::mem::take(&mut self.pending().writes);
+        match self.append(&mut writes).await {
+            Ok(()) => {
+                let covered = writes.iter().map(|w| w.seq).max().unwrap_or(seq);
+                *committed = covered.max(seq);
+                Ok(())
+            }
+            Err(error) => {
+                // Leave the writes, before any newer ones, for the next put to
+                // commit.
+                let mut pending = self.pending();
+                let newer = std::mem::replace(&mut pending.writes, writes);
+                pending.writes.extend(newer);
+                Err(error)
+            }
+        }
+    }
+
+    /// The body of one log entry.
+    fn entry_body(&self, writes: &[PendingWrite]) -> Result<PutPayload> {
+        let body = serde_json::to_vec(&Commit {
+            registrations: writes.iter().map(|w| &*w.registration).collect(),
+        })
+        .map_err(|e| Error::Store {
+            store: self.name.clone(),
+            operation: "commit",
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        })?;
+        Ok(PutPayload::from(body))
+    }
+
+    /// Appends one log entry holding `writes` at the next free number. After
+    /// losing a number to another replica, the retry also carries the writes
+    /// that arrived meanwhile, so contention makes batches larger, not more.
+    async fn append(&self, writes: &mut Vec<PendingWrite>) -> Result<()> {
+        let mut payload = self.entry_body(writes)?;
+        let mut applied = self.applied.lock().await;
+        let started = Instant::now();
+        let mut delays = self.options.commit_backoff().build();
+        let mut attempts = 0usize;
+        loop {
+            attempts += 1;
+            let number = *applied + 1;
+            let put = self
+                .store
+                .put_opts(
+                    &self.entry_path(number),
+                    payload.clone(),
+                    PutOptions::from(PutMode::Create),
+                )
+                .await;
+            let conflict = match put {
+                Ok(_) => {
+                    self.view
+                        .insert_all(writes.iter().map(|w| w.registration.clone()), number);
+                    *applied = number;
+                    return Ok(());
+                }
+                Err(
+                    conflict @ (object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }),
+                ) => conflict,
+                Err(e) => return Err(self.error("commit", e)),
+            };
+            // Another replica took this number: read what it wrote (so the
+            // next attempt aims past it), then try again.
+            self.probe(&mut applied).await?;
+            match delays.next() {
+                Some(delay) if started.elapsed() < self.options.max_commit_time => {
+                    tracing::debug!(store = %self.name, ?delay, "log number taken by another writer; retrying");
+                    tokio::time::sleep(delay).await;
+                    let arrived = std::mem::take(&mut self.pending().writes);
+                    if !arrived.is_empty() {
+                        writes.extend(arrived);
+                        payload = self.entry_body(writes)?;
+                    }
+                }
+                _ => {
+                    return Err(Error::Store {
+                        store: self.name.clone(),
+                        operation: "commit",
+                        message: format!(
+                            "gave up after {attempts} attempt(s) in {:?}: other writers took the next number under {} first every time",
+                            started.elapsed(),
+                            self.log_prefix
+                        ),
+                        source: Some(Box::new(conflict)),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -404,34 +512,17 @@ impl RegistrationStore for ObjectRegistrationStore {
         if !shared.view.differs(&registration) {
             return Ok(false);
         }
-        let path = shared.node_path(&registration.identifier);
-        let body = serde_json::to_vec(&registration).map_err(|e| Error::Store {
-            store: shared.name.clone(),
-            operation: "put",
-            message: e.to_string(),
-            source: Some(Box::new(e)),
-        })?;
-        let written = shared
-            .store
-            .put(&path, PutPayload::from(body))
-            .await
-            .map_err(|e| shared.error("put", e))?;
         let seq = {
-            let mut pending = shared
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut pending = shared.pending();
             pending.next_seq += 1;
             let seq = pending.next_seq;
             pending.writes.push(PendingWrite {
                 seq,
-                path,
-                e_tag: written.e_tag,
-                registration,
+                registration: Arc::new(registration),
             });
             seq
         };
-        shared.cover(seq).await?;
+        shared.commit(seq).await?;
         Ok(true)
     }
 
@@ -444,6 +535,39 @@ impl RegistrationStore for ObjectRegistrationStore {
     }
 
     async fn check(&self) -> Result<()> {
-        self.shared.read_counter().await.map(|_| ())
+        let shared = &self.shared;
+        let offset = shared.entry_path(shared.view.generation());
+        match shared
+            .store
+            .list_with_offset(Some(&shared.log_prefix), &offset)
+            .next()
+            .await
+        {
+            Some(Err(e)) => Err(shared.error("list", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// One listing at most per [`ObjectStoreOptions::unknown_refresh_interval`],
+    /// shared: callers queue behind the listing in flight (or the interval's
+    /// end), and each that then finds a listing started after it asked uses
+    /// that one's result. So a node registered on another replica is known
+    /// here on its first request, which waits at most one interval plus one
+    /// listing; a storm of unknown names costs one listing per interval.
+    async fn refresh_unknown(&self, identifier: &str) -> Result<()> {
+        let shared = &self.shared;
+        let asked = tokio::time::Instant::now();
+        let mut last = shared.unknown.lock().await;
+        if shared.view.contains(identifier) {
+            return Ok(());
+        }
+        if let Some(started) = *last {
+            if started >= asked {
+                return Ok(());
+            }
+            tokio::time::sleep_until(started + shared.options.unknown_refresh_interval).await;
+        }
+        *last = Some(tokio::time::Instant::now());
+        shared.refresh().await
     }
 }

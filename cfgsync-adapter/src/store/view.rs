@@ -69,15 +69,30 @@ impl RegistrationView {
         self.changes.send_replace(generation);
     }
 
-    /// Replaces the whole set at `generation`.
+    /// Inserts every registration of one change and moves to `generation` (one
+    /// notification for all).
     #[cfg(feature = "object-store")]
-    pub fn replace_all(&self, nodes: BTreeMap<String, Arc<NodeRegistration>>, generation: u64) {
+    pub fn insert_all(
+        &self,
+        registrations: impl IntoIterator<Item = Arc<NodeRegistration>>,
+        generation: u64,
+    ) {
         let mut state = self.lock();
-        state.nodes = nodes;
+        for registration in registrations {
+            state
+                .nodes
+                .insert(registration.identifier.clone(), registration);
+        }
         state.generation = generation;
         state.snapshot = None;
         drop(state);
         self.changes.send_replace(generation);
+    }
+
+    /// Whether the view holds `identifier`.
+    #[cfg(feature = "object-store")]
+    pub fn contains(&self, identifier: &str) -> bool {
+        self.lock().nodes.contains_key(identifier)
     }
 
     pub fn snapshot(&self) -> Arc<RegistrationSnapshot> {

@@ -8,6 +8,7 @@
 
 mod fleet;
 mod load;
+mod registrations;
 mod report;
 mod servers;
 
@@ -81,6 +82,21 @@ struct Cli {
     /// identity bytes.
     #[arg(long)]
     compress: bool,
+    /// Measure registration throughput instead of the boot storm: for each
+    /// count in --replicas, start that many servers in this process over one
+    /// registration store of this kind (s3: the in-process S3 server, or the
+    /// endpoint in CFGSYNC_TEST_S3_ENDPOINT), send --registrations
+    /// registrations round-robin at --concurrency, and check every replica
+    /// sees them all.
+    #[arg(long, value_enum)]
+    store: Option<registrations::StoreKind>,
+    /// Replica counts to run with --store, comma-separated (above 1 only with
+    /// --store s3).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    replicas: Vec<usize>,
+    /// Registrations per --store run.
+    #[arg(long, default_value_t = 10_000)]
+    registrations: usize,
     /// Print the results as JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -162,6 +178,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         cli.mode = ModeArg::Both;
         cli.concurrency = cli.concurrency.min(16);
     }
+    if let Some(store) = cli.store {
+        return run_registrations(&cli, store, &cli.replicas, cli.registrations).await;
+    }
     anyhow::ensure!(
         !cli.nodes.is_empty() && cli.nodes.iter().all(|&n| n > 0),
         "--nodes needs at least one size, each above 0"
@@ -204,6 +223,43 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if errors > 0 {
         eprintln!("cfgsync-bench: {errors} error(s)");
+        return Ok(ExitCode::FAILURE);
+    }
+    if cli.quick {
+        // Registrations shared by 3 replicas over the in-process S3.
+        return run_registrations(&cli, registrations::StoreKind::S3, &[3], 300).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--store`: one registration run per replica count.
+async fn run_registrations(
+    cli: &Cli,
+    store: registrations::StoreKind,
+    replicas: &[usize],
+    count: usize,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(count > 0, "--registrations needs at least 1");
+    let limit = Duration::from_secs(cli.phase_timeout);
+    let mut rows = Vec::new();
+    for &n in replicas {
+        rows.push(
+            registrations::run(store, n, count, cli.concurrency, limit)
+                .await
+                .with_context(|| format!("--store {store:?} with {n} replica(s)"))?,
+        );
+    }
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "registrations": rows }))?
+        );
+    } else {
+        print!("{}", registrations::render(&rows));
+    }
+    let errors: usize = rows.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        eprintln!("cfgsync-bench: {errors} registration error(s)");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

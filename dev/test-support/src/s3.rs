@@ -33,6 +33,7 @@ struct Counters {
     upload_parts: AtomicU64,
     aborts: AtomicU64,
     completes: AtomicU64,
+    lists: AtomicU64,
 }
 
 /// Faults the in-process server injects, switchable while it runs (all off by
@@ -289,6 +290,13 @@ impl S3Harness {
             .map(|c| c.upload_parts.load(Ordering::SeqCst))
     }
 
+    /// Listing requests (`ListObjectsV2`, `GET ?list-type=2`) received so far.
+    pub fn list_requests(&self) -> Option<u64> {
+        self.counters
+            .as_ref()
+            .map(|c| c.lists.load(Ordering::SeqCst))
+    }
+
     /// `AbortMultipartUpload` requests received so far.
     pub fn aborted_uploads(&self) -> Option<u64> {
         self.counters
@@ -336,6 +344,7 @@ impl S3Harness {
                 &c.upload_parts,
                 &c.aborts,
                 &c.completes,
+                &c.lists,
             ] {
                 counter.store(0, Ordering::SeqCst);
             }
@@ -410,6 +419,9 @@ fn inject(req: &http::Request<Incoming>, counters: &Counters, faults: &S3Faults)
     }
     if req.method() == http::Method::POST && has_param(req, "uploadId") {
         counters.completes.fetch_add(1, Ordering::SeqCst);
+    }
+    if req.method() == http::Method::GET && has_param(req, "list-type") {
+        counters.lists.fetch_add(1, Ordering::SeqCst);
     }
     match faults.fail_all.load(Ordering::SeqCst) {
         0 => {}
