@@ -119,3 +119,18 @@ impl Chromium {
         }
     }
 }
+
+/// Asserts that nothing a peer sent ran or became markup in a page Chromium
+/// rendered: the hostile payload the page tests register
+/// (`<script>document.title='pwned';…id:'injected'…</script>`, `<img …>`) left
+/// the title alone, injected no element, and shows as escaped text.
+pub fn assert_inert(page: &str) {
+    assert!(!page.contains("pwned</title>"), "a script ran:\n{page}");
+    assert!(!page.contains("id=\"injected\""), "a script ran:\n{page}");
+    assert!(!page.contains("<script"), "a script element:\n{page}");
+    assert!(!page.contains("<img"), "an img element:\n{page}");
+    assert!(
+        page.contains("&lt;script&gt;document.title='pwned'"),
+        "{page}"
+    );
+}

@@ -7,7 +7,7 @@ mod browser;
 mod s3;
 mod server;
 
-pub use browser::Chromium;
+pub use browser::{Chromium, assert_inert};
 #[cfg(feature = "s3")]
 pub use s3::{S3Faults, S3Harness};
 pub use server::{TestServer, files, long_poll, woken};

@@ -262,53 +262,46 @@ impl S3Harness {
         )
     }
 
-    /// Requests received so far.
-    pub fn requests(&self) -> Option<u64> {
+    /// One traffic counter (`None` against an outside S3, which is not counted).
+    fn counter(&self, pick: impl Fn(&Counters) -> &AtomicU64) -> Option<u64> {
         self.counters
             .as_ref()
-            .map(|c| c.requests.load(Ordering::SeqCst))
+            .map(|c| pick(c).load(Ordering::SeqCst))
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Option<u64> {
+        self.counter(|c| &c.requests)
     }
 
     /// `PUT` requests received so far (PutObject, UploadPart, CreateBucket, copies).
     pub fn put_requests(&self) -> Option<u64> {
-        self.counters
-            .as_ref()
-            .map(|c| c.put_requests.load(Ordering::SeqCst))
+        self.counter(|c| &c.put_requests)
     }
 
     /// Body bytes received in `PUT` requests so far: the bytes uploaded.
     pub fn put_body_bytes(&self) -> Option<u64> {
-        self.counters
-            .as_ref()
-            .map(|c| c.put_body_bytes.load(Ordering::SeqCst))
+        self.counter(|c| &c.put_body_bytes)
     }
 
     /// `UploadPart` requests received so far.
     pub fn upload_parts(&self) -> Option<u64> {
-        self.counters
-            .as_ref()
-            .map(|c| c.upload_parts.load(Ordering::SeqCst))
+        self.counter(|c| &c.upload_parts)
     }
 
     /// Listing requests (`ListObjectsV2`, `GET ?list-type=2`) received so far.
     pub fn list_requests(&self) -> Option<u64> {
-        self.counters
-            .as_ref()
-            .map(|c| c.lists.load(Ordering::SeqCst))
+        self.counter(|c| &c.lists)
     }
 
     /// `AbortMultipartUpload` requests received so far.
     pub fn aborted_uploads(&self) -> Option<u64> {
-        self.counters
-            .as_ref()
-            .map(|c| c.aborts.load(Ordering::SeqCst))
+        self.counter(|c| &c.aborts)
     }
 
     /// `CompleteMultipartUpload` requests received so far.
     pub fn completed_uploads(&self) -> Option<u64> {
-        self.counters
-            .as_ref()
-            .map(|c| c.completes.load(Ordering::SeqCst))
+        self.counter(|c| &c.completes)
     }
 
     /// Multipart uploads the in-process server holds open (created, neither
