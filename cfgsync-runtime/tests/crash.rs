@@ -42,6 +42,11 @@ async fn killed_client_leaves_the_old_file_or_the_new_one() {
     let mut completed = 0;
     for i in 1..=8 {
         source.replace("node-1", version(i)).await.unwrap();
+        // Temp files earlier kills left behind, to tell this client's apart.
+        let before: Vec<String> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         let mut client = Command::new(env!("CARGO_BIN_EXE_cfgsync-client"))
             .env_clear()
             .env("CFG_SERVER_ADDR", url)
@@ -54,20 +59,27 @@ async fn killed_client_leaves_the_old_file_or_the_new_one() {
             .unwrap();
         if i % 2 == 1 {
             // Kill while the new version is being staged next to the target.
+            // The wait is bounded by a generous deadline, not a loop count: on a
+            // loaded machine a cold client start can take many seconds.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
             let mut staged = false;
-            for _ in 0..10_000 {
-                staged = std::fs::read_dir(out.path()).unwrap().any(|e| {
-                    e.unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with(".cfgsync-")
-                });
-                if staged {
-                    break;
+            while !staged && std::time::Instant::now() < deadline {
+                if client.try_wait().unwrap().is_some() {
+                    break; // finished before we saw it write: checked below all the same
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                // A temp file this client made (earlier kills left theirs).
+                staged = std::fs::read_dir(out.path()).unwrap().any(|e| {
+                    let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                    name.starts_with(".cfgsync-") && !before.contains(&name)
+                });
+                if !staged {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
-            assert!(staged, "round {i}: the client never started writing");
+            assert!(
+                staged || client.try_wait().unwrap().is_some(),
+                "round {i}: the client neither wrote nor finished within 120 s"
+            );
         } else {
             // Kill at another moment each round: before, during or after the write.
             tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
