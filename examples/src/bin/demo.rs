@@ -3,9 +3,16 @@
 //! server, LDS and SE receivers, and `lablet-sync serve` (`file://` store,
 //! embedded catalog). It syncs LAB-1.1.1, boots three nodes that register and
 //! receive the lablet's files, publishes a new package version, re-syncs, and
-//! shows the nodes picking it up.
+//! shows the nodes picking it up. Each step prints the `lablet-sync`,
+//! `cfgsync-client` or `curl` command that does it by hand.
+//!
+//! ```text
+//! cargo run -p cfgsync-examples --bin demo                  # files in a temp dir, removed at exit
+//! cargo run -p cfgsync-examples --bin demo -- --keep DIR    # files kept in DIR
+//! ```
 
 use std::io::Write as _;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -16,14 +23,28 @@ use axum::routing::{get, post};
 use cfgsync_core::{CfgsyncClient, FetchOptions, FetchOutcome, NodeRegistration};
 use cfgsync_lablet::{LabletSyncConfig, ServeOptions, build_lablet_app, serve_lablets};
 use cfgsync_runtime::{ArtifactOutputMap, register_and_fetch_artifacts};
+use clap::Parser;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 const LAB: &str = "LAB-1.1.1";
 
+/// The end-to-end lablet demo: resolver, Mosaic, LDS and SE on loopback, `lablet-sync
+/// serve`, three nodes; exits 0 only if every step worked.
+#[derive(Debug, Parser)]
+#[command(name = "demo")]
+struct Args {
+    /// Write the lablet-sync data dir and the nodes' files under DIR and keep
+    /// them (created if missing; must be empty). Default: a temporary
+    /// directory removed at exit.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+}
+
 #[tokio::main]
 async fn main() {
-    if let Err(message) = run().await {
+    let args = Args::parse();
+    if let Err(message) = run(args).await {
         eprintln!("demo failed: {message}");
         std::process::exit(1);
     }
@@ -110,8 +131,53 @@ async fn operator_sync(url: &str) -> Result<serde_json::Value, Failure> {
     Ok(body)
 }
 
-async fn run() -> Result<(), Failure> {
-    let work = tempfile::tempdir()?;
+/// Where the demo writes: a kept directory, or a temporary one removed on drop.
+enum WorkDir {
+    Kept(PathBuf),
+    Temp(tempfile::TempDir),
+}
+
+impl WorkDir {
+    fn new(keep: Option<PathBuf>) -> Result<Self, Failure> {
+        let Some(dir) = keep else {
+            return Ok(Self::Temp(tempfile::tempdir()?));
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("--keep {}: cannot create it: {e}", dir.display()))?;
+        let mut entries = std::fs::read_dir(&dir)
+            .map_err(|e| format!("--keep {}: cannot read it: {e}", dir.display()))?;
+        if entries.next().is_some() {
+            return Err(format!(
+                "--keep {}: the directory is not empty (a previous run's catalog would change \
+                 the versions); give a new or empty directory",
+                dir.display()
+            )
+            .into());
+        }
+        Ok(Self::Kept(std::fs::canonicalize(&dir)?))
+    }
+
+    fn path(&self) -> &FsPath {
+        match self {
+            Self::Kept(dir) => dir,
+            Self::Temp(dir) => dir.path(),
+        }
+    }
+}
+
+/// One command that does a step by hand, indented under the step.
+fn by_hand(command: &str) {
+    println!("   by hand: {command}");
+}
+
+/// The registration body a node sends, as the shell would quote it.
+fn body_json(registration: &NodeRegistration) -> Result<String, Failure> {
+    Ok(serde_json::to_string(registration)?)
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let work = WorkDir::new(args.keep)?;
+    let data_dir = work.path().join("lablet-sync");
     println!("1. starting the outside services on loopback");
     let published = Arc::new(RwLock::new(package("1.0.0", 2)?));
     let mosaic = spawn(Router::new().route(
@@ -148,13 +214,16 @@ async fn run() -> Result<(), Failure> {
     let lds = spawn(receiver("/sync")).await?;
     let se = spawn(receiver("/sync_content")).await?;
     println!("   resolver {resolver}, Mosaic {mosaic}, LDS {lds}, SE {se}");
+    println!(
+        "   (outside the demo these are your services; the commands below name them by these URLs)"
+    );
 
     println!("2. starting lablet-sync serve (file:// store, embedded catalog)");
     let config = LabletSyncConfig::default()
-        .with_resolver_url(resolver)
-        .with_lds_url(lds)
-        .with_se_url(se)
-        .with_data_dir(work.path().join("lablet-sync"));
+        .with_resolver_url(resolver.clone())
+        .with_lds_url(lds.clone())
+        .with_se_url(se.clone())
+        .with_data_dir(data_dir.clone());
     let options = ServeOptions::default();
     let app = build_lablet_app(
         config,
@@ -171,9 +240,20 @@ async fn run() -> Result<(), Failure> {
         .await
     });
     println!("   serving the operator API and the node routes on {url}");
+    let env = format!("LABLET_RESOLVER_URL={resolver} LABLET_LDS_URL={lds} LABLET_SE_URL={se}");
+    let listen = url.trim_start_matches("http://");
+    by_hand(&format!(
+        "{env} lablet-sync --data-dir {} serve --listen {listen}",
+        data_dir.display()
+    ));
 
     println!("3. operator syncs {LAB}");
     operator_sync(&url).await?;
+    by_hand(&format!("curl -s -X POST {url}/api/v1/lablets/{LAB}/sync"));
+    by_hand(&format!(
+        "{env} lablet-sync --data-dir {} sync {LAB}   (without serve running)",
+        data_dir.display()
+    ));
 
     println!("4. three nodes boot, register with {{\"lablet\": \"{LAB}\"}} and fetch their files");
     let nodes: Vec<(NodeRegistration, ArtifactOutputMap)> = (1..=3)
@@ -187,6 +267,7 @@ async fn run() -> Result<(), Failure> {
             ))
         })
         .collect::<Result<_, Failure>>()?;
+    let mut shown = None;
     for (registration, outputs) in &nodes {
         let written = register_and_fetch_artifacts(registration, &url, outputs).await?;
         let files: Vec<String> = written
@@ -194,7 +275,33 @@ async fn run() -> Result<(), Failure> {
             .map(|w| format!("{} ({} B)", w.path.display(), w.bytes))
             .collect();
         println!("   {} wrote {}", registration.identifier, files.join(", "));
+        if shown.is_none() {
+            shown = written
+                .iter()
+                .find(|w| w.artifact == "cml.yaml")
+                .map(|w| w.path.clone());
+        }
     }
+    let shown = shown.ok_or("no node received cml.yaml")?;
+    println!("   {}:", shown.display());
+    for line in std::fs::read_to_string(&shown)?.lines() {
+        println!("   | {line}");
+    }
+    let (first, _) = nodes.first().ok_or("no node")?;
+    let body = body_json(first)?;
+    by_hand(&format!(
+        "cfgsync-client --server {url} --identifier {} --ip {} --metadata-json '{}' --output-root {}",
+        first.identifier,
+        first.ip,
+        serde_json::to_string(&first.metadata)?,
+        work.path().join("pod-1").display()
+    ));
+    by_hand(&format!(
+        "curl -s -X POST {url}/register -H 'content-type: application/json' -d '{body}'"
+    ));
+    by_hand(&format!(
+        "curl -si -X POST {url}/node -H 'content-type: application/json' -d '{body}'   (the files as JSON, with an ETag)"
+    ));
 
     println!("5. Mosaic publishes 1.1.0 (a third router); the nodes wait for a change");
     let client = CfgsyncClient::new(&url)?;
@@ -206,6 +313,14 @@ async fn run() -> Result<(), Failure> {
         else {
             return Err("expected the current payload".into());
         };
+        if waiting.is_empty() {
+            by_hand(&format!(
+                "curl -si -X POST '{url}/node?wait=30' -H 'content-type: application/json' \
+                 -H 'If-None-Match: {}' -d '{}'   (held until the files change)",
+                etag.as_deref().unwrap_or("*"),
+                body_json(&registration)?
+            ));
+        }
         let client = client.clone();
         waiting.push(tokio::spawn(async move {
             let options = FetchOptions {
@@ -230,6 +345,7 @@ async fn run() -> Result<(), Failure> {
 
     println!("6. operator re-syncs {LAB}");
     operator_sync(&url).await?;
+    by_hand(&format!("curl -s -X POST {url}/api/v1/lablets/{LAB}/sync"));
     for task in waiting {
         let (identifier, written) = tokio::time::timeout(Duration::from_secs(30), task)
             .await??
@@ -256,6 +372,32 @@ async fn run() -> Result<(), Failure> {
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), server).await???;
+    by_hand(&format!(
+        "curl -s {url}/api/v1/lablets/{LAB}   (the catalog record)"
+    ));
     println!("7. done: every step succeeded");
+    match &work {
+        WorkDir::Kept(dir) => {
+            println!("   kept {}:", dir.display());
+            println!(
+                "   {}  lablet-sync's data dir (catalog.redb, store/ with the package)",
+                data_dir.display()
+            );
+            for i in 1..=3 {
+                println!(
+                    "   {}  the files pod-{i} wrote",
+                    dir.join(format!("pod-{i}")).display()
+                );
+            }
+            by_hand(&format!(
+                "lablet-sync --data-dir {} catalog show {LAB}",
+                data_dir.display()
+            ));
+        }
+        WorkDir::Temp(dir) => println!(
+            "   the files above were in {}, removed now; --keep DIR keeps them",
+            dir.path().display()
+        ),
+    }
     Ok(())
 }
