@@ -15,7 +15,7 @@ use cfgsync_core::{
     CfgsyncClient, FetchOptions, FetchOutcome, NodeArtifactsPayload, NodeRegistration,
 };
 use cfgsync_test_support::{S3Harness, long_poll, woken};
-use common::env::{Env, ServeProcess, bin_vars, run_bin};
+use common::env::{Env, FakeCpa, ServeProcess, bin_vars, run_bin};
 use common::*;
 
 const LAB: &str = "LAB-1.1.1";
@@ -211,6 +211,41 @@ async fn the_cli_on_the_serve_data_dir_wakes_nodes_of_the_embedded_catalog() {
         .await
         .unwrap();
     assert_eq!(shown["content_version"], 2);
+}
+
+#[tokio::test]
+async fn a_record_cpa_lists_reaches_nodes_of_another_replica_at_the_poll_interval() {
+    let env = Env::start().await;
+    env.publish(LAB, sample_package("1.0", "")).await;
+    let (_cpa, cpa_server) = FakeCpa::start().await;
+    let replica = |dir: &str| {
+        let mut vars = bin_vars(&env, None, &env.data.path().join(dir));
+        vars.insert("LABLET_CATALOG".to_owned(), "cpa".to_owned());
+        vars.insert("LABLET_CPA_URL".to_owned(), cpa_server.uri());
+        vars.insert("LABLET_CATALOG_POLL_SECS".to_owned(), "1".to_owned());
+        vars
+    };
+    // own data dirs: B learns of A's records only through CPA's listing
+    let a = ServeProcess::start(&replica("a")).await;
+    let b = ServeProcess::start(&replica("b")).await;
+    let nodes_b = CfgsyncClient::new(&b.url).unwrap();
+    let lab_node = node("node-1", LAB);
+    nodes_b.register_node(&lab_node).await.unwrap();
+
+    let waiting = long_poll(&nodes_b, &lab_node, None);
+    b_until_waiting(&b).await;
+    assert_eq!(a.sync(LAB).await["definition"]["content_version"], 1);
+    let (payload, etag1) = woken(waiting).await;
+    assert_eq!(manifest(&payload)["version"], 1);
+
+    let waiting = long_poll(&nodes_b, &lab_node, Some(etag1.clone()));
+    b_until_waiting(&b).await;
+    env.mosaic_serves(LAB, sample_package("2.0", "v: 2\n"))
+        .await;
+    assert_eq!(a.sync(LAB).await["definition"]["content_version"], 2);
+    let (payload, etag2) = woken(waiting).await;
+    assert_ne!(etag2, etag1);
+    assert_eq!(manifest(&payload)["version"], 2);
 }
 
 /// Waits until the server holds a long-poll (so the change comes after it).
