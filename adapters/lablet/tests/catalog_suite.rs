@@ -45,6 +45,8 @@ fn result(lablet: &str, hash: &str, instance: &str, status: SyncStatus) -> Conte
 }
 
 async fn behaviour_suite(catalog: Arc<dyn Catalog>) {
+    // the change marker: present, moved by every record, not by reads
+    let empty = catalog.marker().await.unwrap().expect("a change marker");
     assert_eq!(catalog.get("LAB-1").await.unwrap(), None);
     assert!(
         catalog
@@ -63,6 +65,14 @@ async fn behaviour_suite(catalog: Arc<dyn Catalog>) {
     expected.content_version = 1;
     assert_eq!(d1.content, expected);
     assert_eq!(catalog.get("LAB-1").await.unwrap(), Some(d1.clone()));
+    let after_first = catalog.marker().await.unwrap().unwrap();
+    assert_ne!(after_first, empty, "a record moves the marker");
+    catalog.list(&CatalogFilter::default()).await.unwrap();
+    assert_eq!(
+        catalog.marker().await.unwrap().unwrap(),
+        after_first,
+        "reads do not"
+    );
 
     // same hash: version kept, other fields updated
     let mut r1b = r1.clone();
@@ -70,6 +80,11 @@ async fn behaviour_suite(catalog: Arc<dyn Catalog>) {
     let d1b = catalog.record("LAB-1", &r1b).await.unwrap();
     assert_eq!(d1b.content.content_version, 1);
     assert_eq!(d1b.content.synced_at, r1b.synced_at);
+    assert_ne!(
+        catalog.marker().await.unwrap().unwrap(),
+        after_first,
+        "a record of the same package moves it too"
+    );
 
     // new hash: version bumped
     let d2 = catalog
@@ -201,7 +216,9 @@ async fn object_catalog_passes_the_suite_and_concurrent_writers_lose_no_version_
 async fn cpa_catalog_passes_the_suite() {
     let (_fake, server) = FakeCpa::start().await;
     let http = reqwest::Client::new();
-    behaviour_suite(Arc::new(CpaCatalog::new(http, server.uri()))).await;
+    // the marker lists CPA at every call here (no poll interval)
+    let catalog = CpaCatalog::new(http, server.uri()).with_poll_interval(std::time::Duration::ZERO);
+    behaviour_suite(Arc::new(catalog)).await;
     // the record call is the documented contract
     let posts: Vec<String> = server
         .received_requests()
