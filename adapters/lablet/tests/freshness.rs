@@ -165,7 +165,10 @@ async fn the_cli_on_the_serve_data_dir_wakes_nodes_of_the_embedded_catalog() {
     env.publish(LAB, sample_package("1.0", "")).await;
     // one data dir: the embedded catalog file, shared by serve and the CLI
     let vars = bin_vars(&env, None, &env.data.path().join("shared"));
-    let served = ServeProcess::start(&vars).await;
+    // its own drains wait: the CLI's `retry` below is what changes the record
+    let mut serve_vars = vars.clone();
+    serve_vars.insert("LABLET_RETRY_INTERVAL_SECS".to_owned(), "3600".to_owned());
+    let served = ServeProcess::start(&serve_vars).await;
     let nodes = CfgsyncClient::new(&served.url).unwrap();
     let lab_node = node("node-1", LAB);
     nodes.register_node(&lab_node).await.unwrap();
@@ -203,6 +206,37 @@ async fn the_cli_on_the_serve_data_dir_wakes_nodes_of_the_embedded_catalog() {
             .contains("v: 2")
     );
 
+    // a drain by another process: LDS is down for v3 (stale, exit 3), then
+    // `lablet-sync retry` delivers and re-records it `synced`
+    let waiting = long_poll(&nodes, &lab_node, Some(etag2.clone()));
+    b_until_waiting(&served).await;
+    env.lds.reset().await;
+    env.mosaic_serves(LAB, sample_package("3.0", "v: 3\n"))
+        .await;
+    let out = run_bin(&vars, &["sync", LAB]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (payload, etag3) = woken(waiting).await;
+    assert_eq!(manifest(&payload)["status"], "stale");
+    assert_eq!(manifest(&payload)["version"], 3);
+    let waiting = long_poll(&nodes, &lab_node, Some(etag3.clone()));
+    b_until_waiting(&served).await;
+    env.targets_ok().await;
+    let out = run_bin(&vars, &["retry"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (payload, etag4) = woken(waiting).await;
+    assert_ne!(etag4, etag3);
+    assert_eq!(manifest(&payload)["status"], "synced");
+    assert_eq!(manifest(&payload)["version"], 3);
+
     // the serve process still answers the operator API from the same file
     let shown: serde_json::Value = reqwest::get(format!("{}/api/v1/lablets/{LAB}", served.url))
         .await
@@ -210,7 +244,7 @@ async fn the_cli_on_the_serve_data_dir_wakes_nodes_of_the_embedded_catalog() {
         .json()
         .await
         .unwrap();
-    assert_eq!(shown["content_version"], 2);
+    assert_eq!(shown["content_version"], 3);
 }
 
 #[tokio::test]
