@@ -245,3 +245,66 @@ async fn versions_are_cpas_and_a_sparse_read_back_with_unknown_fields_decodes() 
     assert_eq!((report.recorded, report.records_pending), (0, 0));
     assert!(sync.pending_records().await.unwrap().is_empty());
 }
+
+/// A CPA whose record answer is cut off: `200` with a `Content-Length` it
+/// never fills, then the connection closes; every GET is `404`. Counts POSTs.
+async fn cpa_cutting_record_answers() -> (String, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let posts = Arc::new(AtomicU64::new(0));
+    let counted = posts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                // the request head and its body (Content-Length)
+                loop {
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let answer: &[u8] = if seen.starts_with(b"POST") {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"content_ver"
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+                };
+                let _ = sock.write_all(answer).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (url, posts)
+}
+
+#[tokio::test]
+async fn a_record_answered_2xx_with_a_cut_off_body_landed_and_is_not_posted_again() {
+    let env = Env::start().await;
+    env.publish(NAME, sample_package("1.0", "")).await;
+    let (url, posts) = cpa_cutting_record_answers().await;
+    let sync = LabletSync::from_config(env.config(None).with_cpa_url(url)).unwrap();
+    let def = sync.sync(NAME).await.unwrap().definition;
+    assert_eq!(def.content.content_version, 1);
+    assert!(sync.pending_records().await.unwrap().is_empty());
+    let report = sync.retry_pending().await.unwrap();
+    assert_eq!((report.recorded, report.records_pending), (0, 0));
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "posted once, not retried");
+}

@@ -183,7 +183,16 @@ impl CpaCatalog {
                     status,
                 });
             }
-            let bytes = resp.bytes().await.map_err(req_err)?;
+            let bytes = match resp.bytes().await {
+                Ok(bytes) => bytes,
+                // a record answered 2xx has landed, whatever became of the
+                // body: posting it again would record it twice
+                Err(error) if method == "POST" && (200..300).contains(&status) => {
+                    tracing::warn!(url, %error, "CPA accepted the record; its answer was cut off");
+                    bytes::Bytes::new()
+                }
+                Err(error) => return Err(req_err(error)),
+            };
             Ok((status, bytes))
         };
         self.retry
