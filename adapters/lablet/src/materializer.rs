@@ -2,7 +2,9 @@
 //! receives that lablet's `cml.yaml`, `devices.json` and a `content.json`
 //! manifest, straight from the catalog.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use cfgsync_adapter::{Error as AdapterError, NodeArtifactsMaterializer, NodeMaterialization};
@@ -76,12 +78,24 @@ impl ContentManifest {
 /// [`cfgsync_adapter::MaterializingConfigSource`]: `425 not_ready` until the
 /// node's lablet has been synced, then its files; a registration without
 /// usable `{"lablet": NAME}` metadata is refused at `/register` with `400`.
-/// Call [`notify_synced`](Self::notify_synced) after every sync: cached payloads
-/// are dropped, ETags follow the new content, and long-polling nodes wake.
+///
+/// **Freshness.** Each lablet's definition is read from the catalog once and
+/// kept; [`refresh`](Self::refresh) reads the kept ones again and, when any
+/// differs, drops the cached payloads and wakes long-polling nodes (their ETag
+/// changes only if their files did). `serve` calls it after its own syncs and
+/// drains, and whenever the catalog's change marker
+/// ([`Catalog::marker`](crate::Catalog::marker)) moves — so a sync by the CLI,
+/// a cron job or another replica reaches nodes too.
 #[derive(Debug)]
 pub struct LabletMaterializer {
     sync: Arc<LabletSync>,
     changes: ChangeNotifier,
+    /// Definitions by id as last read (`None`: not synced yet).
+    definitions: Mutex<HashMap<String, Option<LabletDefinition>>>,
+    /// Bumped by every refresh: a read that overlapped one is not kept.
+    epoch: AtomicU64,
+    /// One refresh at a time.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl LabletMaterializer {
@@ -90,12 +104,65 @@ impl LabletMaterializer {
         Self {
             sync,
             changes: ChangeNotifier::new(),
+            definitions: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Tells waiting nodes that a lablet's catalog entry changed.
-    pub fn notify_synced(&self) {
-        self.changes.notify();
+    /// Reads every definition nodes were served from again; when one changed,
+    /// drops the cached payloads and wakes the waiting nodes. Returns whether
+    /// anything changed. A definition that cannot be read keeps what was read
+    /// before (logged), so a catalog outage does not take content from nodes.
+    pub async fn refresh(&self) -> bool {
+        let _one = self.refreshing.lock().await;
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let kept: Vec<(String, Option<LabletDefinition>)> = self
+            .kept()
+            .iter()
+            .map(|(id, def)| (id.clone(), def.clone()))
+            .collect();
+        let mut changed = false;
+        for (id, before) in kept {
+            match self.sync.catalog().get(&id).await {
+                Ok(now) if now != before => {
+                    self.kept().insert(id, now);
+                    changed = true;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(id, %error, "cannot re-read a definition"),
+            }
+        }
+        if changed {
+            self.changes.notify();
+        }
+        changed
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<LabletDefinition>>> {
+        self.definitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The definition `id`, as kept or read now.
+    async fn definition(
+        &self,
+        id: &str,
+    ) -> Result<Option<LabletDefinition>, crate::catalog::CatalogError> {
+        if let Some(def) = self.kept().get(id) {
+            return Ok(def.clone());
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let read = self.sync.catalog().get(id).await?;
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            self.kept().entry(id.to_owned()).or_insert(read.clone());
+        } else {
+            // a refresh ran meanwhile and may have missed this read: keep
+            // nothing, and have waiting nodes ask again
+            self.changes.notify();
+        }
+        Ok(read)
     }
 
     /// The lablet a node registered for (its `{"lablet": NAME}` metadata).
@@ -147,9 +214,7 @@ impl NodeArtifactsMaterializer for LabletMaterializer {
             .definition_id(&lablet)
             .map_err(|e| AdapterError::materialize(format!("definition id of {lablet}"), e))?;
         let definition = self
-            .sync
-            .catalog()
-            .get(&id)
+            .definition(&id)
             .await
             .map_err(|e| AdapterError::materialize(format!("catalog read of {lablet}"), e))?;
         Ok(match definition {

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::catalog::{
     Catalog, ContentSyncResult, CpaCatalog, DeliveryStatus, EmbeddedCatalog, LabletDefinition,
-    SyncStatus, TargetResult, next_content_version, now_rfc3339,
+    ObjectCatalog, SyncStatus, TargetResult, next_content_version, now_rfc3339,
 };
 use crate::config::{CatalogKind, ConfigError, LabletSyncConfig};
 use crate::db::DbFile;
@@ -174,8 +174,15 @@ impl LabletSync {
                     CpaCatalog::from_config(&config.catalog, http.clone()).ok_or_else(|| {
                         ConfigError::new("LABLET_CPA_URL", "required when LABLET_CATALOG=cpa")
                     })?;
-                Arc::new(cpa.with_retry(config.http.retry.clone()))
+                // our last known records, for a CPA that cannot be read back
+                let known = EmbeddedCatalog::open(config.data_dir.join("catalog.redb"))
+                    .map_err(Error::Catalog)?;
+                Arc::new(
+                    cpa.with_retry(config.http.retry.clone())
+                        .with_known(Arc::new(known)),
+                )
             }
+            CatalogKind::Object => Arc::new(object_catalog(&config, &http)?),
         };
         Self::build(config, catalog, http)
     }
@@ -695,6 +702,30 @@ fn remove_stale_downloads(tmp_dir: &Path, age: Duration) {
             tracing::warn!(path = %path.display(), error = %err, "cannot remove stale download");
         }
     }
+}
+
+/// The object catalog in the package store's own bucket, under the store
+/// URL's prefix and `object_prefix`.
+fn object_catalog(config: &LabletSyncConfig, http: &reqwest::Client) -> Result<ObjectCatalog> {
+    let store = PackageStore::from_config(config, http.clone()).map_err(|source| Error::Store {
+        lablet: "*".to_owned(),
+        source,
+    })?;
+    let Some((store, prefix)) = store.shared() else {
+        return Err(Error::Config(ConfigError::new(
+            "LABLET_CATALOG",
+            format!(
+                "`object` keeps definitions in an s3:// store (conditional writes), but the store is {}; use `embedded` with a file:// store",
+                config.store_url()
+            ),
+        )));
+    };
+    let prefix = format!(
+        "{}/{}",
+        prefix.trim_matches('/'),
+        config.catalog.object_prefix.trim_matches('/')
+    );
+    Ok(ObjectCatalog::new(store, &prefix))
 }
 
 fn http_client(config: &LabletSyncConfig) -> Result<reqwest::Client> {

@@ -52,6 +52,11 @@ pub struct ServeOptions {
     pub limits: ServerLimits,
     /// How often the fan-out retry queue is drained in the background.
     pub retry_interval: Duration,
+    /// How often the catalog's change marker is read: a change made anywhere
+    /// (CLI, another replica, a drain) reaches long-polling nodes within
+    /// about this interval plus one re-read of the changed definitions.
+    /// Default 500 ms.
+    pub catalog_poll_interval: Duration,
 }
 
 impl Default for ServeOptions {
@@ -60,6 +65,7 @@ impl Default for ServeOptions {
             auth: AuthConfig::default(),
             limits: ServerLimits::default(),
             retry_interval: Duration::from_secs(30),
+            catalog_poll_interval: Duration::from_millis(500),
         }
     }
 }
@@ -87,7 +93,7 @@ impl LabletService {
         let result = self.sync.sync(name).await;
         self.attempts.finished(name, &result);
         if result.is_ok() {
-            self.materializer.notify_synced();
+            self.materializer.refresh().await;
         }
         result
     }
@@ -98,7 +104,7 @@ impl LabletService {
     pub async fn retry_pending(&self) -> Result<crate::RetryReport> {
         let report = self.sync.retry_pending().await?;
         if report.delivered > 0 || report.recorded > 0 {
-            self.materializer.notify_synced();
+            self.materializer.refresh().await;
         }
         Ok(report)
     }
@@ -380,6 +386,30 @@ pub fn build_lablet_app(
     })
 }
 
+/// Reads the catalog's change marker every `interval` and refreshes the
+/// nodes' content when it moved: how a change made outside this process (the
+/// CLI on the same data dir, another replica on the same store, CPA) reaches
+/// the nodes of this one. A catalog without a marker is not watched.
+async fn watch_catalog(service: Arc<LabletService>, interval: Duration) {
+    let catalog = service.sync.catalog();
+    let mut seen: Option<String> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        match catalog.marker().await {
+            Ok(None) => return,
+            Ok(Some(marker)) if seen.as_ref() != Some(&marker) => {
+                if seen.is_some() {
+                    tracing::debug!(%marker, "catalog changed; refreshing nodes' content");
+                }
+                seen = Some(marker);
+                service.materializer.refresh().await;
+            }
+            Ok(Some(_)) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the catalog's change marker"),
+        }
+    }
+}
+
 /// Serves the app on `listener` until `shutdown` completes, draining the
 /// fan-out retry queue every `options.retry_interval` in the background.
 pub async fn serve_lablets(
@@ -408,8 +438,13 @@ pub async fn serve_lablets(
             }
         })
     };
+    let watcher = tokio::spawn(watch_catalog(
+        app.service.clone(),
+        options.catalog_poll_interval.max(Duration::from_millis(50)),
+    ));
     let served = cfgsync_core::serve_app_on(listener, app.router, app.state, shutdown).await;
     drainer.abort();
+    watcher.abort();
     served.map_err(|e| Error::Local {
         what: "serve".to_owned(),
         source: std::io::Error::other(e),

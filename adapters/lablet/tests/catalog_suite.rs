@@ -6,10 +6,11 @@ mod common;
 use std::sync::Arc;
 
 use cfgsync_lablet::catalog::{
-    Catalog, CatalogFilter, ContentSyncResult, CpaCatalog, DeliveryStatus, EmbeddedCatalog,
-    SyncStatus, TargetResult,
+    Catalog, CatalogError, CatalogFilter, ContentSyncResult, CpaCatalog, DeliveryStatus,
+    EmbeddedCatalog, ObjectCatalog, SyncStatus, TargetResult,
 };
 use cfgsync_lablet::store::StoreLocation;
+use cfgsync_test_support::S3Harness;
 use common::env::FakeCpa;
 
 fn result(lablet: &str, hash: &str, instance: &str, status: SyncStatus) -> ContentSyncResult {
@@ -44,6 +45,8 @@ fn result(lablet: &str, hash: &str, instance: &str, status: SyncStatus) -> Conte
 }
 
 async fn behaviour_suite(catalog: Arc<dyn Catalog>) {
+    // the change marker: present, moved by every record, not by reads
+    let empty = catalog.marker().await.unwrap().expect("a change marker");
     assert_eq!(catalog.get("LAB-1").await.unwrap(), None);
     assert!(
         catalog
@@ -62,6 +65,14 @@ async fn behaviour_suite(catalog: Arc<dyn Catalog>) {
     expected.content_version = 1;
     assert_eq!(d1.content, expected);
     assert_eq!(catalog.get("LAB-1").await.unwrap(), Some(d1.clone()));
+    let after_first = catalog.marker().await.unwrap().unwrap();
+    assert_ne!(after_first, empty, "a record moves the marker");
+    catalog.list(&CatalogFilter::default()).await.unwrap();
+    assert_eq!(
+        catalog.marker().await.unwrap().unwrap(),
+        after_first,
+        "reads do not"
+    );
 
     // same hash: version kept, other fields updated
     let mut r1b = r1.clone();
@@ -69,6 +80,11 @@ async fn behaviour_suite(catalog: Arc<dyn Catalog>) {
     let d1b = catalog.record("LAB-1", &r1b).await.unwrap();
     assert_eq!(d1b.content.content_version, 1);
     assert_eq!(d1b.content.synced_at, r1b.synced_at);
+    assert_ne!(
+        catalog.marker().await.unwrap().unwrap(),
+        after_first,
+        "a record of the same package moves it too"
+    );
 
     // new hash: version bumped
     let d2 = catalog
@@ -141,10 +157,68 @@ async fn embedded_catalog_passes_the_suite_and_is_durable() {
 }
 
 #[tokio::test]
+async fn object_catalog_passes_the_suite_and_concurrent_writers_lose_no_version_bump() {
+    let s3 = S3Harness::start().await.unwrap();
+    let prefix = format!("{}/_catalog", s3.prefix);
+    let catalog = Arc::new(ObjectCatalog::new(s3.store.clone(), &prefix));
+    let empty = catalog.marker().await.unwrap();
+    behaviour_suite(catalog.clone()).await;
+    let after_suite = catalog.marker().await.unwrap();
+    assert_ne!(after_suite, empty, "writes change the marker");
+    assert_eq!(catalog.marker().await.unwrap(), after_suite, "reads do not");
+
+    // a second replica: its own client, the same bucket and prefix
+    let replica = Arc::new(ObjectCatalog::new(
+        s3.store_for_bucket(&s3.bucket).unwrap(),
+        &prefix,
+    ));
+    assert_eq!(replica.marker().await.unwrap(), after_suite);
+    // eight new packages recorded at once from both: every bump counts
+    let writes = (0..8).map(|i| {
+        let writer = if i % 2 == 0 { &catalog } else { &replica };
+        let r = result(
+            "LAB-1",
+            &format!("race-{i}"),
+            "mosaic-a",
+            SyncStatus::Synced,
+        );
+        async move { writer.record("LAB-1", &r).await.unwrap() }
+    });
+    let mut versions: Vec<u64> = futures::future::join_all(writes)
+        .await
+        .iter()
+        .map(|d| d.content.content_version)
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (3..=10).collect::<Vec<_>>());
+    let def = replica.get("LAB-1").await.unwrap().unwrap();
+    assert_eq!(def.content.content_version, 10);
+    assert_ne!(catalog.marker().await.unwrap(), after_suite);
+
+    // every compare-and-swap loses: a typed, retryable error, nothing written
+    if s3.is_in_process() {
+        s3.faults().conflict_conditional_puts();
+        let err = catalog
+            .record(
+                "LAB-1",
+                &result("LAB-1", "lost", "mosaic-a", SyncStatus::Synced),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CatalogError::Contended { .. }), "{err}");
+        assert!(err.is_retryable());
+        s3.faults().clear();
+        assert_eq!(replica.get("LAB-1").await.unwrap(), Some(def));
+    }
+}
+
+#[tokio::test]
 async fn cpa_catalog_passes_the_suite() {
     let (_fake, server) = FakeCpa::start().await;
     let http = reqwest::Client::new();
-    behaviour_suite(Arc::new(CpaCatalog::new(http, server.uri()))).await;
+    // the marker lists CPA at every call here (no poll interval)
+    let catalog = CpaCatalog::new(http, server.uri()).with_poll_interval(std::time::Duration::ZERO);
+    behaviour_suite(Arc::new(catalog)).await;
     // the record call is the documented contract
     let posts: Vec<String> = server
         .received_requests()

@@ -27,25 +27,11 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const NAME: &str = "LAB-1.1.1";
 const OTHER: &str = "LAB-OTHER";
 
-/// The `LABLET_*` / `AWS_*` variables the binary runs with.
+/// The `LABLET_*` / `AWS_*` variables the binary runs with (SE at `se`).
 fn vars(env: &Env, se: &MockServer, s3: &S3Harness, data: &Path) -> BTreeMap<String, String> {
-    [
-        ("LABLET_RESOLVER_URL", env.resolver.uri()),
-        ("LABLET_LDS_URL", env.lds.uri()),
-        ("LABLET_SE_URL", se.uri()),
-        ("LABLET_DATA_DIR", data.display().to_string()),
-        ("LABLET_STORE", format!("s3://{}", s3.bucket)),
-        ("LABLET_S3_ENDPOINT", s3.endpoint.clone()),
-        ("LABLET_RETRY_ATTEMPTS", "2".to_owned()),
-        ("LABLET_RETRY_BACKOFF_MS", "5".to_owned()),
-        ("LABLET_READ_TIMEOUT_SECS", "5".to_owned()),
-        ("AWS_ACCESS_KEY_ID", s3.access_key.clone()),
-        ("AWS_SECRET_ACCESS_KEY", s3.secret_key.clone()),
-        ("AWS_REGION", s3.region.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    let mut vars = common::env::bin_vars(env, Some(s3), data);
+    vars.insert("LABLET_SE_URL".to_owned(), se.uri());
+    vars
 }
 
 /// The pipeline the binary builds from `vars`, in this process.

@@ -306,6 +306,7 @@ async fn serve(
         },
         limits,
         retry_interval: Duration::from_secs(retry_interval_secs),
+        ..ServeOptions::default()
     };
     let store = cfgsync_runtime::open_registration_store(registration_store).await?;
     let app = build_lablet_app(config, store, &options)?;

@@ -24,13 +24,15 @@ pub enum CatalogKind {
     Embedded,
     /// CPA over HTTP.
     Cpa,
+    /// JSON objects in the object store (`s3://` stores only).
+    Object,
 }
 
 /// The catalog part of [`LabletSyncConfig`](crate::LabletSyncConfig).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CatalogConfig {
-    /// Catalog kind (`LABLET_CATALOG` = `embedded` | `cpa`).
+    /// Catalog kind (`LABLET_CATALOG` = `embedded` | `cpa` | `object`).
     pub kind: CatalogKind,
     /// Definition id template (`LABLET_ID_TEMPLATE`, default `{name}`).
     pub id_template: String,
@@ -45,6 +47,12 @@ pub struct CatalogConfig {
     pub cpa_definition_url: String,
     /// CPA list URL template (`LABLET_CPA_LIST_URL`).
     pub cpa_list_url: String,
+    /// Seconds between two listings of CPA made to notice records made
+    /// elsewhere (`LABLET_CATALOG_POLL_SECS`, default 5, at least 1).
+    pub poll_secs: u64,
+    /// Where the object catalog keeps definitions, under the store URL's
+    /// prefix (`LABLET_CATALOG_PREFIX`, default `_catalog/`).
+    pub object_prefix: String,
 }
 
 impl Default for CatalogConfig {
@@ -57,6 +65,8 @@ impl Default for CatalogConfig {
             cpa_record_url: DEFAULT_RECORD_URL.to_owned(),
             cpa_definition_url: DEFAULT_DEFINITION_URL.to_owned(),
             cpa_list_url: DEFAULT_LIST_URL.to_owned(),
+            poll_secs: 5,
+            object_prefix: super::DEFAULT_CATALOG_PREFIX.to_owned(),
         }
     }
 }
@@ -87,10 +97,11 @@ impl CatalogConfig {
             c.kind = match v.as_str() {
                 "embedded" => CatalogKind::Embedded,
                 "cpa" => CatalogKind::Cpa,
+                "object" => CatalogKind::Object,
                 other => {
                     return Err(ConfigError::new(
                         "LABLET_CATALOG",
-                        format!("expected `embedded` or `cpa`, got {other:?}"),
+                        format!("expected `embedded`, `cpa` or `object`, got {other:?}"),
                     ));
                 }
             };
@@ -101,6 +112,10 @@ impl CatalogConfig {
         env.set("LABLET_CPA_DEFINITION_URL", &mut c.cpa_definition_url);
         env.set("LABLET_CPA_LIST_URL", &mut c.cpa_list_url);
         env.set("LABLET_ID_TEMPLATE", &mut c.id_template);
+        env.set("LABLET_CATALOG_PREFIX", &mut c.object_prefix);
+        if let Some(secs) = env.number("LABLET_CATALOG_POLL_SECS")? {
+            c.poll_secs = secs;
+        }
         Ok(c)
     }
 }

@@ -1,18 +1,37 @@
-//! CPA over HTTP. The record call is DESIGN's contract; the reads are **our assumed
-//! contract** (documented in the README):
+//! CPA over HTTP. The record call is the seed's contract (ADR-025) and the
+//! only call CPA must answer; the reads are optional (documented in the README):
 //!
 //! - `POST {cpa_url}/api/internal/lablet-definitions/{id}/content-synced` with the
-//!   [`ContentSyncResult`] as snake_case JSON; any 2xx. A body that decodes as a
-//!   [`LabletDefinition`] is taken as the stored state, otherwise the definition is
-//!   read back.
-//! - `GET {cpa_url}/api/internal/lablet-definitions/{id}` → 200 [`LabletDefinition`]
-//!   JSON (`id` plus the flattened fields), 404 when unknown.
+//!   [`ContentSyncResult`] as snake_case JSON; any 2xx means CPA holds the
+//!   record, which is then never posted again. When the answer carries a
+//!   `content_version` (CPA owns the auto-increment), that is the version;
+//!   otherwise a read-back's (when CPA serves one for the same package), else
+//!   the one that follows our last known record.
+//! - `GET {cpa_url}/api/internal/lablet-definitions/{id}` → a definition. Only
+//!   the fields we know are read, unknown ones are ignored, missing ones are
+//!   filled from our last known record. `404`, `405` and `501` mean "no read
+//!   back here", not an error.
 //! - `GET {cpa_url}/api/internal/lablet-definitions?upstream_instance_name=X&status=Y`
-//!   → 200 JSON array of [`LabletDefinition`].
+//!   → a JSON array of definitions; optional as well.
+//!
+//! **Last known records.** Every record CPA accepted is kept in the embedded
+//! catalog file of the data dir ([`KnownRecords`]): reads fall back to it
+//! when CPA has no read-back, so nodes are served either way.
+//!
+//! **Change marker**: the known records' marker plus a digest of CPA's listing,
+//! polled at most every `poll_interval` (`LABLET_CATALOG_POLL_SECS`), so a
+//! record made elsewhere that CPA lists reaches `serve` within that interval. A
+//! CPA without a listing gives a new marker every interval instead: `serve`
+//! then re-reads the definitions its nodes hold that often (and wakes nodes
+//! only when one changed).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use sha2::Digest;
 
 use crate::http::{TransportError, setting_of};
 use crate::retry::RetryPolicy;
@@ -20,8 +39,12 @@ use crate::template;
 use cfgsync_core::Secret;
 
 use super::{
-    Catalog, CatalogConfig, CatalogError, CatalogFilter, ContentSyncResult, LabletDefinition,
+    Catalog, CatalogConfig, CatalogError, CatalogFilter, ContentSyncResult, KnownRecords,
+    LabletDefinition, next_content_version,
 };
+
+/// Statuses meaning "this CPA does not serve that read".
+const NOT_AVAILABLE: [u16; 3] = [404, 405, 501];
 
 /// Catalog backed by CPA's internal API.
 #[derive(Debug, Clone)]
@@ -35,6 +58,14 @@ pub struct CpaCatalog {
     retry: RetryPolicy,
     /// The settings named when CPA cannot be reached: record, read, list.
     settings: [String; 3],
+    /// Our last known records (what CPA accepted), when kept.
+    known: Option<Arc<dyn KnownRecords>>,
+    /// Least time between two listings made for the change marker.
+    poll_interval: Duration,
+    /// The last listing digest and when it was taken.
+    listed: Arc<Mutex<Option<(Instant, String)>>>,
+    /// Listings tried on a CPA without one.
+    polls: Arc<AtomicU64>,
 }
 
 const RECORD: usize = 0;
@@ -71,7 +102,23 @@ impl CpaCatalog {
                 (&config.cpa_list_url, "LABLET_CPA_LIST_URL"),
             ]
             .map(|(template, own)| setting_of(template, "{cpa_url}", "LABLET_CPA_URL", own)),
+            known: None,
+            poll_interval: Duration::from_secs(config.poll_secs.max(1)),
+            listed: Arc::new(Mutex::new(None)),
+            polls: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Builder: keep the last known record of each definition in `known`.
+    pub(crate) fn with_known(mut self, known: Arc<dyn KnownRecords>) -> Self {
+        self.known = Some(known);
+        self
+    }
+
+    /// Builder: least time between two listings of the change marker.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
     }
 
     /// Builder: bearer token.
@@ -129,14 +176,23 @@ impl CpaCatalog {
             let req_err = |source| CatalogError::Request(TransportError::new(url, setting, source));
             let resp = self.auth(req).send().await.map_err(req_err)?;
             let status = resp.status().as_u16();
-            if !resp.status().is_success() && status != 404 {
+            if !resp.status().is_success() && !NOT_AVAILABLE.contains(&status) {
                 return Err(CatalogError::Status {
                     method,
                     url: url.to_owned(),
                     status,
                 });
             }
-            let bytes = resp.bytes().await.map_err(req_err)?;
+            let bytes = match resp.bytes().await {
+                Ok(bytes) => bytes,
+                // a record answered 2xx has landed, whatever became of the
+                // body: posting it again would record it twice
+                Err(error) if method == "POST" && (200..300).contains(&status) => {
+                    tracing::warn!(url, %error, "CPA accepted the record; its answer was cut off");
+                    bytes::Bytes::new()
+                }
+                Err(error) => return Err(req_err(error)),
+            };
             Ok((status, bytes))
         };
         self.retry
@@ -152,6 +208,138 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
     })
 }
 
+/// The `content_version` CPA states in `answer` (a number, or a string of one).
+fn stated_version(answer: &serde_json::Value) -> Option<u64> {
+    match answer.get("content_version")? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The package hash CPA states in `answer`.
+fn stated_hash(answer: &serde_json::Value) -> Option<&str> {
+    answer.get("content_package_hash")?.as_str()
+}
+
+/// What CPA's definition `answer` for `id` tells us, beside our last known
+/// record `known`: a complete definition of its own (unknown fields ignored;
+/// a missing `id` is the one asked for), else our known record with CPA's
+/// version when both describe the same package, else the known record.
+fn merge(
+    id: &str,
+    answer: Option<serde_json::Value>,
+    known: Option<LabletDefinition>,
+) -> Option<LabletDefinition> {
+    let Some(mut answer) = answer.filter(serde_json::Value::is_object) else {
+        return known;
+    };
+    if let Some(obj) = answer.as_object_mut() {
+        obj.entry("id").or_insert_with(|| id.into());
+    }
+    if let Ok(full) = serde_json::from_value::<LabletDefinition>(answer.clone()) {
+        return Some(full);
+    }
+    let mut known = known?;
+    let same_package = stated_hash(&answer).is_none_or(|h| h == known.content.content_package_hash);
+    if same_package && let Some(version) = stated_version(&answer) {
+        known.content.content_version = version;
+    }
+    Some(known)
+}
+
+impl CpaCatalog {
+    /// CPA's definition `id` as JSON, `None` when CPA has none or serves no
+    /// read-back (404/405/501).
+    async fn read_back(&self, id: &str) -> Result<Option<serde_json::Value>, CatalogError> {
+        let url = self.url(&self.definition_url, id)?;
+        let (status, body) = self.send("GET", (&url, DEFINITION), None, &[]).await?;
+        if NOT_AVAILABLE.contains(&status) {
+            return Ok(None);
+        }
+        decode(&format!("GET {url}"), &body).map(Some)
+    }
+
+    async fn known(&self, id: &str) -> Result<Option<LabletDefinition>, CatalogError> {
+        match &self.known {
+            Some(known) => known.get(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The version of a record CPA accepted: stated in its answer, else by a
+    /// read-back of the same package, else the one after our last known record
+    /// (else our proposal).
+    async fn accepted_version(
+        &self,
+        id: &str,
+        result: &ContentSyncResult,
+        answer: Option<&serde_json::Value>,
+    ) -> u64 {
+        if let Some(v) = answer.and_then(stated_version) {
+            return v;
+        }
+        // the record landed: a read-back that fails only costs us CPA's word
+        match self.read_back(id).await {
+            Ok(Some(def))
+                if stated_hash(&def) == Some(result.content_package_hash.as_str())
+                    && stated_version(&def).is_some() =>
+            {
+                return stated_version(&def).unwrap_or(result.content_version);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(id, %error, "CPA accepted the record; reading it back failed")
+            }
+        }
+        match self.known(id).await {
+            Ok(Some(previous)) => {
+                next_content_version(Some(&previous), &result.content_package_hash)
+            }
+            Ok(None) if self.known.is_some() => 1,
+            Ok(None) => result.content_version,
+            Err(error) => {
+                tracing::warn!(id, %error, "cannot read the last known record");
+                result.content_version
+            }
+        }
+    }
+
+    /// A digest of CPA's listing, taken at most every `poll_interval`; without
+    /// a listing, a new value every `poll_interval`.
+    async fn listing_digest(&self) -> Result<String, CatalogError> {
+        {
+            let listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, digest)) = listed.as_ref()
+                && at.elapsed() < self.poll_interval
+            {
+                return Ok(digest.clone());
+            }
+        }
+        let url = self.url(&self.list_url, "")?;
+        let digest = match self.send("GET", (&url, LIST), None, &[]).await {
+            // no listing: a new marker every interval, so readers re-read the
+            // definitions they hold (a read-back, or our known records) that often
+            Ok((status, _)) if NOT_AVAILABLE.contains(&status) => {
+                format!("unlisted-{}", self.polls.fetch_add(1, Ordering::Relaxed))
+            }
+            Ok((_, body)) => hex::encode(sha2::Sha256::digest(&body)),
+            Err(error) => {
+                // keep the last digest: a CPA outage is not a change
+                tracing::warn!(%error, "CPA listing for the change marker failed");
+                let listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
+                return match listed.as_ref() {
+                    Some((_, digest)) => Ok(digest.clone()),
+                    None => Err(error),
+                };
+            }
+        };
+        *self.listed.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((Instant::now(), digest.clone()));
+        Ok(digest)
+    }
+}
+
 #[async_trait]
 impl Catalog for CpaCatalog {
     async fn record(
@@ -161,33 +349,32 @@ impl Catalog for CpaCatalog {
     ) -> Result<LabletDefinition, CatalogError> {
         let url = self.url(&self.record_url, id)?;
         let (status, body) = self.send("POST", (&url, RECORD), Some(result), &[]).await?;
-        if status == 404 {
+        if NOT_AVAILABLE.contains(&status) {
             return Err(CatalogError::Status {
                 method: "POST",
                 url,
                 status,
             });
         }
-        if let Ok(def) = serde_json::from_slice::<LabletDefinition>(&body) {
-            return Ok(def);
+        // CPA holds the record now: whatever follows must not fail it
+        let answer = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let mut content = result.clone();
+        content.content_version = self.accepted_version(id, result, answer.as_ref()).await;
+        let def = LabletDefinition {
+            id: id.to_owned(),
+            content,
+        };
+        if let Some(known) = &self.known
+            && let Err(error) = known.remember(&def).await
+        {
+            tracing::warn!(id, %error, "CPA holds the record; keeping our copy of it failed");
         }
-        match self.get(id).await? {
-            Some(def) => Ok(def),
-            None => Err(CatalogError::Status {
-                method: "GET",
-                url: self.url(&self.definition_url, id)?,
-                status: 404,
-            }),
-        }
+        Ok(def)
     }
 
     async fn get(&self, id: &str) -> Result<Option<LabletDefinition>, CatalogError> {
-        let url = self.url(&self.definition_url, id)?;
-        let (status, body) = self.send("GET", (&url, DEFINITION), None, &[]).await?;
-        if status == 404 {
-            return Ok(None);
-        }
-        decode(&format!("GET {url}"), &body).map(Some)
+        let answer = self.read_back(id).await?;
+        Ok(merge(id, answer, self.known(id).await?))
     }
 
     async fn list(&self, filter: &CatalogFilter) -> Result<Vec<LabletDefinition>, CatalogError> {
@@ -200,13 +387,34 @@ impl Catalog for CpaCatalog {
             query.push(("status", s.as_str().to_owned()));
         }
         let (status, body) = self.send("GET", (&url, LIST), None, &query).await?;
-        if status == 404 {
-            return Ok(Vec::new());
-        }
-        let mut defs: Vec<LabletDefinition> = decode(&format!("GET {url}"), &body)?;
+        let mut defs = if NOT_AVAILABLE.contains(&status) {
+            match &self.known {
+                Some(known) => known.list(filter).await?,
+                None => Vec::new(),
+            }
+        } else {
+            let answers: Vec<serde_json::Value> = decode(&format!("GET {url}"), &body)?;
+            let mut defs = Vec::with_capacity(answers.len());
+            for answer in answers {
+                let Some(id) = answer.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
+                    continue;
+                };
+                let known = self.known(&id).await?;
+                defs.extend(merge(&id, Some(answer), known));
+            }
+            defs
+        };
         // be strict even if the server ignores a filter
         defs.retain(|d| filter.matches(d));
         defs.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(defs)
+    }
+
+    async fn marker(&self) -> Result<Option<String>, CatalogError> {
+        let known = match &self.known {
+            Some(known) => known.marker().await?.unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(Some(format!("{known}/{}", self.listing_digest().await?)))
     }
 }

@@ -7,17 +7,25 @@ use std::sync::Arc;
 use crate::db::{DbFile, DbStore, Table};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    Catalog, CatalogError, CatalogFilter, ContentSyncResult, LabletDefinition, next_content_version,
+    Catalog, CatalogError, CatalogFilter, ContentSyncResult, KnownRecords, LabletDefinition,
+    next_content_version,
 };
 
 const DEFINITIONS: Table = TableDefinition::new("lablet_definitions");
+/// `generation`: how many writes the catalog has committed (the change marker).
+const META: Table = TableDefinition::new("lablet_catalog_meta");
+const GENERATION: &str = "generation";
 
 /// The embedded default catalog: one `redb` file (durable, crash-safe commits),
 /// definitions stored as JSON by id, opened per operation so several processes can
 /// share it. Computes `content_version` itself (inside the write transaction).
+///
+/// **Change marker**: every write also bumps a generation counter in the same
+/// transaction, so [`Catalog::marker`] (one read transaction) changes with any
+/// write, whichever process on this data dir made it.
 #[derive(Debug, Clone)]
 pub struct EmbeddedCatalog {
     db: Arc<DbFile>,
@@ -30,7 +38,29 @@ impl EmbeddedCatalog {
             db: Arc::new(DbFile::new(path)),
         };
         this.create_table(DEFINITIONS)?;
+        this.create_table(META)?;
         Ok(this)
+    }
+
+    /// Writes `def` and bumps the generation, in `tx`.
+    fn put_sync(&self, tx: &WriteTransaction, def: &LabletDefinition) -> Result<(), CatalogError> {
+        let json = serde_json::to_string(def).map_err(|source| CatalogError::Decode {
+            what: format!("definition {}", def.id),
+            source,
+        })?;
+        let mut table = tx.open_table(DEFINITIONS).map_err(|e| self.err(e))?;
+        table
+            .insert(def.id.as_str(), json.as_str())
+            .map_err(|e| self.err(e))?;
+        let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+        let generation = match meta.get(GENERATION).map_err(|e| self.err(e))? {
+            Some(v) => v.value().parse::<u64>().unwrap_or(0),
+            None => 0,
+        };
+        let next = generation.saturating_add(1).to_string();
+        meta.insert(GENERATION, next.as_str())
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn get_sync(&self, db: &Database, id: &str) -> Result<Option<LabletDefinition>, CatalogError> {
@@ -81,28 +111,18 @@ impl Catalog for EmbeddedCatalog {
         self.blocking(move |this, db| {
             // one write transaction: read previous, compute version, write
             let tx = db.begin_write().map_err(|e| this.err(e))?;
-            let def = {
-                let mut table = tx.open_table(DEFINITIONS).map_err(|e| this.err(e))?;
-                let previous = match table.get(id.as_str()).map_err(|e| this.err(e))? {
+            let previous = {
+                let table = tx.open_table(DEFINITIONS).map_err(|e| this.err(e))?;
+                match table.get(id.as_str()).map_err(|e| this.err(e))? {
                     Some(v) => Some(decode(&id, v.value())?),
                     None => None,
-                };
-                let mut content = result;
-                content.content_version =
-                    next_content_version(previous.as_ref(), &content.content_package_hash);
-                let def = LabletDefinition {
-                    id: id.clone(),
-                    content,
-                };
-                let json = serde_json::to_string(&def).map_err(|source| CatalogError::Decode {
-                    what: format!("definition {id}"),
-                    source,
-                })?;
-                table
-                    .insert(id.as_str(), json.as_str())
-                    .map_err(|e| this.err(e))?;
-                def
+                }
             };
+            let mut content = result;
+            content.content_version =
+                next_content_version(previous.as_ref(), &content.content_package_hash);
+            let def = LabletDefinition { id, content };
+            this.put_sync(&tx, &def)?;
             tx.commit().map_err(|e| this.err(e))?;
             Ok(def)
         })
@@ -123,5 +143,30 @@ impl Catalog for EmbeddedCatalog {
             }
         }
         Ok(out)
+    }
+
+    async fn marker(&self) -> Result<Option<String>, CatalogError> {
+        self.blocking(|this, db| {
+            let tx = db.begin_read().map_err(|e| this.err(e))?;
+            let meta = tx.open_table(META).map_err(|e| this.err(e))?;
+            let generation = meta.get(GENERATION).map_err(|e| this.err(e))?;
+            Ok(Some(
+                generation.map_or_else(|| "0".to_owned(), |v| v.value().to_owned()),
+            ))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl KnownRecords for EmbeddedCatalog {
+    async fn remember(&self, definition: &LabletDefinition) -> Result<(), CatalogError> {
+        let def = definition.clone();
+        self.blocking(move |this, db| {
+            let tx = db.begin_write().map_err(|e| this.err(e))?;
+            this.put_sync(&tx, &def)?;
+            tx.commit().map_err(|e| this.err(e))
+        })
+        .await
     }
 }

@@ -41,6 +41,25 @@ pub enum CatalogError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// The object store of the object catalog failed.
+    #[error("object catalog: {operation} {key}: {source}")]
+    ObjectStore {
+        /// `get`, `put` or `list`.
+        operation: &'static str,
+        /// Object key (or prefix).
+        key: String,
+        /// Underlying error (boxed: `object_store::Error` is large).
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// Other writers kept changing a definition while this one tried to write it.
+    #[error("object catalog: {key} kept changing under {attempts} conditional writes; try again")]
+    Contended {
+        /// Object key.
+        key: String,
+        /// Conditional writes tried.
+        attempts: usize,
+    },
     /// A blocking task failed to complete.
     #[error("catalog task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
@@ -52,6 +71,14 @@ impl CatalogError {
         match self {
             Self::Request(transport) => transport.is_retryable(),
             Self::Status { status, .. } => crate::http::status_retryable(*status),
+            Self::Contended { .. } => true,
+            Self::ObjectStore { source, .. } => !matches!(
+                **source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::NotImplemented { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ),
             _ => false,
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! [`Catalog`] is small, async and object-safe (`Arc<dyn Catalog>`). Two
 //! implementations pass the same behaviour suite:
-//! [`EmbeddedCatalog`] (a durable `redb` file, the default) and [`CpaCatalog`]
-//! (CPA over HTTP).
+//! [`EmbeddedCatalog`] (a durable `redb` file, the default), [`ObjectCatalog`]
+//! (JSON objects in the object store, for replicas sharing one S3) and
+//! [`CpaCatalog`] (CPA over HTTP).
 //!
 //! **Content version.** Each definition carries a `content_version` that starts at 1
 //! and increments whenever a recorded package hash differs from the previous one; a
@@ -14,6 +15,7 @@ mod config;
 mod cpa;
 mod embedded;
 mod error;
+mod object;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,7 @@ pub use config::{
 pub use cpa::CpaCatalog;
 pub use embedded::EmbeddedCatalog;
 pub use error::CatalogError;
+pub use object::{DEFAULT_CATALOG_PREFIX, ObjectCatalog};
 
 use crate::store::StoreLocation;
 
@@ -178,6 +181,25 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
 
     /// All definitions passing `filter`, ordered by id.
     async fn list(&self, filter: &CatalogFilter) -> Result<Vec<LabletDefinition>, CatalogError>;
+
+    /// A cheap change marker: any value that differs whenever a definition
+    /// changed, whoever changed it (this process, another process on the same
+    /// data dir, another replica on the same store). `serve` polls it and
+    /// reloads the lablets its nodes hold when it moves. `None`: this catalog
+    /// has no marker, so readers cannot cache it and only learn about changes
+    /// made in their own process.
+    async fn marker(&self) -> Result<Option<String>, CatalogError> {
+        Ok(None)
+    }
+}
+
+/// Where the CPA catalog keeps its last known record of each definition (what
+/// it last posted and CPA accepted): CPA guarantees only the record call, so
+/// this is what nodes are served from when CPA cannot be read back.
+#[async_trait]
+pub(crate) trait KnownRecords: Catalog {
+    /// Keep `definition` as it is (its `content_version` included).
+    async fn remember(&self, definition: &LabletDefinition) -> Result<(), CatalogError>;
 }
 
 /// The version a record of `hash` gets after `previous`.

@@ -90,6 +90,13 @@ pub(crate) trait StoreBackend: Send + Sync + std::fmt::Debug {
     /// Aborts the uploads of `lablet` a killed process left open; returns how
     /// many.
     async fn abort_abandoned_uploads(&self, lablet: &str) -> Result<usize, StoreError>;
+
+    /// The store's own bucket as an `ObjectStore` with conditional writes, and
+    /// the store URL's prefix (`s3://bucket/prefix`), for state shared by
+    /// replicas; `None` when the scheme cannot do conditional updates.
+    fn shared(&self) -> Option<(std::sync::Arc<dyn object_store::ObjectStore>, String)> {
+        None
+    }
 }
 
 /// The package store: a `file://` directory or S3 buckets.
@@ -235,6 +242,13 @@ impl PackageStore {
             uploaded: true,
             bytes,
         })
+    }
+
+    /// The store's own bucket and the store URL's prefix, for state replicas
+    /// share by conditional writes (`s3://` only; `None` for `file://`, which
+    /// cannot update conditionally).
+    pub fn shared(&self) -> Option<(std::sync::Arc<dyn object_store::ObjectStore>, String)> {
+        self.backend.shared()
     }
 
     /// Aborts the S3 multipart uploads of `lablet` that a process killed

@@ -193,6 +193,11 @@ impl S3Backend {
 
 #[async_trait]
 impl StoreBackend for S3Backend {
+    fn shared(&self) -> Option<(Arc<dyn ObjectStore>, String)> {
+        let store: Arc<dyn ObjectStore> = self.store_for(&self.bucket).ok()?;
+        Some((store, self.prefix.clone()))
+    }
+
     fn bucket(&self) -> &str {
         &self.bucket
     }

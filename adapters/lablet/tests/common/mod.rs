@@ -220,6 +220,120 @@ pub mod env {
         }
     }
 
+    /// The `LABLET_*` / `AWS_*` variables the binary runs with against these
+    /// services: data dir `data`, the S3 harness as store when given.
+    pub fn bin_vars(
+        env: &Env,
+        s3: Option<&S3Harness>,
+        data: &std::path::Path,
+    ) -> BTreeMap<String, String> {
+        let mut vars: BTreeMap<String, String> = [
+            ("LABLET_RESOLVER_URL", env.resolver.uri()),
+            ("LABLET_LDS_URL", env.lds.uri()),
+            ("LABLET_SE_URL", env.se.uri()),
+            ("LABLET_DATA_DIR", data.display().to_string()),
+            ("LABLET_RETRY_ATTEMPTS", "2".to_owned()),
+            ("LABLET_RETRY_BACKOFF_MS", "5".to_owned()),
+            ("LABLET_READ_TIMEOUT_SECS", "5".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if let Some(s3) = s3 {
+            let store = if s3.prefix.is_empty() {
+                format!("s3://{}", s3.bucket)
+            } else {
+                format!("s3://{}/{}", s3.bucket, s3.prefix)
+            };
+            for (k, v) in [
+                ("LABLET_STORE", store),
+                ("LABLET_S3_ENDPOINT", s3.endpoint.clone()),
+                ("AWS_ACCESS_KEY_ID", s3.access_key.clone()),
+                ("AWS_SECRET_ACCESS_KEY", s3.secret_key.clone()),
+                ("AWS_REGION", s3.region.clone()),
+            ] {
+                vars.insert(k.to_owned(), v);
+            }
+        }
+        vars
+    }
+
+    /// The `lablet-sync` binary with exactly `vars` in its environment.
+    pub fn bin_with(vars: &BTreeMap<String, String>) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lablet-sync"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(vars);
+        cmd
+    }
+
+    /// Runs the binary with `vars` and `args` to its end, off the runtime's
+    /// thread (the in-process S3 server it talks to runs on that runtime).
+    pub async fn run_bin(vars: &BTreeMap<String, String>, args: &[&str]) -> std::process::Output {
+        let mut cmd = bin_with(vars);
+        cmd.args(args);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// A `lablet-sync serve` process on a loopback port; killed on drop.
+    pub struct ServeProcess {
+        pub url: String,
+        child: std::process::Child,
+    }
+
+    impl ServeProcess {
+        /// Starts `lablet-sync serve` with `vars` and waits until it answers
+        /// `/healthz`.
+        pub async fn start(vars: &BTreeMap<String, String>) -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = bin_with(vars)
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let this = Self {
+                url: format!("http://127.0.0.1:{port}"),
+                child,
+            };
+            let healthz = format!("{}/healthz", this.url);
+            for _ in 0..600 {
+                if reqwest::get(&healthz)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    return this;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("lablet-sync serve did not answer on {healthz}");
+        }
+
+        /// Syncs `name` through the operator API; the answer's JSON.
+        pub async fn sync(&self, name: &str) -> serde_json::Value {
+            let response = reqwest::Client::new()
+                .post(format!("{}/api/v1/lablets/{name}/sync", self.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "sync {name} on {}", self.url);
+            response.json().await.unwrap()
+        }
+    }
+
+    impl Drop for ServeProcess {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
     /// Config pointing at the in-process S3 server.
     pub fn s3_config(mut config: LabletSyncConfig, s3: &S3Harness) -> LabletSyncConfig {
         config.store.url = Some(if s3.prefix.is_empty() {
