@@ -135,6 +135,9 @@ impl From<Error> for ApiError {
             Error::Inspect { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "package_invalid"),
             Error::Store { .. } => (StatusCode::BAD_GATEWAY, "blob_upload_failed"),
             Error::Record { .. } => (StatusCode::BAD_GATEWAY, "record_failed"),
+            Error::Busy { .. } | Error::LeaseLost { .. } => (StatusCode::CONFLICT, "busy"),
+            Error::KeyTaken { .. } => (StatusCode::CONFLICT, "storage_key_taken"),
+            Error::Lease { .. } => (StatusCode::BAD_GATEWAY, "blob_upload_failed"),
             Error::Config(_)
             | Error::Queue { .. }
             | Error::Outbox { .. }

@@ -363,3 +363,11 @@ async fn put_parts(
         .ok_or_else(|| StoreError::Config(format!("upload of {url}: a part went missing")))?;
     Ok((parts, total))
 }
+
+impl S3Backend {
+    /// The configured bucket and the store's key prefix, for the shared state
+    /// replicas keep beside the packages (leases, key claims, retry queue).
+    pub(super) fn state_store(&self) -> Result<(Arc<AmazonS3>, String), StoreError> {
+        Ok((self.store_for(&self.bucket)?, self.prefix.clone()))
+    }
+}
