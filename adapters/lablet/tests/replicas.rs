@@ -329,8 +329,17 @@ async fn kill_9_of_the_lease_holder_mid_sync_lets_another_replica_finish_after_e
     env.publish(NAME, package.clone()).await;
     env.mosaic_serves_after(NAME, package.clone(), Duration::from_secs(60))
         .await;
-    let a = replica_vars(&env, &cpa_server, &s3, &env.data.path().join("replica-a"));
-    let b = replica_vars(&env, &cpa_server, &s3, &env.data.path().join("replica-b"));
+    // a 3 s TTL: long enough that the dead lease still looks live to the
+    // impatient replica below
+    let mut a = replica_vars(&env, &cpa_server, &s3, &env.data.path().join("replica-a"));
+    a.insert("LABLET_LEASE_TTL_SECS".to_owned(), "3".to_owned());
+    let mut b = a.clone();
+    b.insert(
+        "LABLET_DATA_DIR".to_owned(),
+        env.data.path().join("replica-b").display().to_string(),
+    );
+    let mut impatient = b.clone();
+    impatient.insert("LABLET_LOCK_WAIT_SECS".to_owned(), "0".to_owned());
 
     let mut holder = spawn(&a, &["sync", NAME]);
     let holder_pid = holder.id();
@@ -368,6 +377,24 @@ async fn kill_9_of_the_lease_holder_mid_sync_lets_another_replica_finish_after_e
         "{dead}"
     );
     assert_eq!(dead["released"], false);
+
+    // a replica that does not wait is told who holds the key
+    let err = in_process(&impatient, &s3).sync(NAME).await.unwrap_err();
+    let Error::Busy {
+        holder: held_by,
+        key: busy_key,
+        ..
+    } = &err
+    else {
+        panic!("expected Busy, got {err:?}");
+    };
+    assert!(held_by.contains(&format!(":{holder_pid}:")), "{err}");
+    assert_eq!(busy_key, &key);
+    assert!(
+        err.to_string()
+            .starts_with(&format!("lablet {NAME} is busy")),
+        "{err}"
+    );
 
     // replica B: Mosaic answers at once now; B waits out the dead lease
     env.mosaic_serves(NAME, package.clone()).await;
