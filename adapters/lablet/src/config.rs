@@ -44,9 +44,10 @@ pub struct LabletSyncConfig {
     /// Work directory: temp downloads, locks, embedded catalog, retry queue and
     /// record outbox, upload journal (`LABLET_DATA_DIR`, default `.lablet-sync`).
     pub data_dir: PathBuf,
-    /// Directory of the per-lablet lock files (`LABLET_LOCK_DIR`, default
-    /// `{data_dir}/locks`). Point several processes with their own data dirs at one
-    /// shared lock dir to serialize syncs of a lablet across them.
+    /// Directory of the per-storage-key lock files of `file://` stores
+    /// (`LABLET_LOCK_DIR`, default `{data_dir}/locks`). Point several processes
+    /// with their own data dirs at one shared lock dir to serialize syncs of a
+    /// lablet across them. S3 stores use leases in the store instead.
     pub lock_dir: Option<PathBuf>,
     /// Storage-key leases (S3 stores) and lock waits.
     pub lease: crate::lease::LeaseConfig,

@@ -1,9 +1,11 @@
 //! The catalog-record outbox: a sync's catalog record, kept until the catalog
 //! holds it, so the catalog catches up with the store without a re-sync.
 //!
-//! **Protocol** (each step taken by the sync holding the lablet's lock; kept in
-//! `DATA_DIR/retry-queue.redb`, one committed `redb` transaction per change, one
-//! entry per lablet and package SHA-256):
+//! **Protocol** (each step taken by the sync holding the lock of the lablet's
+//! storage key; kept where the retry queue is kept — `DATA_DIR/retry-queue.redb`
+//! for `file://` stores, objects under `_queue/pending_records/` for S3 stores
+//! (see `queue_store.rs`) — one entry per lablet and package SHA-256, each
+//! change durable on return):
 //!
 //! 1. **Written down before the store.** Before the upload, the sync writes down
 //!    the record it means to make (status `stale`, every target "not delivered:
