@@ -44,10 +44,13 @@ pub struct LabletSyncConfig {
     /// Work directory: temp downloads, locks, embedded catalog, retry queue and
     /// record outbox, upload journal (`LABLET_DATA_DIR`, default `.lablet-sync`).
     pub data_dir: PathBuf,
-    /// Directory of the per-lablet lock files (`LABLET_LOCK_DIR`, default
-    /// `{data_dir}/locks`). Point several processes with their own data dirs at one
-    /// shared lock dir to serialize syncs of a lablet across them.
+    /// Directory of the per-storage-key lock files of `file://` stores
+    /// (`LABLET_LOCK_DIR`, default `{data_dir}/locks`). Point several processes
+    /// with their own data dirs at one shared lock dir to serialize syncs of a
+    /// lablet across them. S3 stores use leases in the store instead.
     pub lock_dir: Option<PathBuf>,
+    /// Storage-key leases (S3 stores) and lock waits.
+    pub lease: crate::lease::LeaseConfig,
 }
 
 impl Default for LabletSyncConfig {
@@ -62,6 +65,7 @@ impl Default for LabletSyncConfig {
             inspect: InspectLimits::default(),
             data_dir: PathBuf::from(".lablet-sync"),
             lock_dir: None,
+            lease: crate::lease::LeaseConfig::default(),
         }
     }
 }
@@ -220,6 +224,7 @@ impl LabletSyncConfig {
                 .text("LABLET_DATA_DIR")
                 .map_or_else(|| Self::default().data_dir, PathBuf::from),
             lock_dir: env.text("LABLET_LOCK_DIR").map(PathBuf::from),
+            lease: crate::lease::LeaseConfig::from_lookup(&env)?,
             mosaic: MosaicConfig::from_lookup(&env)?,
             http: HttpConfig::from_lookup(&env)?,
             inspect: inspect_from_lookup(&env)?,

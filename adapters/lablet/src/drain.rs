@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use crate::catalog::{DeliveryStatus, SyncStatus};
 use crate::error::{Error, Result};
 use crate::fanout::{QueueError, QueuedDelivery};
-use crate::lock::LabletGuard;
+use crate::lease::LockGuard;
 use crate::outbox::{Drained, PendingRecord};
 use crate::pipeline::LabletSync;
 
@@ -94,17 +94,24 @@ impl LabletSync {
 
     async fn drain_records(&self, except: Option<&str>, report: &mut RetryReport) -> Result<()> {
         let kept = self.outbox().kept().await.map_err(outbox_err)?;
-        for (lablet, kept) in by_lablet(kept, PendingRecord::lablet, except) {
-            let Some(_guard) = self.try_lock_lablet(&lablet)? else {
+        for lablet in by_lablet(kept, PendingRecord::lablet, except).into_keys() {
+            let Some(guard) = self.try_lock_lablet(&lablet).await? else {
                 report.skipped_locked += 1;
                 continue;
             };
-            let drained = self
-                .outbox()
-                .drain_lablet(&lablet, kept, self.store(), &*self.catalog())
-                .await
-                .map_err(outbox_err)?;
-            match drained {
+            // read again under the lock: another replica may have drained
+            // them between the listing and the lock
+            let drained = match self.kept_records_of(&lablet).await {
+                Ok(kept) if kept.is_empty() => Ok(Drained::Nothing),
+                Ok(kept) => self
+                    .outbox()
+                    .drain_lablet(&lablet, kept, self.store(), &*self.catalog())
+                    .await
+                    .map_err(outbox_err),
+                Err(e) => Err(e),
+            };
+            guard.release().await;
+            match drained? {
                 Drained::Recorded => report.recorded += 1,
                 Drained::Pending => report.records_pending += 1,
                 Drained::Nothing => {}
@@ -113,36 +120,60 @@ impl LabletSync {
         Ok(())
     }
 
+    async fn kept_records_of(&self, lablet: &str) -> Result<Vec<PendingRecord>> {
+        let kept = self.outbox().kept().await.map_err(outbox_err)?;
+        Ok(kept.into_iter().filter(|r| r.lablet() == lablet).collect())
+    }
+
     async fn drain_deliveries(&self, except: Option<&str>, report: &mut RetryReport) -> Result<()> {
         let pending = self.queue().pending().await.map_err(queue_err)?;
-        for (lablet, deliveries) in by_lablet(pending, |d| d.body.lablet.as_str(), except) {
-            let Some(_guard) = self.try_lock_lablet(&lablet)? else {
-                report.skipped_locked += deliveries.len();
+        for (lablet, listed) in by_lablet(pending, |d| d.body.lablet.as_str(), except) {
+            let Some(guard) = self.try_lock_lablet(&lablet).await? else {
+                report.skipped_locked += listed.len();
                 continue;
             };
-            let mut delivered = Vec::new();
-            for mut d in deliveries {
-                // one attempt each: the drain itself is the retry
-                match self.fanout().post(&d.target, &d.url, &d.body).await {
-                    Ok(()) => {
-                        self.queue()
-                            .remove(&d.target, &lablet)
-                            .await
-                            .map_err(queue_err)?;
-                        report.delivered += 1;
-                        delivered.push(d);
-                    }
-                    Err(err) => {
-                        d.attempts = d.attempts.saturating_add(1);
-                        d.last_error = err.to_string();
-                        self.queue().push(d).await.map_err(queue_err)?;
-                        report.still_pending += 1;
-                    }
-                }
-            }
-            self.mark_delivered(&lablet, &delivered).await?;
+            let drained = self.drain_deliveries_of(&lablet, &guard, report).await;
+            guard.release().await;
+            drained?;
         }
         Ok(())
+    }
+
+    /// Delivers the queued deliveries of `lablet`, read again under its lock
+    /// (another replica may have delivered them since the listing), each
+    /// struck off once delivered; stops when the lock is lost.
+    async fn drain_deliveries_of(
+        &self,
+        lablet: &str,
+        guard: &LockGuard,
+        report: &mut RetryReport,
+    ) -> Result<()> {
+        let pending = self.queue().pending().await.map_err(queue_err)?;
+        let mut delivered = Vec::new();
+        for mut d in pending.into_iter().filter(|d| d.body.lablet == lablet) {
+            if guard.is_lost() {
+                report.still_pending += 1;
+                continue;
+            }
+            // one attempt each: the drain itself is the retry
+            match self.fanout().post(&d.target, &d.url, &d.body).await {
+                Ok(()) => {
+                    self.queue()
+                        .remove(&d.target, lablet)
+                        .await
+                        .map_err(queue_err)?;
+                    report.delivered += 1;
+                    delivered.push(d);
+                }
+                Err(err) => {
+                    d.attempts = d.attempts.saturating_add(1);
+                    d.last_error = err.to_string();
+                    self.queue().push(d).await.map_err(queue_err)?;
+                    report.still_pending += 1;
+                }
+            }
+        }
+        self.mark_delivered(lablet, &delivered).await
     }
 
     /// Update the catalog after queued deliveries of `lablet` went through.
@@ -187,12 +218,16 @@ impl LabletSync {
         Ok(())
     }
 
-    /// The lablet's lock if nobody holds it (a drain skips busy lablets).
-    fn try_lock_lablet(&self, lablet: &str) -> Result<Option<LabletGuard>> {
+    /// The lock of the lablet's storage key if nobody holds it (a drain
+    /// skips busy lablets).
+    async fn try_lock_lablet(&self, lablet: &str) -> Result<Option<LockGuard>> {
+        let key = self.storage_key(lablet)?;
         self.locks()
-            .try_lock(lablet)
-            .map_err(|source| Error::Local {
-                what: format!("lock lablet {lablet}"),
+            .try_lock(lablet, &key)
+            .await
+            .map_err(|source| Error::Lease {
+                lablet: lablet.to_owned(),
+                key: key.url.clone(),
                 source,
             })
     }

@@ -6,6 +6,7 @@ use crate::catalog::CatalogError;
 use crate::config::ConfigError;
 use crate::fanout::QueueError;
 use crate::inspect::InspectError;
+use crate::lease::LeaseError;
 use crate::mosaic::DownloadError;
 use crate::resolver::ResolveError;
 use crate::store::StoreError;
@@ -141,6 +142,63 @@ pub enum Error {
         #[source]
         source: CatalogError,
     },
+    /// Another sync held the lablet's storage key for longer than the wait
+    /// (`LABLET_LOCK_WAIT_SECS`).
+    #[error(
+        "lablet {lablet} is busy: its storage key {key} is held by {holder} (syncing lablet {holder_lablet}); gave up after waiting {waited_secs} s (LABLET_LOCK_WAIT_SECS)"
+    )]
+    Busy {
+        /// Lablet name.
+        lablet: String,
+        /// The storage key (URL).
+        key: String,
+        /// Who holds it.
+        holder: String,
+        /// The lablet the holder syncs.
+        holder_lablet: String,
+        /// Seconds waited.
+        waited_secs: u64,
+    },
+    /// The lablet's storage key belongs to another lablet: refused before
+    /// anything was downloaded or stored.
+    #[error(
+        "storage key {key} already belongs to lablet {owner}; lablet {lablet} maps to the same key under LABLET_LOCATION {template:?}: refused, nothing stored"
+    )]
+    KeyTaken {
+        /// Lablet name.
+        lablet: String,
+        /// The storage key (URL).
+        key: String,
+        /// The lablet the key belongs to.
+        owner: String,
+        /// The location template in effect.
+        template: String,
+    },
+    /// Locking or claiming the lablet's storage key in the store failed (the
+    /// store is down, or refuses): stage store, before anything was
+    /// downloaded.
+    #[error(
+        "blob upload failed for lablet {lablet}: cannot lock or claim its storage key {key}: {source}"
+    )]
+    Lease {
+        /// Lablet name.
+        lablet: String,
+        /// The storage key (URL).
+        key: String,
+        /// Cause.
+        #[source]
+        source: LeaseError,
+    },
+    /// The lease of the lablet's storage key was lost mid-sync.
+    #[error(
+        "lablet {lablet}: the lease of storage key {key} was lost (taken over by another replica, or not renewable in time); the sync stopped before its next visible step"
+    )]
+    LeaseLost {
+        /// Lablet name.
+        lablet: String,
+        /// The storage key (URL).
+        key: String,
+    },
     /// A catalog query (outside a sync) failed.
     #[error("catalog query failed: {0}")]
     Catalog(#[source] CatalogError),
@@ -163,12 +221,16 @@ impl Error {
             Self::Resolve { .. } => Some(Stage::Resolve),
             Self::Download { .. } => Some(Stage::Download),
             Self::Inspect { .. } => Some(Stage::Inspect),
-            Self::Store { .. } | Self::Outbox { .. } => Some(Stage::Store),
+            Self::Store { .. } | Self::Outbox { .. } | Self::Lease { .. } => Some(Stage::Store),
             Self::Queue { .. } => Some(Stage::FanOut),
             Self::Record { .. } => Some(Stage::Record),
-            Self::InvalidName { .. } | Self::Config(_) | Self::Catalog(_) | Self::Local { .. } => {
-                None
-            }
+            Self::InvalidName { .. }
+            | Self::Config(_)
+            | Self::Catalog(_)
+            | Self::Local { .. }
+            | Self::Busy { .. }
+            | Self::KeyTaken { .. }
+            | Self::LeaseLost { .. } => None,
         }
     }
 
@@ -179,8 +241,16 @@ impl Error {
             Self::Download { source, .. } => source.is_retryable(),
             Self::Store { source, .. } => source.is_retryable(),
             Self::Record { source, .. } | Self::Catalog(source) => source.is_retryable(),
-            Self::Queue { .. } | Self::Outbox { .. } | Self::Local { .. } => true,
-            Self::Config(_) | Self::InvalidName { .. } | Self::Inspect { .. } => false,
+            Self::Lease { source, .. } => source.is_retryable(),
+            Self::Queue { .. }
+            | Self::Outbox { .. }
+            | Self::Local { .. }
+            | Self::Busy { .. }
+            | Self::LeaseLost { .. } => true,
+            Self::Config(_)
+            | Self::InvalidName { .. }
+            | Self::Inspect { .. }
+            | Self::KeyTaken { .. } => false,
         }
     }
 }

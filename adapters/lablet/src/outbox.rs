@@ -1,9 +1,11 @@
 //! The catalog-record outbox: a sync's catalog record, kept until the catalog
 //! holds it, so the catalog catches up with the store without a re-sync.
 //!
-//! **Protocol** (each step taken by the sync holding the lablet's lock; kept in
-//! `DATA_DIR/retry-queue.redb`, one committed `redb` transaction per change, one
-//! entry per lablet and package SHA-256):
+//! **Protocol** (each step taken by the sync holding the lock of the lablet's
+//! storage key; kept where the retry queue is kept — `DATA_DIR/retry-queue.redb`
+//! for `file://` stores, objects under `_queue/pending_records/` for S3 stores
+//! (see `queue_store.rs`) — one entry per lablet and package SHA-256, each
+//! change durable on return):
 //!
 //! 1. **Written down before the store.** Before the upload, the sync writes down
 //!    the record it means to make (status `stale`, every target "not delivered:
@@ -27,18 +29,19 @@
 //! one more attempt (and so do the older ones). A store that cannot be asked
 //! keeps them all for the next drain.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, CatalogError, ContentSyncResult};
-use crate::db::{DbFile, DbStore, Table};
+use crate::db::Table;
 use crate::fanout::QueueError;
+use crate::queue_store::QueueStore;
 use crate::store::PackageStore;
 
-const RECORDS: Table = TableDefinition::new("pending_records");
+/// The table (redb) or `_queue/` folder (S3) of kept records.
+pub(crate) const RECORDS: Table = TableDefinition::new("pending_records");
 
 /// A catalog record kept until it lands (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,18 +86,16 @@ pub(crate) enum Drained {
     Nothing,
 }
 
-/// The outbox, in the `redb` file it shares with the fan-out retry queue.
+/// The outbox, kept where the fan-out retry queue is kept.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
-    db: Arc<DbFile>,
+    rows: Arc<dyn QueueStore>,
 }
 
 impl Outbox {
-    /// The outbox in `db` (its table created when missing).
-    pub(crate) fn open(db: Arc<DbFile>) -> Result<Self, QueueError> {
-        let this = Self { db };
-        this.create_table(RECORDS)?;
-        Ok(this)
+    /// The outbox in `rows`.
+    pub(crate) fn new(rows: Arc<dyn QueueStore>) -> Self {
+        Self { rows }
     }
 
     /// Step 1: write down `intent`, the record a sync means to make, before its
@@ -200,7 +201,8 @@ impl Outbox {
 
     /// All kept records, ordered by lablet.
     pub(crate) async fn kept(&self) -> Result<Vec<PendingRecord>, QueueError> {
-        self.rows(RECORDS)
+        self.rows
+            .rows(RECORDS)
             .await?
             .into_iter()
             .map(|(key, value)| {
@@ -216,41 +218,22 @@ impl Outbox {
             key: key.clone(),
             source,
         })?;
-        self.put_row(RECORDS, key, json).await
+        self.rows.put(RECORDS, key, json).await
     }
 
     /// Drop the kept record of `lablet` for package `sha256`, if any.
     async fn remove(&self, lablet: &str, sha256: &str) -> Result<(), QueueError> {
-        self.remove_row(RECORDS, record_key(lablet, sha256)).await
+        self.rows.remove(RECORDS, record_key(lablet, sha256)).await
     }
 
     /// Drop every kept record of `lablet`.
     async fn remove_all_of(&self, lablet: &str) -> Result<(), QueueError> {
         let prefix = record_key(lablet, "");
-        for (key, _) in self.rows(RECORDS).await? {
+        for (key, _) in self.rows.rows(RECORDS).await? {
             if key.starts_with(&prefix) {
-                self.remove_row(RECORDS, key).await?;
+                self.rows.remove(RECORDS, key).await?;
             }
         }
         Ok(())
-    }
-}
-
-impl DbStore for Outbox {
-    type Error = QueueError;
-
-    fn file(&self) -> &DbFile {
-        &self.db
-    }
-
-    fn db_error(path: &Path, source: redb::Error) -> QueueError {
-        QueueError::Db {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        }
-    }
-
-    fn task_error(source: tokio::task::JoinError) -> QueueError {
-        QueueError::Task(source)
     }
 }

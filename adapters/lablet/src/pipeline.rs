@@ -19,12 +19,13 @@ use crate::catalog::{
 use crate::config::{CatalogKind, ConfigError, LabletSyncConfig};
 use crate::db::DbFile;
 use crate::error::{Error, Failure, Result, Stage};
-use crate::fanout::{FanOutBody, FanOutClient, QueuedDelivery, RetryQueue};
+use crate::fanout::{FanOutBody, FanOutClient, PENDING, QueuedDelivery, RetryQueue};
 use crate::inspect::{PackageInfo, inspect_package};
-use crate::lock::{LabletGuard, LabletLocks};
+use crate::lease::{Claimed, LockGuard, Locks, claim};
 use crate::metrics::Metrics;
 use crate::mosaic::{DownloadError, DownloadedPackage, MosaicClient};
-use crate::outbox::{Outbox, PendingRecord};
+use crate::outbox::{Outbox, PendingRecord, RECORDS};
+use crate::queue_store::{ObjectQueue, QueueStore, RedbQueue};
 use crate::resolver::ResolverClient;
 use crate::store::{PackageStore, StoreLocation, UploadOutcome};
 use crate::template;
@@ -69,7 +70,7 @@ pub struct LabletSync {
     queue: RetryQueue,
     outbox: Outbox,
     catalog: Arc<dyn Catalog>,
-    locks: LabletLocks,
+    locks: Locks,
     metrics: Metrics,
     tmp_dir: PathBuf,
 }
@@ -205,18 +206,23 @@ impl LabletSync {
                 lablet: "*".to_owned(),
                 source,
             })?;
-        // the retry queue and the record outbox share one file
-        let db = Arc::new(DbFile::new(config.data_dir.join("retry-queue.redb")));
-        let everyone = || "*".to_owned();
-        let queue = RetryQueue::open(Arc::clone(&db)).map_err(|source| Error::Queue {
-            lablet: everyone(),
-            source,
-        })?;
-        let outbox = Outbox::open(db).map_err(|source| Error::Outbox {
-            lablet: everyone(),
-            source,
-        })?;
+        // the retry queue and the record outbox share one place: objects in
+        // an S3 store (shared by replicas), else one local file
+        let rows: Arc<dyn QueueStore> = if store.shared().replicated() {
+            Arc::new(ObjectQueue::new(store.shared().clone()))
+        } else {
+            let db = Arc::new(DbFile::new(config.data_dir.join("retry-queue.redb")));
+            Arc::new(
+                RedbQueue::open(db, &[PENDING, RECORDS]).map_err(|source| Error::Queue {
+                    lablet: "*".to_owned(),
+                    source,
+                })?,
+            )
+        };
+        let queue = RetryQueue::new(Arc::clone(&rows));
+        let outbox = Outbox::new(rows);
         let retry = &config.http.retry;
+        let locks = Locks::new(store.shared(), config.lock_dir(), &config.lease);
         Ok(Self {
             resolver: ResolverClient::new(http.clone(), &config.resolver, retry.clone()),
             mosaic: MosaicClient::new(http.clone(), &config.mosaic, retry.clone()),
@@ -225,7 +231,7 @@ impl LabletSync {
             queue,
             outbox,
             catalog,
-            locks: LabletLocks::new(config.lock_dir()),
+            locks,
             metrics: Metrics::default(),
             tmp_dir,
             config,
@@ -288,7 +294,7 @@ impl LabletSync {
         &self.fanout
     }
 
-    pub(crate) fn locks(&self) -> &LabletLocks {
+    pub(crate) fn locks(&self) -> &Locks {
         &self.locks
     }
 
@@ -355,22 +361,84 @@ impl LabletSync {
         .await
     }
 
-    /// The six stages; all but resolve (a read-only query) under the lablet's
-    /// lock, so a name the resolver does not know leaves no lock file behind.
+    /// The six stages. Resolve (a read-only query) runs first, so a name the
+    /// resolver does not know claims nothing and leaves no lock behind; then
+    /// the lablet's storage key is claimed (a key another lablet owns is
+    /// refused here, before anything is stored) and locked; the other five
+    /// stages run under the lock. An S3 lease lost mid-sync stops the sync at
+    /// once, and before each visible step (store, fan-out, record).
     async fn sync_locked(&self, run: &Run<'_>) -> Result<SyncReport> {
         let vars = self.resolve(run).await?;
-        let _guard = self.lock(run.name).await?;
-        let download = self.download(run, &vars).await?;
+        let key = self.storage_key(run.name)?;
+        self.claim_key(run.name, &key).await?;
+        let guard = self.lock(run.name, &key).await?;
+        let result = tokio::select! {
+            biased;
+            () = guard.lost() => Err(lease_lost(run.name, &key)),
+            result = self.run_stages(run, &vars, &key, &guard) => result,
+        };
+        guard.release().await;
+        result
+    }
+
+    /// Download to record, holding `guard` on `key`.
+    async fn run_stages(
+        &self,
+        run: &Run<'_>,
+        vars: &Vars,
+        key: &StoreLocation,
+        guard: &LockGuard,
+    ) -> Result<SyncReport> {
+        let still_held = || {
+            if guard.is_lost() {
+                Err(lease_lost(run.name, key))
+            } else {
+                Ok(())
+            }
+        };
+        let download = self.download(run, vars).await?;
         let info = self.inspect(run, &download).await?;
-        let (package, upload) = self.store_package(run, &vars, &download, &info).await?;
+        still_held()?;
+        let (package, upload) = self.store_package(run, vars, &download, &info).await?;
         drop(download); // the temp file
-        let fanout = self.fan_out(run, &vars, &package).await?;
+        still_held()?;
+        let fanout = self.fan_out(run, vars, &package).await?;
+        still_held()?;
         let definition = self.record(run, &package, info, fanout).await?;
         Ok(SyncReport {
             definition,
             uploaded: upload.uploaded,
             uploaded_bytes: upload.bytes,
         })
+    }
+
+    /// The storage key of lablet `name` (its location with `{sha256}`
+    /// unrendered): the unit of locking and uniqueness.
+    pub(crate) fn storage_key(&self, name: &str) -> Result<StoreLocation> {
+        self.store
+            .storage_key(&self.config.store.location, name)
+            .map_err(|source| Error::Store {
+                lablet: name.to_owned(),
+                source,
+            })
+    }
+
+    /// Claims `key` for lablet `name`, refusing a key another lablet owns.
+    async fn claim_key(&self, name: &str, key: &StoreLocation) -> Result<()> {
+        match claim(self.store.shared(), key, name).await {
+            Ok(Claimed::Owned) => Ok(()),
+            Ok(Claimed::Taken(owner)) => Err(Error::KeyTaken {
+                lablet: name.to_owned(),
+                key: key.url.clone(),
+                owner,
+                template: self.config.store.location.clone(),
+            }),
+            Err(source) => Err(Error::Lease {
+                lablet: name.to_owned(),
+                key: key.url.clone(),
+                source,
+            }),
+        }
     }
 
     /// The stage helper: tells `progress` the stage started, runs `work` in the
@@ -592,12 +660,25 @@ impl LabletSync {
         .await
     }
 
-    /// Waits for the lablet's lock: two syncs of one lablet never interleave.
-    async fn lock(&self, name: &str) -> Result<LabletGuard> {
-        self.locks.lock(name).await.map_err(|source| Error::Local {
-            what: format!("lock lablet {name}"),
-            source,
-        })
+    /// Waits (bounded, `LABLET_LOCK_WAIT_SECS`) for the lock of `key`: two
+    /// syncs of one storage key never interleave.
+    async fn lock(&self, name: &str, key: &StoreLocation) -> Result<LockGuard> {
+        let started = Instant::now();
+        match self.locks.lock(name, key).await {
+            Ok(Ok(guard)) => Ok(guard),
+            Ok(Err(busy)) => Err(Error::Busy {
+                lablet: name.to_owned(),
+                key: key.url.clone(),
+                holder: busy.holder,
+                holder_lablet: busy.lablet,
+                waited_secs: started.elapsed().as_secs(),
+            }),
+            Err(source) => Err(Error::Lease {
+                lablet: name.to_owned(),
+                key: key.url.clone(),
+                source,
+            }),
+        }
     }
 
     /// Uploads of this lablet a killed run left open (we hold its lock, so none
@@ -711,7 +792,8 @@ fn object_catalog(config: &LabletSyncConfig, http: &reqwest::Client) -> Result<O
         lablet: "*".to_owned(),
         source,
     })?;
-    let Some((store, prefix)) = store.shared() else {
+    let area = store.shared();
+    if !area.replicated() {
         return Err(Error::Config(ConfigError::new(
             "LABLET_CATALOG",
             format!(
@@ -719,13 +801,20 @@ fn object_catalog(config: &LabletSyncConfig, http: &reqwest::Client) -> Result<O
                 config.store_url()
             ),
         )));
-    };
+    }
     let prefix = format!(
         "{}/{}",
-        prefix.trim_matches('/'),
+        area.prefix(),
         config.catalog.object_prefix.trim_matches('/')
     );
-    Ok(ObjectCatalog::new(store, &prefix))
+    Ok(ObjectCatalog::new(area.store().clone(), &prefix))
+}
+
+fn lease_lost(lablet: &str, key: &StoreLocation) -> Error {
+    Error::LeaseLost {
+        lablet: lablet.to_owned(),
+        key: key.url.clone(),
+    }
 }
 
 fn http_client(config: &LabletSyncConfig) -> Result<reqwest::Client> {

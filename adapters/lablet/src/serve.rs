@@ -3,7 +3,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /api/v1/lablets/{name}/sync` | `200` the sync report (definition, `uploaded`, `uploaded_bytes`); errors `{code, message, stage}` |
+//! | `POST /api/v1/lablets/{name}/sync` | `200` the sync report (definition, `uploaded`, `uploaded_bytes`); errors `{code, message, stage}` (`409 busy` after waiting for the storage key, `409 storage_key_taken`) |
 //! | `GET /api/v1/lablets[?instance=X&status=synced\|stale]` | `200` the definitions |
 //! | `GET /api/v1/lablets/{name}` | `200` the definition, `404 not_found` |
 //! | `POST /lablets/sync` | the status page's sync form (`lablet=NAME`): same-origin only, then `303` back to `/` |
@@ -141,6 +141,9 @@ impl From<Error> for ApiError {
             Error::Inspect { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "package_invalid"),
             Error::Store { .. } => (StatusCode::BAD_GATEWAY, "blob_upload_failed"),
             Error::Record { .. } => (StatusCode::BAD_GATEWAY, "record_failed"),
+            Error::Busy { .. } | Error::LeaseLost { .. } => (StatusCode::CONFLICT, "busy"),
+            Error::KeyTaken { .. } => (StatusCode::CONFLICT, "storage_key_taken"),
+            Error::Lease { .. } => (StatusCode::BAD_GATEWAY, "blob_upload_failed"),
             Error::Config(_)
             | Error::Queue { .. }
             | Error::Outbox { .. }

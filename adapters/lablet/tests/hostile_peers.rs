@@ -254,10 +254,18 @@ async fn a_lablet_that_never_got_past_resolve_leaves_no_lock_file() {
         Some(Stage::Resolve)
     );
     assert_eq!(lock_files(&work), Vec::<String>::new());
+    // nor does it claim a storage key
+    let claims = work.join("store").join("_claims");
+    assert!(
+        !claims.exists(),
+        "a name the resolver does not know claimed a key"
+    );
 
-    // a lablet that got past resolve is locked as before
+    // a lablet that got past resolve locks and claims its storage key
     sync.sync(NAME).await.unwrap();
-    assert_eq!(lock_files(&work), vec![format!("{NAME}.lock")]);
+    let locks = lock_files(&work);
+    assert!(locks.len() == 1 && locks[0].ends_with(".lock"), "{locks:?}");
+    assert!(claims.exists());
 }
 
 async fn metrics_of(url: &str) -> String {

@@ -274,12 +274,16 @@ impl S3Harness {
         self.counter(|c| &c.requests)
     }
 
-    /// `PUT` requests received so far (PutObject, UploadPart, CreateBucket, copies).
+    /// `PUT` requests received so far (PutObject, UploadPart, CreateBucket,
+    /// copies), leaving out writes of shared state (a key with a path segment
+    /// starting with `_`, such as `_leases/…`, `_claims/…`, `_queue/…`), so
+    /// tests count the package bytes a sync uploads.
     pub fn put_requests(&self) -> Option<u64> {
         self.counter(|c| &c.put_requests)
     }
 
-    /// Body bytes received in `PUT` requests so far: the bytes uploaded.
+    /// Body bytes received in `PUT` requests so far: the bytes uploaded
+    /// (shared-state writes left out, as in [`put_requests`](Self::put_requests)).
     pub fn put_body_bytes(&self) -> Option<u64> {
         self.counter(|c| &c.put_body_bytes)
     }
@@ -396,6 +400,16 @@ fn build_store(
     Ok(Arc::new(store))
 }
 
+/// Whether `req` writes shared coordination state rather than content: a
+/// key with a path segment starting with `_` (`_leases/…`, `_claims/…`,
+/// `_queue/…`).
+fn is_shared_state(req: &http::Request<Incoming>) -> bool {
+    req.uri()
+        .path()
+        .split('/')
+        .any(|segment| segment.starts_with('_'))
+}
+
 /// Whether the query string has `name` as a parameter.
 fn has_param(req: &http::Request<Incoming>, name: &str) -> bool {
     req.uri()
@@ -487,7 +501,7 @@ async fn serve(
                     }
                     let _key_lock = locks.acquire(&req).await;
                     counters.requests.fetch_add(1, Ordering::SeqCst);
-                    let req = if req.method() == http::Method::PUT {
+                    let req = if req.method() == http::Method::PUT && !is_shared_state(&req) {
                         counters.put_requests.fetch_add(1, Ordering::SeqCst);
                         req.map(|body| CountingBody {
                             inner: body,

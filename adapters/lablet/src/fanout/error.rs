@@ -44,6 +44,17 @@ pub enum QueueError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// The object store keeping the queue (S3 stores) failed.
+    #[error("retry queue: object store {operation} of {url} failed: {source}")]
+    ObjectStore {
+        /// Operation (`put`, `delete`, `list`, `get`).
+        operation: &'static str,
+        /// The queue object or folder.
+        url: String,
+        /// Underlying error (boxed: `object_store::Error` is large).
+        #[source]
+        source: Box<object_store::Error>,
+    },
     /// A stored entry could not be decoded.
     #[error("retry queue entry {key}: {source}")]
     Decode {

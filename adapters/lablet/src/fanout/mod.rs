@@ -12,4 +12,4 @@ pub use config::{DEFAULT_LDS_SYNC_URL, DEFAULT_SE_SYNC_URL, FanOutConfig};
 pub(crate) use error::FanOutError;
 pub use error::QueueError;
 pub use queue::QueuedDelivery;
-pub(crate) use queue::RetryQueue;
+pub(crate) use queue::{PENDING, RetryQueue};

@@ -1,17 +1,19 @@
 //! The durable retry queue of fan-out deliveries: one pending delivery per
-//! target and lablet (a newer one replaces an older one), in the `redb` file
-//! `DATA_DIR/retry-queue.redb` it shares with the record outbox.
+//! target and lablet (a newer one replaces an older one), kept where the
+//! [`QueueStore`] keeps it (the local `redb` file `DATA_DIR/retry-queue.redb`
+//! it shares with the record outbox, or objects in an S3 store).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 use super::{FanOutBody, QueueError};
-use crate::db::{DbFile, DbStore, Table};
+use crate::db::Table;
+use crate::queue_store::QueueStore;
 
-const PENDING: Table = TableDefinition::new("pending_deliveries");
+/// The table (redb) or `_queue/` folder (S3) of pending deliveries.
+pub(crate) const PENDING: Table = TableDefinition::new("pending_deliveries");
 
 /// A delivery waiting for its target to come back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,20 +46,18 @@ fn queue_key(target: &str, lablet: &str) -> String {
     format!("{target}/{lablet}")
 }
 
-/// The durable retry queue: each change is a committed, fsynced transaction, so
-/// the queue survives a crash or restart; the file is opened per operation so
-/// several processes can share it.
+/// The durable retry queue: each change is durable on return (a committed
+/// `redb` transaction, or an object written), so the queue survives a crash
+/// or restart.
 #[derive(Debug, Clone)]
 pub(crate) struct RetryQueue {
-    db: Arc<DbFile>,
+    rows: Arc<dyn QueueStore>,
 }
 
 impl RetryQueue {
-    /// The queue in `db` (its table created when missing).
-    pub(crate) fn open(db: Arc<DbFile>) -> Result<Self, QueueError> {
-        let this = Self { db };
-        this.create_table(PENDING)?;
-        Ok(this)
+    /// The queue in `rows`.
+    pub(crate) fn new(rows: Arc<dyn QueueStore>) -> Self {
+        Self { rows }
     }
 
     /// Add or replace the pending delivery for its target and lablet.
@@ -67,41 +67,23 @@ impl RetryQueue {
             key: key.clone(),
             source,
         })?;
-        self.put_row(PENDING, key, json).await
+        self.rows.put(PENDING, key, json).await
     }
 
     /// Drop the pending delivery of `target` for `lablet`, if any.
     pub(crate) async fn remove(&self, target: &str, lablet: &str) -> Result<(), QueueError> {
-        self.remove_row(PENDING, queue_key(target, lablet)).await
+        self.rows.remove(PENDING, queue_key(target, lablet)).await
     }
 
     /// All pending deliveries, ordered by target then lablet.
     pub(crate) async fn pending(&self) -> Result<Vec<QueuedDelivery>, QueueError> {
-        self.rows(PENDING)
+        self.rows
+            .rows(PENDING)
             .await?
             .into_iter()
             .map(|(key, value)| {
                 serde_json::from_str(&value).map_err(|source| QueueError::Decode { key, source })
             })
             .collect()
-    }
-}
-
-impl DbStore for RetryQueue {
-    type Error = QueueError;
-
-    fn file(&self) -> &DbFile {
-        &self.db
-    }
-
-    fn db_error(path: &Path, source: redb::Error) -> QueueError {
-        QueueError::Db {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        }
-    }
-
-    fn task_error(source: tokio::task::JoinError) -> QueueError {
-        QueueError::Task(source)
     }
 }

@@ -225,3 +225,11 @@ async fn write_atomic(path: &FsPath, bytes: &[u8]) -> std::io::Result<()> {
     .await
     .map_err(std::io::Error::other)?
 }
+
+impl FileBackend {
+    /// The store directory as an object store, for the shared state kept
+    /// beside the packages (key claims).
+    pub(super) fn object_store(&self) -> Arc<LocalFileSystem> {
+        Arc::clone(&self.store)
+    }
+}

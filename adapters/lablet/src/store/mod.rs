@@ -24,6 +24,7 @@ mod journal;
 mod location;
 mod parts;
 mod s3;
+mod shared;
 
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
@@ -36,6 +37,7 @@ use crate::template;
 pub use config::{BUCKET_PER_LABLET_LOCATION, DEFAULT_LOCATION, S3Options, StoreConfig};
 pub use error::StoreError;
 pub use location::{StoreLocation, slug};
+pub(crate) use shared::SharedArea;
 
 /// Multipart part size of an upload: memory per upload is about
 /// `UPLOAD_CHUNK_BYTES * (UPLOAD_CONCURRENCY + 2)` (parts in flight, one being
@@ -90,18 +92,12 @@ pub(crate) trait StoreBackend: Send + Sync + std::fmt::Debug {
     /// Aborts the uploads of `lablet` a killed process left open; returns how
     /// many.
     async fn abort_abandoned_uploads(&self, lablet: &str) -> Result<usize, StoreError>;
-
-    /// The store's own bucket as an `ObjectStore` with conditional writes, and
-    /// the store URL's prefix (`s3://bucket/prefix`), for state shared by
-    /// replicas; `None` when the scheme cannot do conditional updates.
-    fn shared(&self) -> Option<(std::sync::Arc<dyn object_store::ObjectStore>, String)> {
-        None
-    }
 }
 
 /// The package store: a `file://` directory or S3 buckets.
 pub struct PackageStore {
     backend: Box<dyn StoreBackend>,
+    shared: SharedArea,
 }
 
 impl std::fmt::Debug for PackageStore {
@@ -135,23 +131,39 @@ impl PackageStore {
         http: reqwest::Client,
     ) -> Result<Self, StoreError> {
         let url = config.store_url();
-        let backend: Box<dyn StoreBackend> = if let Some(dir) = url.strip_prefix("file://") {
-            Box::new(file::FileBackend::open(FsPath::new(dir), &url)?)
-        } else if url.starts_with("s3://") {
-            let journal = config.data_dir.join("uploads.redb");
-            Box::new(s3::S3Backend::open(
-                &url,
-                &config.store.s3,
-                &config.http,
-                &journal,
-                http,
-            )?)
-        } else {
-            return Err(StoreError::Config(format!(
-                "store URL {url:?} must start with file:// or s3://"
-            )));
-        };
-        Ok(Self { backend })
+        let (backend, shared): (Box<dyn StoreBackend>, _) =
+            if let Some(dir) = url.strip_prefix("file://") {
+                let backend = file::FileBackend::open(FsPath::new(dir), &url)?;
+                let shared = SharedArea::new(backend.object_store(), "", &url, false);
+                (Box::new(backend), shared)
+            } else if url.starts_with("s3://") {
+                let journal = config.data_dir.join("uploads.redb");
+                let backend =
+                    s3::S3Backend::open(&url, &config.store.s3, &config.http, &journal, http)?;
+                let (store, prefix) = backend.state_store()?;
+                let shared = SharedArea::new(store, prefix, &url, true);
+                (Box::new(backend), shared)
+            } else {
+                return Err(StoreError::Config(format!(
+                    "store URL {url:?} must start with file:// or s3://"
+                )));
+            };
+        Ok(Self { backend, shared })
+    }
+
+    /// The state kept in the store beside the packages.
+    pub(crate) fn shared(&self) -> &SharedArea {
+        &self.shared
+    }
+
+    /// The **storage key** of lablet `name`: its location with `{sha256}`
+    /// left unrendered (a content-addressed template gives each lablet a
+    /// family of keys; the family is the unit). Two names with one storage
+    /// key would write the same objects: it is the unit of locking and
+    /// uniqueness. It depends only on the name and the template, never on
+    /// resolved variables, so it is known before anything is downloaded.
+    pub fn storage_key(&self, template_str: &str, name: &str) -> Result<StoreLocation, StoreError> {
+        self.location_for(template_str, name, Some("{sha256}"))
     }
 
     /// Render the location template for `name` (`{bucket}`, `{name}`, `{slug}`).
@@ -242,13 +254,6 @@ impl PackageStore {
             uploaded: true,
             bytes,
         })
-    }
-
-    /// The store's own bucket and the store URL's prefix, for state replicas
-    /// share by conditional writes (`s3://` only; `None` for `file://`, which
-    /// cannot update conditionally).
-    pub fn shared(&self) -> Option<(std::sync::Arc<dyn object_store::ObjectStore>, String)> {
-        self.backend.shared()
     }
 
     /// Aborts the S3 multipart uploads of `lablet` that a process killed

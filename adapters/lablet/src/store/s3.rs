@@ -193,11 +193,6 @@ impl S3Backend {
 
 #[async_trait]
 impl StoreBackend for S3Backend {
-    fn shared(&self) -> Option<(Arc<dyn ObjectStore>, String)> {
-        let store: Arc<dyn ObjectStore> = self.store_for(&self.bucket).ok()?;
-        Some((store, self.prefix.clone()))
-    }
-
     fn bucket(&self) -> &str {
         &self.bucket
     }
@@ -367,4 +362,12 @@ async fn put_parts(
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| StoreError::Config(format!("upload of {url}: a part went missing")))?;
     Ok((parts, total))
+}
+
+impl S3Backend {
+    /// The configured bucket and the store's key prefix, for the shared state
+    /// replicas keep beside the packages (leases, key claims, retry queue).
+    pub(super) fn state_store(&self) -> Result<(Arc<AmazonS3>, String), StoreError> {
+        Ok((self.store_for(&self.bucket)?, self.prefix.clone()))
+    }
 }
