@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
@@ -47,9 +47,35 @@ pub(crate) enum Feed {
     End,
 }
 
-/// One part being sent: its index and the store's answer.
-type PartFuture =
-    std::pin::Pin<Box<dyn Future<Output = (usize, object_store::Result<PartId>)> + Send>>;
+/// One part being sent, on its own task (so signing and sending a part use the
+/// other core while the download hashes and writes): its index and the
+/// store's answer. Dropping it stops the send.
+struct PartTask {
+    idx: usize,
+    task: tokio::task::JoinHandle<object_store::Result<PartId>>,
+}
+
+impl Future for PartTask {
+    type Output = (usize, object_store::Result<PartId>);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let idx = self.idx;
+        std::pin::Pin::new(&mut self.task).poll(cx).map(|joined| {
+            let sent =
+                joined.unwrap_or_else(|source| Err(object_store::Error::JoinError { source }));
+            (idx, sent)
+        })
+    }
+}
+
+impl Drop for PartTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// An S3 multipart upload fed while the download runs; see the module docs.
 pub(crate) struct OverlappedUpload {
@@ -141,10 +167,11 @@ impl OverlappedUpload {
         on_bytes: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<bool, StoreError> {
         let url = self.loc.url.clone();
-        let mut in_flight: FuturesUnordered<PartFuture> = FuturesUnordered::new();
+        let mut in_flight: FuturesUnordered<PartTask> = FuturesUnordered::new();
         let mut parts: Vec<Option<PartId>> = Vec::new();
-        let mut pending: Vec<Bytes> = Vec::new();
-        let mut pending_len = 0usize;
+        // the part being filled: chunks are copied in, so a part holds exactly
+        // its bytes (a chunk's `Bytes` may keep a larger receive buffer alive)
+        let mut pending = BytesMut::with_capacity(UPLOAD_CHUNK_BYTES);
         self.total = 0;
         loop {
             let busy = !in_flight.is_empty();
@@ -162,18 +189,20 @@ impl OverlappedUpload {
                         in_flight = FuturesUnordered::new();
                         parts.clear();
                         pending.clear();
-                        pending_len = 0;
                         self.total = 0;
                     }
-                    Some(Feed::Chunk(chunk)) => {
-                        pending_len += chunk.len();
-                        pending.push(chunk);
-                        if pending_len >= UPLOAD_CHUNK_BYTES {
-                            let part = std::mem::take(&mut pending);
-                            pending_len = 0;
-                            let sending = self.send_part(&mut parts, part).await?;
-                            in_flight.push(sending);
-                            on_bytes(self.total);
+                    Some(Feed::Chunk(mut chunk)) => {
+                        while !chunk.is_empty() {
+                            let free = UPLOAD_CHUNK_BYTES - pending.len();
+                            let take = chunk.split_to(free.min(chunk.len()));
+                            pending.extend_from_slice(&take);
+                            if pending.len() == UPLOAD_CHUNK_BYTES {
+                                let part = pending.split().freeze();
+                                pending.reserve(UPLOAD_CHUNK_BYTES);
+                                let sending = self.send_part(&mut parts, part).await?;
+                                in_flight.push(sending);
+                                on_bytes(self.total);
+                            }
                         }
                     }
                     Some(Feed::End) => {
@@ -183,7 +212,7 @@ impl OverlappedUpload {
                             return Ok(false);
                         }
                         if !pending.is_empty() {
-                            let part = std::mem::take(&mut pending);
+                            let part = pending.split().freeze();
                             let sending = self.send_part(&mut parts, part).await?;
                             in_flight.push(sending);
                             on_bytes(self.total);
@@ -210,18 +239,20 @@ impl OverlappedUpload {
     async fn send_part(
         &mut self,
         parts: &mut Vec<Option<PartId>>,
-        part: Vec<Bytes>,
-    ) -> Result<PartFuture, StoreError> {
+        part: Bytes,
+    ) -> Result<PartTask, StoreError> {
         let upload_id = self.ensure_open().await?;
         let idx = parts.len();
         parts.push(None);
-        let payload = PutPayload::from_iter(part);
-        self.total += payload.content_length() as u64;
+        self.total += part.len() as u64;
         let store = Arc::clone(&self.store);
         let path = self.path.clone();
-        Ok(Box::pin(async move {
-            (idx, store.put_part(&path, &upload_id, idx, payload).await)
-        }))
+        let task = tokio::spawn(async move {
+            store
+                .put_part(&path, &upload_id, idx, PutPayload::from(part))
+                .await
+        });
+        Ok(PartTask { idx, task })
     }
 
     /// The upload id, creating the upload (and its journal entry) on first use.
