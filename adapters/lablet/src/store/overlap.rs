@@ -32,9 +32,10 @@ use super::{
     UPLOAD_CONCURRENCY, Upstream, os_err,
 };
 
-/// Chunks the channel from the download holds at most (reqwest chunks are
-/// tens of KiB, so well under one part).
-pub(crate) const FEED_CHUNKS: usize = 64;
+/// Chunks the channel from the download holds at most. Few: a chunk's `Bytes`
+/// may keep a receive buffer of hundreds of KiB alive until it is copied into
+/// its part (64 queued chunks cost the sync ~20 MiB of peak RSS at 1 GiB).
+pub(crate) const FEED_CHUNKS: usize = 8;
 
 /// What the download tells the upload.
 #[derive(Debug)]
