@@ -23,11 +23,14 @@ use crate::fanout::{FanOutBody, FanOutClient, PENDING, QueuedDelivery, RetryQueu
 use crate::inspect::{PackageInfo, inspect_package};
 use crate::lease::{Claimed, LockGuard, Locks, claim};
 use crate::metrics::Metrics;
-use crate::mosaic::{DownloadError, DownloadedPackage, MosaicClient};
+use crate::mosaic::{DownloadError, DownloadedPackage, MosaicClient, Tee};
 use crate::outbox::{Outbox, PendingRecord, RECORDS};
 use crate::queue_store::{ObjectQueue, QueueStore, RedbQueue};
 use crate::resolver::ResolverClient;
-use crate::store::{PackageStore, StoreLocation, UploadOutcome};
+use crate::store::{
+    FEED_CHUNKS, OverlappedUpload, PackageStore, StoreError, StoreLocation, StoredObject,
+    UploadOutcome, Upstream,
+};
 use crate::template;
 
 /// Progress callback: called when a stage starts.
@@ -372,6 +375,8 @@ impl LabletSync {
         let key = self.storage_key(run.name)?;
         self.claim_key(run.name, &key).await?;
         let guard = self.lock(run.name, &key).await?;
+        // before this run opens an upload of its own (all in the journal)
+        self.abort_abandoned_uploads(run.name).await;
         let result = tokio::select! {
             biased;
             () = guard.lost() => Err(lease_lost(run.name, &key)),
@@ -381,7 +386,10 @@ impl LabletSync {
         result
     }
 
-    /// Download to record, holding `guard` on `key`.
+    /// Download to record, holding `guard` on `key`. On S3 the upload may run
+    /// during the download ([`OverlappedUpload`]); it is completed in the store
+    /// stage, after inspect accepted the package, and aborted on every other
+    /// way out (a dropped upload aborts itself, so a lost lease aborts it too).
     async fn run_stages(
         &self,
         run: &Run<'_>,
@@ -396,10 +404,23 @@ impl LabletSync {
                 Ok(())
             }
         };
-        let download = self.download(run, vars).await?;
-        let info = self.inspect(run, &download).await?;
-        still_held()?;
-        let (package, upload) = self.store_package(run, vars, &download, &info).await?;
+        let (download, mut overlapped) = self.download(run, vars).await?;
+        let inspected = match self.inspect(run, &download).await {
+            Ok(info) => still_held().map(|()| info),
+            Err(err) => Err(err),
+        };
+        let info = match inspected {
+            Ok(info) => info,
+            Err(err) => {
+                if let Some(upload) = overlapped.as_mut() {
+                    upload.abort().await;
+                }
+                return Err(err);
+            }
+        };
+        let (package, upload) = self
+            .store_package(run, vars, &download, &info, overlapped)
+            .await?;
         drop(download); // the temp file
         still_held()?;
         let fanout = self.fan_out(run, vars, &package).await?;
@@ -483,8 +504,15 @@ impl LabletSync {
         .await
     }
 
-    /// Stage download: the package streamed to a temp file, hashed on the way.
-    async fn download(&self, run: &Run<'_>, vars: &Vars) -> Result<DownloadedPackage> {
+    /// Stage download: the package streamed to a temp file, hashed on the way;
+    /// on S3, also fed to a multipart upload as it arrives when nothing is
+    /// stored yet or the answer proves the package changed (see
+    /// [`overlap_wanted`]). Returns that upload when all its parts landed.
+    async fn download(
+        &self,
+        run: &Run<'_>,
+        vars: &Vars,
+    ) -> Result<(DownloadedPackage, Option<OverlappedUpload>)> {
         self.stage(run, Stage::Download, async {
             let url = template::render(&self.config.mosaic.download_url, vars)
                 .map_err(DownloadError::from)?;
@@ -495,14 +523,47 @@ impl LabletSync {
                 "MOSAIC_BASE_URL from the resolver",
                 "LABLET_DOWNLOAD_URL",
             );
-            let package = self
-                .mosaic
-                .download(&url, &setting, &self.tmp_dir, &on_bytes)
-                .await?;
+            let Some((mut upload, prior)) = self.prepare_overlap(run).await? else {
+                let package = self
+                    .mosaic
+                    .download(&url, &setting, &self.tmp_dir, &on_bytes, None)
+                    .await?;
+                self.metrics.downloaded(package.size);
+                return Ok((package, None));
+            };
+            let wants = move |upstream: &Upstream| overlap_wanted(prior.as_ref(), upstream);
+            let (sender, receiver) = tokio::sync::mpsc::channel(FEED_CHUNKS);
+            let tee = Tee::new(sender, &wants);
+            let on_sent = |done| (run.bytes)(Stage::Store, done, None);
+            let (package, fed) = tokio::join!(
+                self.mosaic
+                    .download(&url, &setting, &self.tmp_dir, &on_bytes, Some(tee)),
+                upload.feed(receiver, &on_sent),
+            );
+            // a failed download ended the feed without its end: aborted there
+            let package = package?;
+            fed?;
             self.metrics.downloaded(package.size);
-            Ok(package)
+            Ok((package, upload.is_ready().then_some(upload)))
         })
         .await
+    }
+
+    /// The upload fed during the download and what is stored at its location
+    /// now; `None` when the store takes whole files only (`file://`) or the
+    /// location names the package's `{sha256}` (unknown before the download).
+    async fn prepare_overlap(
+        &self,
+        run: &Run<'_>,
+    ) -> Result<Option<(OverlappedUpload, Option<StoredObject>)>, StoreError> {
+        let Ok(loc) = self.store.location(&self.config.store.location, run.name) else {
+            return Ok(None);
+        };
+        let Some(upload) = self.store.overlapped(run.name, &loc).await? else {
+            return Ok(None);
+        };
+        let prior = self.store.stored(&loc).await?;
+        Ok(Some((upload, prior)))
     }
 
     /// Stage inspect: the ADR-025 fields, read on a blocking thread.
@@ -522,51 +583,46 @@ impl LabletSync {
     }
 
     /// Stage store: ask the catalog for the content version, write the record
-    /// down in the outbox, upload unless the store holds the bytes already.
+    /// down in the outbox, then complete the upload fed during the download, or
+    /// upload now unless the store holds the bytes already.
     async fn store_package(
         &self,
         run: &Run<'_>,
         vars: &Vars,
         download: &DownloadedPackage,
         info: &PackageInfo,
+        mut overlapped: Option<OverlappedUpload>,
     ) -> Result<(Package, UploadOutcome)> {
         self.stage(run, Stage::Store, async {
-            // asked before the store changes: an unreachable catalog fails the
-            // sync (as `record`) while the stored package still matches the record
-            let previous = self.catalog.get(&run.id).await?;
-            self.abort_abandoned_uploads(run.name).await;
-            let sha256 = &download.sha256;
-            let package = Package {
-                lablet: run.name.to_owned(),
-                location: self.store.location_for(
-                    &self.config.store.location,
-                    run.name,
-                    Some(sha256),
-                )?,
-                sha256: sha256.clone(),
-                size: download.size,
-                version: next_content_version(previous.as_ref(), sha256),
+            let package = match self.store_intent(run, vars, download, info).await {
+                Ok(package) => package,
+                Err(failure) => {
+                    if let Some(upload) = overlapped.as_mut() {
+                        upload.abort().await;
+                    }
+                    return Err(failure);
+                }
             };
-            let intent = package.record(
-                info.clone(),
-                self.not_yet_delivered(vars),
-                SyncStatus::Stale,
-            );
-            self.outbox
-                .write_intent(&run.id, intent)
-                .await
-                .map_err(Failure::Outbox)?;
-            let on_bytes = |done| (run.bytes)(Stage::Store, done, Some(download.size));
-            let uploaded = self
-                .store
-                .upload_observed(
-                    run.name,
-                    &package.location,
-                    &download.path,
-                    sha256,
-                    &on_bytes,
-                )
-                .await;
+            let sha256 = &package.sha256;
+            let uploaded = match overlapped {
+                Some(upload) => {
+                    self.complete_overlapped(run, upload, &package, download)
+                        .await
+                }
+                None => {
+                    let on_bytes = |done| (run.bytes)(Stage::Store, done, Some(download.size));
+                    self.store
+                        .upload_observed(
+                            run.name,
+                            &package.location,
+                            &download.path,
+                            sha256,
+                            &download.upstream,
+                            &on_bytes,
+                        )
+                        .await
+                }
+            };
             if uploaded.is_err() {
                 self.outbox.store_failed(run.name, sha256).await;
             }
@@ -575,6 +631,82 @@ impl LabletSync {
             Ok((package, upload))
         })
         .await
+    }
+
+    /// The package to store, its record written down in the outbox first. The
+    /// catalog is asked before the store changes: an unreachable catalog fails
+    /// the sync (as `record`) while the stored package still matches the record.
+    async fn store_intent(
+        &self,
+        run: &Run<'_>,
+        vars: &Vars,
+        download: &DownloadedPackage,
+        info: &PackageInfo,
+    ) -> Result<Package, Failure> {
+        let previous = self.catalog.get(&run.id).await?;
+        let sha256 = &download.sha256;
+        let package = Package {
+            lablet: run.name.to_owned(),
+            location: self.store.location_for(
+                &self.config.store.location,
+                run.name,
+                Some(sha256),
+            )?,
+            sha256: sha256.clone(),
+            size: download.size,
+            version: next_content_version(previous.as_ref(), sha256),
+        };
+        let intent = package.record(
+            info.clone(),
+            self.not_yet_delivered(vars),
+            SyncStatus::Stale,
+        );
+        self.outbox
+            .write_intent(&run.id, intent)
+            .await
+            .map_err(Failure::Outbox)?;
+        Ok(package)
+    }
+
+    /// Completes the upload fed during the download; aborts it instead when the
+    /// store holds these bytes already (another writer stored them meanwhile).
+    async fn complete_overlapped(
+        &self,
+        run: &Run<'_>,
+        mut upload: OverlappedUpload,
+        package: &Package,
+        download: &DownloadedPackage,
+    ) -> Result<UploadOutcome, StoreError> {
+        let stored = if upload.location() == &package.location {
+            self.store.stored_sha256(&package.location).await
+        } else {
+            Err(StoreError::Config(format!(
+                "the upload went to {}, the package belongs at {}",
+                upload.location().url,
+                package.location.url
+            )))
+        };
+        match stored {
+            Ok(Some(stored)) if stored == package.sha256 => {
+                upload.abort().await;
+                Ok(UploadOutcome {
+                    uploaded: false,
+                    bytes: 0,
+                })
+            }
+            Ok(_) => {
+                let bytes = upload.complete(&package.sha256, &download.upstream).await?;
+                (run.bytes)(Stage::Store, bytes, Some(download.size));
+                Ok(UploadOutcome {
+                    uploaded: true,
+                    bytes,
+                })
+            }
+            Err(err) => {
+                upload.abort().await;
+                Err(err)
+            }
+        }
     }
 
     /// Stage fan-out: POST LDS and SE in parallel; queue whatever still fails.
@@ -745,6 +877,26 @@ impl LabletSync {
                 error: Some("not delivered: the sync stopped before its fan-out".to_owned()),
             })
             .collect()
+    }
+}
+
+/// Whether to upload while downloading, decided on Mosaic's answer: when
+/// nothing is stored at the location, its digest is unknown, or the answer
+/// proves the package differs from the stored one (another `Content-Length`
+/// than the object's size, or another strong `ETag` than the one the sidecar
+/// kept). Otherwise the package is downloaded whole and compared first, so an
+/// unchanged package uploads nothing.
+fn overlap_wanted(prior: Option<&StoredObject>, upstream: &Upstream) -> bool {
+    let Some(prior) = prior else {
+        return true;
+    };
+    if prior.sha256.is_none() || upstream.content_length.is_some_and(|len| len != prior.size) {
+        return true;
+    }
+    let strong = |etag: &str| !etag.starts_with("W/");
+    match (prior.upstream_etag.as_deref(), upstream.etag.as_deref()) {
+        (Some(old), Some(new)) => strong(old) && strong(new) && old != new,
+        _ => false,
     }
 }
 

@@ -10,11 +10,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use cfgsync_lablet::catalog::SyncStatus;
+use cfgsync_lablet::store::SIDECAR_SUFFIX;
 use cfgsync_lablet::{LabletSync, LabletSyncConfig};
 use cfgsync_test_support::S3Harness;
 use common::consistency::assert_records_match_bytes;
 use common::env::{Env, s3_config};
 use common::*;
+use object_store::{ObjectStoreExt, path::Path};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
@@ -99,9 +101,16 @@ async fn fifty_lablets_in_parallel(config: LabletSyncConfig, env: &Env, s3: Opti
     assert!(a.pending_deliveries().await.unwrap().is_empty());
     if let Some(s3) = s3.filter(|s| s.is_in_process()) {
         let total: u64 = lablets.iter().map(|(_, p)| p.len() as u64).sum();
+        // plus one digest sidecar (KEY.sha256.json) per package
+        let mut sidecars = 0;
+        for (name, _) in &lablets {
+            let def = a.catalog().get(name).await.unwrap().unwrap();
+            let side = format!("{}{}", def.content.store.key, SIDECAR_SUFFIX);
+            sidecars += s3.store.head(&Path::from(side)).await.unwrap().size;
+        }
         assert_eq!(
             s3.put_body_bytes(),
-            Some(total),
+            Some(total + sidecars),
             "each package uploaded once"
         );
     }

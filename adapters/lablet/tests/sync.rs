@@ -12,6 +12,7 @@ use cfgsync_lablet::catalog::{
 };
 use cfgsync_lablet::{LabletSync, LabletSyncConfig, Stage, SyncReport};
 use cfgsync_test_support::S3Harness;
+use common::consistency::sidecar_bytes;
 use common::env::{Env, FakeCpa, s3_config};
 use common::*;
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt, path::Path};
@@ -222,7 +223,8 @@ async fn resync_uploads_nothing_keeps_version_and_a_changed_package_bumps_it() {
     let first = sync.sync(NAME).await.unwrap();
     assert_eq!(first.uploaded_bytes, v1.len() as u64);
     if s3.is_in_process() {
-        assert_eq!(s3.put_body_bytes(), Some(v1.len() as u64));
+        let side = sidecar_bytes(&first.definition.content.store, &s3).await;
+        assert_eq!(s3.put_body_bytes(), Some(v1.len() as u64 + side));
     }
 
     s3.reset_counters();
@@ -247,7 +249,8 @@ async fn resync_uploads_nothing_keeps_version_and_a_changed_package_bumps_it() {
     let changed = sync.sync(NAME).await.unwrap();
     assert!(changed.uploaded);
     if s3.is_in_process() {
-        assert_eq!(s3.put_body_bytes(), Some(v2.len() as u64));
+        let side = sidecar_bytes(&changed.definition.content.store, &s3).await;
+        assert_eq!(s3.put_body_bytes(), Some(v2.len() as u64 + side));
     }
     assert_record(&changed, &v2, "2.0", 2);
     let last = Env::bodies(&env.lds).await.pop().unwrap();
@@ -639,7 +642,9 @@ async fn twenty_concurrent_syncs_of_one_lablet_are_serialized() {
     }
     assert_eq!(uploads, 1, "exactly one sync uploaded");
     if s3.is_in_process() {
-        assert_eq!(s3.put_body_bytes(), Some(package.len() as u64));
+        let def = sync.catalog().get(NAME).await.unwrap().unwrap();
+        let side = sidecar_bytes(&def.content.store, &s3).await;
+        assert_eq!(s3.put_body_bytes(), Some(package.len() as u64 + side));
     }
     let def = sync.catalog().get(NAME).await.unwrap().unwrap();
     assert_eq!(def.content.content_package_hash, sha256(&package));

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 use crate::http::TransportError;
 use crate::retry::RetryPolicy;
+use crate::store::{Feed, Upstream};
 
 use super::{DownloadError, MosaicConfig};
 
@@ -20,6 +22,54 @@ pub(crate) struct DownloadedPackage {
     pub(crate) sha256: String,
     /// Size in bytes.
     pub(crate) size: u64,
+    /// What Mosaic said about it (validators, announced length).
+    pub(crate) upstream: Upstream,
+}
+
+/// Where a download's bytes go besides the temp file: an upload fed as they
+/// arrive. Whether it is fed at all is decided once, by `wants`, on the first
+/// successful answer's headers; a retried attempt restarts the feed. The
+/// channel closes when the download ends, after [`Feed::End`] only on success.
+pub(crate) struct Tee<'a> {
+    sender: mpsc::Sender<Feed>,
+    wants: &'a (dyn Fn(&Upstream) -> bool + Send + Sync),
+    chosen: std::sync::Mutex<Option<bool>>,
+}
+
+impl<'a> Tee<'a> {
+    pub(crate) fn new(
+        sender: mpsc::Sender<Feed>,
+        wants: &'a (dyn Fn(&Upstream) -> bool + Send + Sync),
+    ) -> Self {
+        Self {
+            sender,
+            wants,
+            chosen: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether this attempt's bytes are fed (decided on the first answer).
+    fn feeds(&self, upstream: &Upstream) -> bool {
+        let mut chosen = match self.chosen.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *chosen.get_or_insert_with(|| (self.wants)(upstream))
+    }
+
+    /// Sends `feed`; an upload that stopped listening (it failed and reports
+    /// that itself) does not stop the download.
+    async fn send(&self, feed: Feed) {
+        let _ = self.sender.send(feed).await;
+    }
+}
+
+fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Client of Mosaic's package download.
@@ -43,21 +93,25 @@ impl MosaicClient {
     /// `GET url` (whose address comes from `setting`), streaming the body into a temp file in `dir` while hashing it,
     /// telling `on_bytes(done, total)` after every chunk (`total` from
     /// `Content-Length` when the server sends it). Memory use is bounded by the
-    /// HTTP chunk size; a retry starts a fresh file.
+    /// HTTP chunk size; a retry starts a fresh file. With a `tee`, the bytes
+    /// also go to it as they arrive (see [`Tee`]).
     pub(crate) async fn download(
         &self,
         url: &str,
         setting: &str,
         dir: &Path,
         on_bytes: &(dyn Fn(u64, Option<u64>) + Send + Sync),
+        tee: Option<Tee<'_>>,
     ) -> Result<DownloadedPackage, DownloadError> {
+        let tee = tee.as_ref();
         self.retry
             .run(
                 "download",
-                || self.attempt(url, setting, dir, on_bytes),
+                || self.attempt(url, setting, dir, on_bytes, tee),
                 DownloadError::is_retryable,
             )
             .await
+        // the tee dropped here: the upload's channel closes
     }
 
     async fn attempt(
@@ -66,6 +120,7 @@ impl MosaicClient {
         setting: &str,
         dir: &Path,
         on_bytes: &(dyn Fn(u64, Option<u64>) + Send + Sync),
+        tee: Option<&Tee<'_>>,
     ) -> Result<DownloadedPackage, DownloadError> {
         let temp_err = |source| DownloadError::TempFile {
             dir: dir.display().to_string(),
@@ -105,6 +160,15 @@ impl MosaicClient {
         .map_err(temp_err)?;
         let (std_file, path) = named.into_parts();
         let mut file = tokio::fs::File::from_std(std_file);
+        let upstream = Upstream {
+            etag: header(&response, reqwest::header::ETAG),
+            last_modified: header(&response, reqwest::header::LAST_MODIFIED),
+            content_length: response.content_length(),
+        };
+        let tee = tee.filter(|t| t.feeds(&upstream));
+        if let Some(tee) = tee {
+            tee.send(Feed::Restart).await;
+        }
 
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
@@ -119,16 +183,23 @@ impl MosaicClient {
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(temp_err)?;
+            if let Some(tee) = tee {
+                tee.send(Feed::Chunk(chunk)).await;
+            }
             on_bytes(size, total);
         }
         // No fsync: the temp file is read back at once from the page cache and
         // deleted after the sync; a crash loses nothing that a re-run would not
         // download again. (Syncing it cost seconds per GiB, see dev/bench-lablet.)
         file.flush().await.map_err(temp_err)?;
+        if let Some(tee) = tee {
+            tee.send(Feed::End).await;
+        }
         Ok(DownloadedPackage {
             path,
             sha256: hex::encode(hasher.finalize()),
             size,
+            upstream,
         })
     }
 }

@@ -5,6 +5,6 @@ mod client;
 mod config;
 mod error;
 
-pub(crate) use client::{DownloadedPackage, MosaicClient};
+pub(crate) use client::{DownloadedPackage, MosaicClient, Tee};
 pub use config::{DEFAULT_DOWNLOAD_URL, MosaicConfig};
 pub use error::DownloadError;

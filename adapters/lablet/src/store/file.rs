@@ -14,8 +14,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMultipartOptions, WriteMultip
 
 use super::parts::PartReader;
 use super::{
-    StoreBackend, StoreError, StoreLocation, UPLOAD_CHUNK_BYTES, UPLOAD_CONCURRENCY, Upload,
-    io_err, os_err,
+    StoreBackend, StoreError, StoreLocation, StoredObject, UPLOAD_CHUNK_BYTES, UPLOAD_CONCURRENCY,
+    Upload, io_err, os_err,
 };
 
 /// A store directory.
@@ -83,17 +83,22 @@ impl StoreBackend for FileBackend {
         })
     }
 
-    async fn stored_sha256(&self, loc: &StoreLocation) -> Result<Option<String>, StoreError> {
-        match self.store.head(&Path::from(loc.key.as_str())).await {
-            Ok(_) => {}
+    async fn stored(&self, loc: &StoreLocation) -> Result<Option<StoredObject>, StoreError> {
+        let size = match self.store.head(&Path::from(loc.key.as_str())).await {
+            Ok(meta) => meta.size,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(os_err("head", &loc.url)(e)),
-        }
-        match tokio::fs::read_to_string(self.sidecar(&loc.key)).await {
-            Ok(text) => Ok(Some(text.trim().to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(format!("read sidecar of {}", loc.url))(e)),
-        }
+        };
+        let sha256 = match tokio::fs::read_to_string(self.sidecar(&loc.key)).await {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(format!("read sidecar of {}", loc.url))(e)),
+        };
+        Ok(Some(StoredObject {
+            size,
+            sha256,
+            upstream_etag: None,
+        }))
     }
 
     /// The sidecar is removed *before* the object changes and written

@@ -9,12 +9,17 @@
 //! `DATA_DIR/uploads.redb` while open, so one left open by a killed process is
 //! aborted by the next sync of its lablet.
 //!
-//! **SHA-256 bookkeeping.** On S3 the package's SHA-256 travels as user metadata
-//! (`x-amz-meta-sha256`, [`object_store::Attribute::Metadata`]) and is read back with
-//! a `HEAD`. The local file store cannot keep attributes, so it keeps a sidecar
-//! `KEY.sha256` next to the object: removed *before* a new upload and written
-//! (atomically) *after* it, so a sidecar never vouches for bytes it does not describe.
-//! An upload is skipped when the stored object already carries the package's SHA-256.
+//! **SHA-256 bookkeeping.** On S3 the package's SHA-256 lives in a sidecar object
+//! `KEY.sha256.json` (`sidecar.rs`) written after the object completed and naming
+//! the object's ETag, so it vouches only for the object it was written for; an
+//! upload fed during the download (`OverlappedUpload`, `overlap.rs`) cannot put
+//! the digest in the object's metadata, which S3 fixes when the upload is
+//! created. Objects stored by older versions carry it as user metadata
+//! (`x-amz-meta-sha256`), still read when no sidecar describes the object. The
+//! local file store keeps a plain-text sidecar `KEY.sha256` next to the object:
+//! removed *before* a new upload and written (atomically) *after* it, so a
+//! sidecar never vouches for bytes it does not describe. An upload is skipped
+//! when the stored object already carries the package's SHA-256.
 
 mod bucket;
 mod config;
@@ -22,9 +27,11 @@ mod error;
 mod file;
 mod journal;
 mod location;
+mod overlap;
 mod parts;
 mod s3;
 mod shared;
+mod sidecar;
 
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
@@ -37,7 +44,9 @@ use crate::template;
 pub use config::{BUCKET_PER_LABLET_LOCATION, DEFAULT_LOCATION, S3Options, StoreConfig};
 pub use error::StoreError;
 pub use location::{StoreLocation, slug};
+pub(crate) use overlap::{FEED_CHUNKS, Feed, OverlappedUpload};
 pub(crate) use shared::SharedArea;
+pub use sidecar::SIDECAR_SUFFIX;
 
 /// Multipart part size of an upload: memory per upload is about
 /// `UPLOAD_CHUNK_BYTES * (UPLOAD_CONCURRENCY + 2)` (parts in flight, one being
@@ -45,8 +54,34 @@ pub(crate) use shared::SharedArea;
 pub const UPLOAD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// Parts of one upload in flight at once.
 pub const UPLOAD_CONCURRENCY: usize = 2;
-/// Metadata key carrying the package SHA-256 on S3.
+/// Metadata key carrying the package SHA-256 on S3 (objects uploaded whole).
 pub const SHA256_METADATA: &str = "sha256";
+/// The value of [`SHA256_METADATA`] on an object uploaded during its download:
+/// its digest is in the sidecar ([`SIDECAR_SUFFIX`]).
+pub const SHA256_SIDECAR_MARKER: &str = "sidecar";
+
+/// What Mosaic said about a package it sent: the validators kept in the
+/// sidecar, and the length it announced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Upstream {
+    /// The response's `ETag`.
+    pub(crate) etag: Option<String>,
+    /// The response's `Last-Modified`.
+    pub(crate) last_modified: Option<String>,
+    /// The response's `Content-Length`.
+    pub(crate) content_length: Option<u64>,
+}
+
+/// What the store holds at a location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredObject {
+    /// Object size.
+    pub(crate) size: u64,
+    /// Its SHA-256 when the store knows it.
+    pub(crate) sha256: Option<String>,
+    /// The upstream `ETag` of the package it was stored from, when known.
+    pub(crate) upstream_etag: Option<String>,
+}
 
 /// What an upload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +102,8 @@ pub(crate) struct Upload<'a> {
     file: &'a FsPath,
     /// Its SHA-256, stored with the object.
     sha256: &'a str,
+    /// What Mosaic said about it (kept in the S3 sidecar).
+    upstream: &'a Upstream,
     /// Told the bytes handed to the store so far.
     on_bytes: &'a (dyn Fn(u64) + Send + Sync),
 }
@@ -82,8 +119,8 @@ pub(crate) trait StoreBackend: Send + Sync + std::fmt::Debug {
     /// this scheme does not support the layout.
     fn locate(&self, template: &str, bucket: &str, key: &str) -> Result<StoreLocation, StoreError>;
 
-    /// The SHA-256 the stored object carries, `None` without object (or SHA-256).
-    async fn stored_sha256(&self, loc: &StoreLocation) -> Result<Option<String>, StoreError>;
+    /// What is stored at `loc`, `None` without object.
+    async fn stored(&self, loc: &StoreLocation) -> Result<Option<StoredObject>, StoreError>;
 
     /// Stores the upload's file at its location, carrying its SHA-256; returns
     /// the bytes sent. Never leaves a partial object at the location.
@@ -92,6 +129,17 @@ pub(crate) trait StoreBackend: Send + Sync + std::fmt::Debug {
     /// Aborts the uploads of `lablet` a killed process left open; returns how
     /// many.
     async fn abort_abandoned_uploads(&self, lablet: &str) -> Result<usize, StoreError>;
+
+    /// An upload of `lablet`'s package to `loc` fed while it downloads (the
+    /// bucket created first when missing); `None` when this scheme stores whole
+    /// files only.
+    async fn overlapped(
+        &self,
+        _lablet: &str,
+        _loc: &StoreLocation,
+    ) -> Result<Option<OverlappedUpload>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// The package store: a `file://` directory or S3 buckets.
@@ -210,7 +258,24 @@ impl PackageStore {
     /// The SHA-256 the stored object carries, `None` when there is no object (or it
     /// carries none).
     pub async fn stored_sha256(&self, loc: &StoreLocation) -> Result<Option<String>, StoreError> {
-        self.backend.stored_sha256(loc).await
+        Ok(self.backend.stored(loc).await?.and_then(|o| o.sha256))
+    }
+
+    /// What is stored at `loc`, `None` without object.
+    pub(crate) async fn stored(
+        &self,
+        loc: &StoreLocation,
+    ) -> Result<Option<StoredObject>, StoreError> {
+        self.backend.stored(loc).await
+    }
+
+    /// An upload to `loc` fed while the package downloads, `None` for `file://`.
+    pub(crate) async fn overlapped(
+        &self,
+        lablet: &str,
+        loc: &StoreLocation,
+    ) -> Result<Option<OverlappedUpload>, StoreError> {
+        self.backend.overlapped(lablet, loc).await
     }
 
     /// Upload `file` (the package of `lablet`) to `loc` unless the stored object
@@ -222,18 +287,19 @@ impl PackageStore {
         file: &FsPath,
         sha256: &str,
     ) -> Result<UploadOutcome, StoreError> {
-        self.upload_observed(lablet, loc, file, sha256, &|_| {})
+        self.upload_observed(lablet, loc, file, sha256, &Upstream::default(), &|_| {})
             .await
     }
 
-    /// As [`upload`](Self::upload), telling `on_bytes(done)` as parts are handed
-    /// to the store.
-    pub async fn upload_observed(
+    /// As [`upload`](Self::upload), keeping `upstream` in the sidecar and telling
+    /// `on_bytes(done)` as parts are handed to the store.
+    pub(crate) async fn upload_observed(
         &self,
         lablet: &str,
         loc: &StoreLocation,
         file: &FsPath,
         sha256: &str,
+        upstream: &Upstream,
         on_bytes: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<UploadOutcome, StoreError> {
         if self.stored_sha256(loc).await?.as_deref() == Some(sha256) {
@@ -247,6 +313,7 @@ impl PackageStore {
             loc,
             file,
             sha256,
+            upstream,
             on_bytes,
         };
         let bytes = self.backend.put(upload).await?;

@@ -1,5 +1,6 @@
 //! The `s3://` backend (RustFS, MinIO, AWS): `object_store`'s `AmazonS3`, one
-//! client per bucket, the package SHA-256 as user metadata, multipart uploads
+//! client per bucket, the package SHA-256 in a sidecar object (and, for whole
+//! uploads, as user metadata too, which older versions read), multipart uploads
 //! written down in the upload journal while open, buckets per lablet created on
 //! first use.
 
@@ -20,10 +21,12 @@ use object_store::{
 use super::bucket::create_bucket;
 use super::journal::{OpenUpload, UploadJournal};
 use super::location::validate_bucket;
+use super::overlap::{OverlappedUpload, write_sidecar};
 use super::parts::PartReader;
+use super::sidecar::{self, is_sha256};
 use super::{
-    S3Options, SHA256_METADATA, StoreBackend, StoreError, StoreLocation, UPLOAD_CONCURRENCY,
-    Upload, os_err,
+    S3Options, SHA256_METADATA, StoreBackend, StoreError, StoreLocation, StoredObject,
+    UPLOAD_CONCURRENCY, Upload, os_err,
 };
 use crate::config::HttpConfig;
 
@@ -174,7 +177,12 @@ impl S3Backend {
             Err(e) => Err(e),
         };
         self.close(store, &path, &upload_id, done.is_ok()).await;
-        done
+        let total = done?;
+        if let Err(e) = write_sidecar(store, loc, upload.sha256, total, upload.upstream).await {
+            // the metadata written at creation still carries the digest
+            tracing::warn!(error = %e, url, "stored the package but not its sidecar");
+        }
+        Ok(total)
     }
 
     /// Strikes a finished upload off the journal, aborting it first when it
@@ -216,20 +224,49 @@ impl StoreBackend for S3Backend {
         })
     }
 
-    async fn stored_sha256(&self, loc: &StoreLocation) -> Result<Option<String>, StoreError> {
+    /// A `HEAD` of the object, then its sidecar: the digest is the sidecar's
+    /// when the sidecar names the object's ETag and size, else the metadata's
+    /// (objects stored whole, by this version or an older one), else unknown.
+    async fn stored(&self, loc: &StoreLocation) -> Result<Option<StoredObject>, StoreError> {
         let store = self.store_for(&loc.bucket)?;
         let opts = GetOptions {
             head: true,
             ..Default::default()
         };
-        match store.get_opts(&Path::from(loc.key.as_str()), opts).await {
-            Ok(result) => Ok(result
-                .attributes
-                .get(&Attribute::Metadata(SHA256_METADATA.into()))
-                .map(|v| v.as_ref().to_owned())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(os_err("head", &loc.url)(e)),
-        }
+        let head = match store.get_opts(&Path::from(loc.key.as_str()), opts).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(os_err("head", &loc.url)(e)),
+        };
+        let size = head.meta.size;
+        let side = sidecar::read(store.as_ref(), &loc.key, &loc.url)
+            .await?
+            .filter(|s| s.describes(head.meta.e_tag.as_deref(), size));
+        let metadata = head
+            .attributes
+            .get(&Attribute::Metadata(SHA256_METADATA.into()))
+            .map(|v| v.as_ref().to_owned())
+            .filter(|v| is_sha256(v));
+        Ok(Some(StoredObject {
+            size,
+            sha256: side.as_ref().map(|s| s.sha256.clone()).or(metadata),
+            upstream_etag: side.and_then(|s| s.upstream_etag),
+        }))
+    }
+
+    async fn overlapped(
+        &self,
+        lablet: &str,
+        loc: &StoreLocation,
+    ) -> Result<Option<OverlappedUpload>, StoreError> {
+        self.ensure_bucket(&loc.bucket).await?;
+        let store = self.store_for(&loc.bucket)?;
+        Ok(Some(OverlappedUpload::new(
+            store,
+            self.journal.clone(),
+            lablet,
+            loc,
+        )))
     }
 
     async fn put(&self, upload: Upload<'_>) -> Result<u64, StoreError> {

@@ -447,6 +447,19 @@ pub mod consistency {
         }
     }
 
+    /// Bytes of the digest sidecar (`KEY.sha256.json`) an S3 store PUTs after
+    /// the package at `loc`; 0 without one.
+    #[allow(dead_code)]
+    pub async fn sidecar_bytes(loc: &StoreLocation, s3: &S3Harness) -> u64 {
+        let store = s3.store_for_bucket(&loc.bucket).unwrap();
+        let side = format!("{}{}", loc.key, cfgsync_lablet::store::SIDECAR_SUFFIX);
+        store
+            .head(&Path::from(side))
+            .await
+            .map(|m| m.size)
+            .unwrap_or(0)
+    }
+
     /// For every record: the object exists, and its SHA-256 and size are the
     /// recorded ones. Returns how many records there are.
     pub async fn assert_records_match_bytes(
