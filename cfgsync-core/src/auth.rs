@@ -108,7 +108,7 @@ pub struct AuthConfig {
     /// With [`scope_key`](Self::scope_key) set, refuse unscoped per-node
     /// tokens (`403`), so every node is held to its scope. Default `false`.
     /// The shared and admin tokens are never scoped.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_scoped_tokens: bool,
 }
 
