@@ -82,8 +82,8 @@ pub trait NodeArtifactsMaterializer: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Why a node this materializer answered `NotReady` is waiting, for people
-    /// (the status page, e.g. "waiting for X to be published"). `None` (the
-    /// default) shows a generic reason.
+    /// (e.g. "X has not been published yet"): the node's `425` message and the
+    /// status page carry it. `None` (the default) gives a generic reason.
     fn not_ready_reason(&self, registration: &NodeRegistration) -> Option<String> {
         let _ = registration;
         None

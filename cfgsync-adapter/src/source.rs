@@ -96,6 +96,14 @@ impl<M: RegistrationSnapshotMaterializer> ConfigSource for SnapshotConfigSource<
         cached.resolve(&registration.identifier)
     }
 
+    async fn registration(
+        &self,
+        identifier: &str,
+    ) -> cfgsync_core::Result<Option<NodeRegistration>> {
+        let snapshot = known_snapshot(self.store.as_ref(), identifier).await?;
+        Ok(snapshot.get(identifier).cloned())
+    }
+
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.subscribe_answers())
     }
@@ -268,7 +276,10 @@ impl<M: NodeArtifactsMaterializer> MaterializingConfigSource<M> {
             }
         }
         match self.materializer.materialize_node(stored).await? {
-            NodeMaterialization::NotReady => Ok(ConfigResolveResponse::NotReady),
+            NodeMaterialization::NotReady => Ok(match self.materializer.not_ready_reason(stored) {
+                Some(reason) => ConfigResolveResponse::NotReadyBecause { reason },
+                None => ConfigResolveResponse::NotReady,
+            }),
             NodeMaterialization::Missing => Ok(ConfigResolveResponse::Missing),
             NodeMaterialization::Ready(files) => {
                 let payload = Arc::new(ServedPayload::new(files)?);
@@ -308,6 +319,14 @@ impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M>
         self.resolve_stored(stored).await
     }
 
+    async fn registration(
+        &self,
+        identifier: &str,
+    ) -> cfgsync_core::Result<Option<NodeRegistration>> {
+        let snapshot = known_snapshot(self.store.as_ref(), identifier).await?;
+        Ok(snapshot.get(identifier).cloned())
+    }
+
     async fn replace(&self, identifier: &str, files: ArtifactSet) -> cfgsync_core::Result<()> {
         self.materializer.replace(identifier, files).await?;
         self.built
@@ -333,15 +352,6 @@ impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M>
                 self.resolve_stored(registration).await,
                 NOT_READY_POLICY,
             );
-            let answer = match answer {
-                NodeAnswer::NotReady { .. } => NodeAnswer::NotReady {
-                    reason: self
-                        .materializer
-                        .not_ready_reason(registration)
-                        .unwrap_or_else(|| NOT_READY_POLICY.to_owned()),
-                },
-                other => other,
-            };
             nodes.push(
                 SourceNode::new(registration.identifier.clone(), answer)
                     .with_registration(registration.clone()),

@@ -344,6 +344,12 @@ async fn materializing_source_status_says_what_a_waiting_node_waits_for() {
         .with_metadata(&serde_json::json!({"channel": "beta"}))
         .unwrap();
     source.register(node.clone()).await.unwrap();
+    // The node's own answer names the reason too (its 425 message).
+    let answer = source.resolve(&node).await.unwrap();
+    assert!(
+        matches!(&answer, ConfigResolveResponse::NotReadyBecause { reason } if reason == "channel beta is not published yet"),
+        "{answer:?}"
+    );
     let nodes = source.status().await.unwrap().nodes.unwrap();
     assert_eq!(
         nodes[0].answer,

@@ -170,6 +170,42 @@ fn authorize(
         .map_err(ApiError::from)
 }
 
+/// Authorizes `/node` for `registration`. With scoped node tokens, the scope
+/// the request names and the one its stored registration holds (what the node
+/// is served from) must both be the token's; a request naming none is checked
+/// against the stored one alone, so clients that send no metadata on `/node`
+/// keep working.
+async fn authorize_fetch(
+    state: &CfgsyncServerState,
+    headers: &HeaderMap,
+    registration: &NodeRegistration,
+    route: &'static str,
+) -> Result<(), ApiError> {
+    let auth = &state.inner.auth;
+    let identifier = registration.identifier.as_str();
+    let check = |scope: Option<&str>| {
+        authorize(
+            state,
+            headers,
+            Access::ScopedNode { identifier, scope },
+            route,
+        )
+    };
+    let requested = auth.scope_of(registration);
+    if requested.is_some() || !auth.scopes_node_tokens() {
+        check(requested)?;
+        if !auth.scopes_node_tokens() {
+            return Ok(());
+        }
+    }
+    let stored = state.source().registration(identifier).await?;
+    match stored.as_ref().and_then(|stored| auth.scope_of(stored)) {
+        Some(scope) => check(Some(scope)),
+        None if requested.is_none() => check(None),
+        None => Ok(()),
+    }
+}
+
 fn validated(
     state: &CfgsyncServerState,
     registration: NodeRegistration,
@@ -249,7 +285,10 @@ async fn register(
     authorize(
         &state,
         &headers,
-        Access::Node(&registration.identifier),
+        Access::ScopedNode {
+            identifier: &registration.identifier,
+            scope: state.inner.auth.scope_of(&registration),
+        },
         ROUTE,
     )?;
     tracing::info!(identifier = %registration.identifier, ip = %registration.ip, "node registered");
@@ -281,12 +320,7 @@ async fn node(
         )
     })?;
     let registration = validated(&state, body?.0)?;
-    authorize(
-        &state,
-        &headers,
-        Access::Node(&registration.identifier),
-        ROUTE,
-    )?;
+    authorize_fetch(&state, &headers, &registration, ROUTE).await?;
     let if_none_match = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -342,7 +376,9 @@ async fn answer_node(
             ConfigResolveResponse::Ready(payload) => {
                 !if_none_match.is_some_and(|tag| payload.matches_if_none_match(tag))
             }
-            ConfigResolveResponse::NotReady => false,
+            ConfigResolveResponse::NotReady | ConfigResolveResponse::NotReadyBecause { .. } => {
+                false
+            }
             _ => true,
         };
         let (Some(rx), Some(deadline), false) = (changes.as_mut(), deadline, settled) else {
@@ -436,6 +472,10 @@ fn respond(
         ConfigResolveResponse::NotReady => json_error(
             ErrorCode::NotReady,
             format!("config of node {identifier:?} is not ready yet; register, then retry"),
+        ),
+        ConfigResolveResponse::NotReadyBecause { reason } => json_error(
+            ErrorCode::NotReady,
+            format!("config of node {identifier:?} is not ready yet: {reason}"),
         ),
         ConfigResolveResponse::Missing => json_error(
             ErrorCode::MissingConfig,

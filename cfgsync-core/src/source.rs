@@ -18,6 +18,13 @@ pub enum ConfigResolveResponse {
     Ready(Arc<ServedPayload>),
     /// Not ready yet: not registered, or the adapter's policy is not met (`425`).
     NotReady,
+    /// Not ready yet, for a reason the source names, e.g. "the input this
+    /// node's files come from does not exist yet" (`425`, the reason in the
+    /// error message, so the node's log says what it waits for).
+    NotReadyBecause {
+        /// Why, for people.
+        reason: String,
+    },
     /// There is no config for this node (`404`).
     Missing,
 }
@@ -39,6 +46,16 @@ pub trait ConfigSource: Send + Sync + std::fmt::Debug + 'static {
         Err(Error::Unsupported {
             operation: "replacing a node's files",
         })
+    }
+
+    /// The stored registration of `identifier`, for sources that keep
+    /// registrations (`None` by default, and for a node not registered). With
+    /// scoped node tokens ([`crate::AuthConfig::scope_key`]) the server checks
+    /// the token against it on `/node` too, so a token is never served files
+    /// of a scope it was not issued for, whoever stored the registration.
+    async fn registration(&self, identifier: &str) -> Result<Option<NodeRegistration>> {
+        let _ = identifier;
+        Ok(None)
     }
 
     /// A receiver that changes whenever any node's answer may have changed. The

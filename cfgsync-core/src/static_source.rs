@@ -146,6 +146,10 @@ impl ConfigSource for StaticConfigSource {
         })
     }
 
+    async fn registration(&self, identifier: &str) -> Result<Option<NodeRegistration>> {
+        Ok(read(&self.registered).get(identifier).cloned())
+    }
+
     async fn replace(&self, identifier: &str, files: ArtifactSet) -> Result<()> {
         write(&self.payloads).set(identifier, files)?;
         self.changes.notify();

@@ -318,3 +318,123 @@ async fn tokens_of_a_rotated_secret_are_refused() {
         .unwrap();
     server.shutdown().await.unwrap();
 }
+
+fn scoped(id: &str, tenant: Option<&str>) -> NodeRegistration {
+    match tenant {
+        Some(tenant) => node(id)
+            .with_metadata(&serde_json::json!({"tenant": tenant, "rack": 7}))
+            .unwrap(),
+        None => node(id),
+    }
+}
+
+#[tokio::test]
+async fn scoped_node_tokens_hold_a_node_to_its_scope_on_register_and_node() {
+    let secret = Secret::new("node-secret");
+    let token_a = cfgsync_core::auth::scoped_node_token(&secret, "node-1", "tenant-a");
+    let auth = AuthConfig::default()
+        .with_node_secret(secret.expose())
+        .with_shared_token("shared-token")
+        .with_scope_key("tenant", true);
+    let server = auth_server(auth).await;
+    let as_a = client_with(&server.url, Some(&token_a));
+    let forbidden = |err: Error, route: &str, scope: &str| match err {
+        Error::Forbidden {
+            route: got,
+            message,
+        } => {
+            assert_eq!(got, route);
+            assert!(
+                message.contains(r#"scoped to tenant "tenant-a""#) && message.contains(scope),
+                "{message}"
+            );
+        }
+        other => panic!("expected 403 on {route}, got {other:?}"),
+    };
+
+    // Another scope: refused on both routes, before anything is stored.
+    let err = as_a
+        .register_node(&scoped("node-1", Some("tenant-b")))
+        .await
+        .unwrap_err();
+    forbidden(err, "/register", r#"not to tenant "tenant-b""#);
+    let err = as_a
+        .fetch_node_config(&scoped("node-1", Some("tenant-b")))
+        .await
+        .unwrap_err();
+    forbidden(err, "/node", r#"not to tenant "tenant-b""#);
+    // The JSON body names the reason too.
+    let response = reqwest::Client::new()
+        .post(server.url("/register"))
+        .bearer_auth(&token_a)
+        .json(&scoped("node-1", Some("tenant-b")))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = common::error_code(response).await;
+    assert_eq!((status, code.as_str()), (403, "forbidden"));
+    assert!(message.contains(r#"not to tenant "tenant-b""#), "{message}");
+    // No scope named and none stored yet: refused.
+    let err = as_a
+        .register_node(&scoped("node-1", None))
+        .await
+        .unwrap_err();
+    forbidden(err, "/register", "names no tenant");
+
+    // Its own scope: registers and fetches, also without metadata on /node
+    // (checked against the stored registration).
+    as_a.register_node(&scoped("node-1", Some("tenant-a")))
+        .await
+        .unwrap();
+    as_a.fetch_node_config(&scoped("node-1", Some("tenant-a")))
+        .await
+        .unwrap();
+    as_a.fetch_node_config(&scoped("node-1", None))
+        .await
+        .unwrap();
+
+    // Whoever stored another scope (here the shared token), the node's
+    // token is not served it.
+    let shared = client_with(&server.url, Some("shared-token"));
+    shared
+        .register_node(&scoped("node-1", Some("tenant-b")))
+        .await
+        .unwrap();
+    for body in [Some("tenant-a"), None] {
+        let err = as_a
+            .fetch_node_config(&scoped("node-1", body))
+            .await
+            .unwrap_err();
+        forbidden(err, "/node", r#"not to tenant "tenant-b""#);
+    }
+
+    // Required: an unscoped per-node token is refused, naming why.
+    let unscoped = client_with(&server.url, Some(&node_token(&secret, "node-2")));
+    let err = unscoped
+        .register_node(&scoped("node-2", Some("tenant-a")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Forbidden { message, .. } if message.contains("not scoped")),
+        "{err:?}"
+    );
+    server.shutdown().await.unwrap();
+
+    // Not required: unscoped tokens work as before, with any scope.
+    let server = auth_server(
+        AuthConfig::default()
+            .with_node_secret(secret.expose())
+            .with_scope_key("tenant", false),
+    )
+    .await;
+    let unscoped = client_with(&server.url, Some(&node_token(&secret, "node-2")));
+    unscoped
+        .register_node(&scoped("node-2", Some("tenant-b")))
+        .await
+        .unwrap();
+    unscoped
+        .fetch_node_config(&scoped("node-2", Some("tenant-b")))
+        .await
+        .unwrap();
+    server.shutdown().await.unwrap();
+}

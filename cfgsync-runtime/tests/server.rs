@@ -313,6 +313,64 @@ async fn node_token_command_prints_tokens_the_server_accepts() {
 }
 
 #[tokio::test]
+async fn node_token_scope_prints_scoped_tokens_held_to_their_scope() {
+    let artifacts = examples().join("artifacts.yaml");
+    let config_text = format!(
+        "port: 4400\nsource:\n  kind: registration\n  artifacts_path: {}\nauth:\n  node_secret: s3cret\n  scope_key: tenant\n  require_scoped_tokens: true\n",
+        artifacts.display()
+    );
+    let (ok, stdout, stderr) = run_server(
+        &["node-token", "--scope", "tenant-a", "node-1"],
+        Some(&config_text),
+    );
+    assert!(ok, "{stderr}");
+    let (node, token) = stdout.trim_end().split_once('\t').unwrap();
+    assert_eq!(node, "node-1");
+    assert!(token.starts_with("node-1~tenant-a."), "{token}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, &config_text).unwrap();
+    let server = serve_config(&CfgsyncServerConfig::from_path(&path).unwrap()).await;
+    let client = CfgsyncClient::builder(&server.url)
+        .bearer_token(token)
+        .build()
+        .unwrap();
+    let tenant = |t: &str| {
+        reg("node-1")
+            .with_metadata(&serde_json::json!({"tenant": t}))
+            .unwrap()
+    };
+    client.register_node(&tenant("tenant-a")).await.unwrap();
+    let err = client.register_node(&tenant("tenant-b")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Forbidden { message, .. } if message.contains(r#"not to tenant "tenant-b""#)),
+        "{err:?}"
+    );
+
+    // A scope the server would refuse is not minted: no scope key, or a
+    // scope that could not travel in a header.
+    let unscoped_config =
+        config_text.replace("  scope_key: tenant\n  require_scoped_tokens: true\n", "");
+    let (ok, stdout, stderr) = run_server(
+        &["node-token", "--scope", "tenant-a", "node-1"],
+        Some(&unscoped_config),
+    );
+    assert!(
+        !ok && stdout.is_empty() && stderr.contains("auth.scope_key"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = run_server(
+        &["node-token", "--scope", "a b", "node-1"],
+        Some(&config_text),
+    );
+    assert!(
+        !ok && stdout.is_empty() && stderr.contains("--scope"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn env_client_binary_against_the_server_binary() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

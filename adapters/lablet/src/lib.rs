@@ -34,5 +34,7 @@ pub use inspect::{InspectError, InspectLimits, PackageInfo, inspect_package};
 pub use materializer::{ContentManifest, LabletMaterializer, LabletNodeMetadata};
 pub use metrics::Metrics;
 pub use pipeline::{BytesProgress, LabletSync, Progress, SyncReport, validate_name};
-pub use serve::{LabletApp, LabletService, ServeOptions, build_lablet_app, serve_lablets};
+pub use serve::{
+    LabletApp, LabletService, NodeTokenScope, ServeOptions, build_lablet_app, serve_lablets,
+};
 pub use status::{SYNC_FORM_ROUTE, SyncAttempt};

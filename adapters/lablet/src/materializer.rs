@@ -21,6 +21,9 @@ pub const CML_PATH: &str = "cml.yaml";
 pub const DEVICES_PATH: &str = "devices.json";
 /// Path of the manifest.
 pub const MANIFEST_PATH: &str = "content.json";
+/// The registration metadata key naming a node's lablet; `serve` scopes node
+/// tokens by it (`cfgsync_core::AuthConfig::scope_key`).
+pub const LABLET_METADATA_KEY: &str = "lablet";
 
 /// What a node says about itself to get lablet content. Other metadata fields
 /// are allowed and ignored.
@@ -230,8 +233,6 @@ impl NodeArtifactsMaterializer for LabletMaterializer {
     /// A node is not ready only while its lablet has no catalog record.
     fn not_ready_reason(&self, node: &NodeRegistration) -> Option<String> {
         let lablet = Self::lablet_of(node).ok()?;
-        Some(format!(
-            "waiting for lablet {lablet}: it has not been synced yet"
-        ))
+        Some(format!("lablet {lablet} has not been synced yet"))
     }
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::catalog::{CatalogFilter, SyncStatus};
-use crate::materializer::LabletMaterializer;
+use crate::materializer::{LABLET_METADATA_KEY, LabletMaterializer};
 use crate::metrics::Metrics;
 use crate::pipeline::{LabletSync, validate_name};
 use crate::status::{LabletsSection, SYNC_FORM_ROUTE, SyncAttempts};
@@ -57,6 +57,10 @@ pub struct ServeOptions {
     /// about this interval plus one re-read of the changed definitions.
     /// Default 500 ms.
     pub catalog_poll_interval: Duration,
+    /// Whether per-node tokens (`auth.node_secret`) must be scoped to the
+    /// node's lablet. Either way a token scoped to a lablet is valid only for
+    /// it: the `lablet` registration metadata is the scope key.
+    pub node_tokens: NodeTokenScope,
 }
 
 impl Default for ServeOptions {
@@ -66,8 +70,24 @@ impl Default for ServeOptions {
             limits: ServerLimits::default(),
             retry_interval: Duration::from_secs(30),
             catalog_poll_interval: Duration::from_millis(500),
+            node_tokens: NodeTokenScope::default(),
         }
     }
+}
+
+/// Which per-node tokens `serve` accepts (`LABLET_NODE_TOKEN_SCOPE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[non_exhaustive]
+pub enum NodeTokenScope {
+    /// Only tokens scoped to the lablet the node registers for (the default):
+    /// a node reads only the lablet its token names.
+    #[default]
+    Required,
+    /// Unscoped per-node tokens too (a node may then register for any
+    /// lablet); scoped tokens still hold their node to their lablet.
+    Optional,
 }
 
 /// The lablet service behind the operator API.
@@ -362,10 +382,15 @@ pub fn build_lablet_app(
         attempts: attempts.clone(),
     };
     let source = MaterializingConfigSource::new(store, materializer.clone());
+    // A node token scoped to a lablet reads only that lablet.
+    let node_auth = options.auth.clone().with_scope_key(
+        LABLET_METADATA_KEY,
+        options.node_tokens == NodeTokenScope::Required,
+    );
     let state = CfgsyncServerState::builder(Arc::new(source))
         .with_app("lablet-sync", env!("CARGO_PKG_VERSION"))
         .with_status_section(Arc::new(section))
-        .with_auth(options.auth.clone())
+        .with_auth(node_auth)
         .with_limits(options.limits.clone())
         .with_metrics_registry(registry)
         .build();

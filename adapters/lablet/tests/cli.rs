@@ -88,6 +88,63 @@ fn help_lists_the_commands() {
     );
 }
 
+#[test]
+fn node_token_prints_tokens_scoped_to_the_lablet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin(dir.path())
+        .env("CFGSYNC_NODE_SECRET", "node-s3cret")
+        .args(["node-token", "--lablet", "LAB-1.1.1", "node-a", "node-b"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let secret = cfgsync_core::Secret::new("node-s3cret");
+    let expected: String = ["node-a", "node-b"]
+        .iter()
+        .map(|node| {
+            let token = cfgsync_core::auth::scoped_node_token(&secret, node, "LAB-1.1.1");
+            format!("{node}\t{token}\n")
+        })
+        .collect();
+    assert_eq!(text(&out.stdout), expected);
+    assert!(!text(&out.stdout).contains("node-s3cret"));
+
+    // No secret, a bad lablet name, a bad node: one line, exit 1, no token.
+    for (args, secret, why) in [
+        (
+            &["--lablet", "LAB-1", "node-a"][..],
+            None,
+            "CFGSYNC_NODE_SECRET",
+        ),
+        (&["--lablet", "LAB 1", "node-a"][..], Some("s"), "LAB 1"),
+        (
+            &["--lablet", "LAB-1", "node-a", "a/b"][..],
+            Some("s"),
+            "a/b",
+        ),
+    ] {
+        let mut cmd = bin(dir.path());
+        if let Some(secret) = secret {
+            cmd.env("CFGSYNC_NODE_SECRET", secret);
+        }
+        let out = cmd.arg("node-token").args(args).output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+    let help = text(
+        &bin(dir.path())
+            .args(["serve", "--help"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        help.contains("--node-token-scope") && help.contains("LABLET_NODE_TOKEN_SCOPE"),
+        "{help}"
+    );
+}
+
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }

@@ -366,3 +366,123 @@ async fn stale_delivery_is_drained_in_the_background_once_the_target_is_back() {
     );
     served.stop().await;
 }
+
+/// A raw `POST {route}` with a registration: the answer's status and JSON
+/// error body (`{"code","message"}`, empty for a 2xx).
+async fn post_node(
+    url: &str,
+    route: &str,
+    token: &str,
+    registration: &NodeRegistration,
+) -> (u16, String, String) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}{route}"))
+        .bearer_auth(token)
+        .json(registration)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        return (status, String::new(), String::new());
+    }
+    let body: serde_json::Value = response.json().await.unwrap();
+    (
+        status,
+        body["code"].as_str().unwrap().to_owned(),
+        body["message"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn node_tokens_are_scoped_to_a_lablet_and_an_unsynced_lablet_names_the_cause() {
+    const OTHER: &str = "LAB-2.0.0";
+    let env = Env::start().await;
+    env.publish(LAB, sample_package("1.0.0", "")).await;
+    let secret = cfgsync_core::Secret::new("node-s3cret");
+    let options = ServeOptions {
+        auth: AuthConfig::default()
+            .with_admin_token("op-token")
+            .with_node_secret(secret.expose()),
+        ..ServeOptions::default()
+    };
+    let served = Served::start(env.config(None), options).await;
+    let url = &served.url;
+    let scoped = cfgsync_core::auth::scoped_node_token(&secret, "node-a", LAB);
+
+    // Scoped to LAB: registering for, or fetching, another lablet is 403,
+    // and the error names why.
+    for route in ["/register", "/node"] {
+        let (status, code, message) = post_node(url, route, &scoped, &node("node-a", OTHER)).await;
+        assert_eq!((status, code.as_str()), (403, "forbidden"), "{route}");
+        assert_eq!(
+            message,
+            format!(
+                "{route}: forbidden (403): the token of node \"node-a\" is scoped to \
+                 lablet \"{LAB}\", not to lablet \"{OTHER}\""
+            ),
+        );
+    }
+    // The default requires scoped tokens: an unscoped per-node token is 403.
+    let unscoped = cfgsync_core::auth::node_token(&secret, "node-b");
+    let (status, _, message) = post_node(url, "/register", &unscoped, &node("node-b", LAB)).await;
+    assert_eq!(status, 403);
+    assert!(message.contains("not scoped"), "{message}");
+
+    // Its own lablet: registers; not synced yet, so 425 naming the cause
+    // (not "register, then retry"), and the same on a long-poll's end.
+    let (status, ..) = post_node(url, "/register", &scoped, &node("node-a", LAB)).await;
+    assert_eq!(status, 202);
+    let (status, code, message) = post_node(url, "/node", &scoped, &node("node-a", LAB)).await;
+    assert_eq!((status, code.as_str()), (425, "not_ready"));
+    assert_eq!(
+        message,
+        format!("config of node \"node-a\" is not ready yet: lablet {LAB} has not been synced yet")
+    );
+    let (status, _, message) = post_node(url, "/node?wait=1", &scoped, &node("node-a", LAB)).await;
+    assert_eq!(status, 425);
+    assert!(message.contains("has not been synced yet"), "{message}");
+    // A node not registered at all still hears the generic cause.
+    let scoped_c = cfgsync_core::auth::scoped_node_token(&secret, "node-c", LAB);
+    let (status, _, message) = post_node(url, "/node", &scoped_c, &node("node-c", LAB)).await;
+    assert_eq!(status, 425);
+    assert!(message.ends_with("register, then retry"), "{message}");
+
+    // Once synced, the scoped node gets its lablet's files.
+    let response = operator(
+        url,
+        &format!("/api/v1/lablets/{LAB}/sync"),
+        Some("op-token"),
+        true,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let nodes = CfgsyncClient::builder(url)
+        .bearer_token(&scoped)
+        .build()
+        .unwrap();
+    let payload = nodes.fetch_node_config(&node("node-a", LAB)).await.unwrap();
+    assert_eq!(payload.files.get("cml.yaml").unwrap().content, CML);
+    // The original client's wire format: no metadata on /node is checked
+    // against the stored registration and served.
+    let bare = NodeRegistration::new("node-a", "10.1.0.1".parse().unwrap());
+    nodes.fetch_node_config(&bare).await.unwrap();
+    served.stop().await;
+
+    // `optional`: unscoped per-node tokens work (for any lablet), scoped ones
+    // are still held to theirs.
+    let options = ServeOptions {
+        auth: AuthConfig::default().with_node_secret(secret.expose()),
+        node_tokens: cfgsync_lablet::NodeTokenScope::Optional,
+        ..ServeOptions::default()
+    };
+    let served = Served::start(env.config(None), options).await;
+    let url = &served.url;
+    let (status, ..) = post_node(url, "/register", &unscoped, &node("node-b", OTHER)).await;
+    assert_eq!(status, 202);
+    let (status, ..) = post_node(url, "/register", &scoped, &node("node-a", OTHER)).await;
+    assert_eq!(status, 403);
+    served.stop().await;
+}

@@ -173,7 +173,7 @@ async fn the_lablet_page_shows_versions_a_stale_target_and_waiting_nodes() {
         .unwrap();
     assert_eq!(
         node_w["reason"],
-        format!("waiting for lablet {WAITING_LAB}: it has not been synced yet")
+        format!("lablet {WAITING_LAB} has not been synced yet")
     );
 
     // A failed sync shows with its stage and error.
@@ -207,7 +207,7 @@ async fn the_lablet_page_shows_versions_a_stale_target_and_waiting_nodes() {
         "not synced",
         "data-node=\"node-a\"",
         "data-node=\"node-w\"",
-        "waiting for lablet LAB-2.0.0: it has not been synced yet",
+        "lablet LAB-2.0.0 has not been synced yet",
         "last sync failed",
         "Sync now",
         "action=\"/lablets/sync\"",

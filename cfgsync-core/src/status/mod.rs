@@ -67,7 +67,7 @@ impl NodeAnswer {
     }
 
     /// The answer of [`ConfigSource::resolve`](crate::ConfigSource::resolve),
-    /// with `not_ready` as the reason given for a `425`.
+    /// with `not_ready` as the reason given for a `425` whose source named none.
     pub fn from_resolved(
         answer: Result<crate::ConfigResolveResponse>,
         not_ready: impl Into<String>,
@@ -80,6 +80,9 @@ impl NodeAnswer {
             Ok(crate::ConfigResolveResponse::NotReady) => Self::NotReady {
                 reason: not_ready.into(),
             },
+            Ok(crate::ConfigResolveResponse::NotReadyBecause { reason }) => {
+                Self::NotReady { reason }
+            }
             Ok(crate::ConfigResolveResponse::Missing) => Self::Missing {
                 reason: "the source has no config for this node".into(),
             },

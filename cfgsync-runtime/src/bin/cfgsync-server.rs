@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cfgsync_core::auth::node_token;
+use cfgsync_core::auth::{node_token, scoped_node_token};
 use cfgsync_runtime::{CfgsyncServerConfig, build_server};
 use clap::{Parser, Subcommand};
 
@@ -33,6 +33,11 @@ enum Command {
     Check,
     /// Print the per-node token of each NODE (needs auth.node_secret).
     NodeToken {
+        /// Scope the tokens to this value of the registration metadata key
+        /// auth.scope_key (which must be set): each node may then register
+        /// and fetch only with that value there.
+        #[arg(long, value_name = "VALUE")]
+        scope: Option<String>,
         /// Node identifiers.
         #[arg(required = true)]
         nodes: Vec<String>,
@@ -88,16 +93,32 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::NodeToken { nodes } => {
+        Command::NodeToken { scope, nodes } => {
             let secret = config.auth.node_secret.as_ref().ok_or_else(|| {
                 format!(
                     "{}: auth.node_secret is not set (nor CFGSYNC_NODE_SECRET)",
                     cli.config.display()
                 )
             })?;
+            if let Some(scope) = &scope {
+                if config.auth.scope_key.is_none() {
+                    return Err(format!(
+                        "{}: --scope needs auth.scope_key (the metadata key the scope is \
+                         checked against); without it the server refuses scoped tokens",
+                        cli.config.display()
+                    ));
+                }
+                cfgsync_core::validate_identifier(scope).map_err(|e| format!("--scope: {e}"))?;
+            }
+            for node in &nodes {
+                cfgsync_core::validate_identifier(node).map_err(|e| e.to_string())?;
+            }
             for node in nodes {
-                cfgsync_core::validate_identifier(&node).map_err(|e| e.to_string())?;
-                println!("{node}\t{}", node_token(secret, &node));
+                let token = match &scope {
+                    Some(scope) => scoped_node_token(secret, &node, scope),
+                    None => node_token(secret, &node),
+                };
+                println!("{node}\t{token}");
             }
             Ok(())
         }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use cfgsync_lablet::catalog::{CatalogFilter, LabletDefinition, SyncStatus};
 use cfgsync_lablet::inspect::{inspect_package, sha256_file};
 use cfgsync_lablet::{
-    LabletSync, LabletSyncConfig, ServeOptions, Stage, build_lablet_app, serve_lablets,
+    LabletSync, LabletSyncConfig, NodeTokenScope, ServeOptions, Stage, build_lablet_app,
+    serve_lablets,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -72,7 +73,8 @@ enum Command {
     /// Tokens (auth is off while none is set): LABLET_OPERATOR_TOKEN for the
     /// operator API, the status page and /node/replace (a browser gives it as
     /// the Basic password), CFGSYNC_NODE_SECRET (per-node tokens) and
-    /// CFGSYNC_SHARED_TOKEN for the node routes.
+    /// CFGSYNC_SHARED_TOKEN for the node routes. Per-node tokens are scoped
+    /// to the node's lablet (mint them with `node-token --lablet`).
     Serve {
         /// Address to listen on.
         #[arg(long, env = "LABLET_LISTEN", default_value = "127.0.0.1:4400")]
@@ -85,8 +87,31 @@ enum Command {
         /// and kept records).
         #[arg(long, env = "LABLET_RETRY_INTERVAL_SECS", default_value_t = 30)]
         retry_interval_secs: u64,
+        /// Per-node tokens (CFGSYNC_NODE_SECRET): `required` accepts only
+        /// tokens scoped to the lablet the node registers for; `optional`
+        /// accepts unscoped ones too (such a node may register for any
+        /// lablet). A scoped token is held to its lablet either way.
+        #[arg(
+            long,
+            env = "LABLET_NODE_TOKEN_SCOPE",
+            value_enum,
+            default_value = "required"
+        )]
+        node_token_scope: NodeTokenScope,
         #[command(flatten)]
         limits: LimitArgs,
+    },
+    /// Print the per-node token of each NODE, scoped to one lablet: with it a
+    /// node registers and fetches only that lablet from `serve`. Needs
+    /// CFGSYNC_NODE_SECRET, the secret `serve` runs with. Prints
+    /// `NODE<TAB>TOKEN` lines.
+    NodeToken {
+        /// The lablet the tokens are scoped to, e.g. LAB-1.1.1.
+        #[arg(long, value_name = "NAME")]
+        lablet: String,
+        /// Node identifiers.
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
 }
 
@@ -206,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             registration_store,
             retry_interval_secs,
+            node_token_scope,
             limits,
         } => {
             serve(
@@ -213,10 +239,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 *listen,
                 registration_store,
                 *retry_interval_secs,
+                *node_token_scope,
                 limits.limits(),
             )
             .await
         }
+        Command::NodeToken { lablet, nodes } => node_tokens(lablet, nodes),
         Command::Retry => {
             let sync = LabletSync::from_config(config(&cli)?)?;
             let report = sync.retry_pending().await?;
@@ -290,22 +318,19 @@ async fn serve(
     listen: std::net::SocketAddr,
     registration_store: &cfgsync_runtime::RegistrationStoreConfig,
     retry_interval_secs: u64,
+    node_tokens: NodeTokenScope,
     limits: cfgsync_core::ServerLimits,
 ) -> anyhow::Result<ExitCode> {
-    let secret = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(cfgsync_core::Secret::new)
-    };
     let options = ServeOptions {
         auth: cfgsync_core::AuthConfig {
             admin_token: secret("LABLET_OPERATOR_TOKEN"),
             node_secret: secret("CFGSYNC_NODE_SECRET"),
             shared_token: secret("CFGSYNC_SHARED_TOKEN"),
+            ..cfgsync_core::AuthConfig::default()
         },
         limits,
         retry_interval: Duration::from_secs(retry_interval_secs),
+        node_tokens,
         ..ServeOptions::default()
     };
     let store = cfgsync_runtime::open_registration_store(registration_store).await?;
@@ -313,6 +338,32 @@ async fn serve(
     let listener = cfgsync_core::bind_listener(listen)?;
     eprintln!("lablet-sync serving on http://{listen}");
     serve_lablets(app, listener, &options, cfgsync_core::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A secret from the environment; unset or empty is `None`.
+fn secret(name: &str) -> Option<cfgsync_core::Secret> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(cfgsync_core::Secret::new)
+}
+
+/// `node-token`: each node's token scoped to `lablet`, under CFGSYNC_NODE_SECRET.
+fn node_tokens(lablet: &str, nodes: &[String]) -> anyhow::Result<ExitCode> {
+    let secret = secret("CFGSYNC_NODE_SECRET").ok_or_else(|| {
+        anyhow::anyhow!("CFGSYNC_NODE_SECRET is not set (the node secret `serve` runs with)")
+    })?;
+    cfgsync_lablet::validate_name(lablet)?;
+    for node in nodes {
+        cfgsync_core::validate_identifier(node)?;
+    }
+    for node in nodes {
+        println!(
+            "{node}\t{}",
+            cfgsync_core::auth::scoped_node_token(&secret, node, lablet)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -48,7 +48,7 @@ pub struct CatalogConfig {
     /// CPA list URL template (`LABLET_CPA_LIST_URL`).
     pub cpa_list_url: String,
     /// Seconds between two listings of CPA made to notice records made
-    /// elsewhere (`LABLET_CATALOG_POLL_SECS`, default 5, at least 1).
+    /// elsewhere (`LABLET_CATALOG_POLL_SECS`, default 1, at least 1).
     pub poll_secs: u64,
     /// Where the object catalog keeps definitions, under the store URL's
     /// prefix (`LABLET_CATALOG_PREFIX`, default `_catalog/`).
@@ -65,7 +65,7 @@ impl Default for CatalogConfig {
             cpa_record_url: DEFAULT_RECORD_URL.to_owned(),
             cpa_definition_url: DEFAULT_DEFINITION_URL.to_owned(),
             cpa_list_url: DEFAULT_LIST_URL.to_owned(),
-            poll_secs: 5,
+            poll_secs: 1,
             object_prefix: super::DEFAULT_CATALOG_PREFIX.to_owned(),
         }
     }
