@@ -10,6 +10,7 @@ mod error;
 pub mod fanout;
 mod http;
 pub mod inspect;
+pub mod jobs;
 mod lock;
 pub mod materializer;
 mod metrics;
@@ -33,5 +34,7 @@ pub use inspect::{InspectError, InspectLimits, PackageInfo, inspect_package};
 pub use materializer::{ContentManifest, LabletMaterializer, LabletNodeMetadata};
 pub use metrics::Metrics;
 pub use pipeline::{BytesProgress, LabletSync, Progress, SyncReport, validate_name};
-pub use serve::{LabletApp, LabletService, ServeOptions, build_lablet_app, serve_lablets};
+pub use serve::{
+    JOBS_ROUTE, LabletApp, LabletService, ServeOptions, build_lablet_app, serve_lablets,
+};
 pub use status::{SYNC_FORM_ROUTE, SyncAttempt};

@@ -85,6 +85,12 @@ enum Command {
         /// and kept records).
         #[arg(long, env = "LABLET_RETRY_INTERVAL_SECS", default_value_t = 30)]
         retry_interval_secs: u64,
+        /// Sync jobs (POST .../sync with `Prefer: respond-async`) kept in
+        /// this process's memory for GET /api/v1/jobs/{id}; the oldest
+        /// finished one makes room.
+        #[arg(long, env = "LABLET_JOBS_KEPT", value_name = "N",
+              default_value_t = cfgsync_lablet::jobs::DEFAULT_JOBS_KEPT)]
+        jobs_kept: usize,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -206,6 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             registration_store,
             retry_interval_secs,
+            jobs_kept,
             limits,
         } => {
             serve(
@@ -213,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 *listen,
                 registration_store,
                 *retry_interval_secs,
+                *jobs_kept,
                 limits.limits(),
             )
             .await
@@ -290,6 +298,7 @@ async fn serve(
     listen: std::net::SocketAddr,
     registration_store: &cfgsync_runtime::RegistrationStoreConfig,
     retry_interval_secs: u64,
+    jobs_kept: usize,
     limits: cfgsync_core::ServerLimits,
 ) -> anyhow::Result<ExitCode> {
     let secret = |name: &str| {
@@ -306,6 +315,7 @@ async fn serve(
         },
         limits,
         retry_interval: Duration::from_secs(retry_interval_secs),
+        jobs_kept,
     };
     let store = cfgsync_runtime::open_registration_store(registration_store).await?;
     let app = build_lablet_app(config, store, &options)?;
