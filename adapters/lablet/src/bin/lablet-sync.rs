@@ -13,6 +13,7 @@ use cfgsync_lablet::inspect::{inspect_package, sha256_file};
 use cfgsync_lablet::{
     LabletSync, LabletSyncConfig, ServeOptions, Stage, build_lablet_app, serve_lablets,
 };
+use cfgsync_runtime::logging::{DEFAULT_LOG_FILTER, LogFormat, init_logging};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Exit code of a sync that stored and recorded the package but left a fan-out
@@ -27,7 +28,8 @@ const EXIT_STALE: u8 = 3;
     long_about = "Sync lablet content: resolve, download from Mosaic, inspect, store, fan out to LDS/SE, record.\n\n\
 Configuration comes from LABLET_* variables (LABLET_RESOLVER_URL, LABLET_LDS_URL, LABLET_SE_URL, \
 LABLET_CATALOG, LABLET_CPA_URL, LABLET_STORE, LABLET_LOCATION, LABLET_DATA_DIR, ...) and the standard \
-AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG, default error).\n\n\
+AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG; default info for serve, error for \
+the one-shot commands, which print their own progress and one error line).\n\n\
 Exit codes: 0 success, 1 failure, 2 bad usage, 3 synced but a fan-out target is stale \
 (retry: something is still queued)."
 )]
@@ -35,6 +37,9 @@ struct Cli {
     /// Work directory (overrides LABLET_DATA_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Log lines (stderr) as text or JSON, one object per line.
+    #[arg(long, global = true, value_enum, env = "LABLET_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -162,14 +167,13 @@ enum StatusArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // A server logs at the default level of every binary; a one-shot command
+    // prints its own progress and one error line, so it logs errors only.
+    let default_filter = match cli.command {
+        Command::Serve { .. } => DEFAULT_LOG_FILTER,
+        _ => "error",
+    };
+    init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
