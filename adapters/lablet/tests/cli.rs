@@ -71,6 +71,22 @@ fn inspect_prints_fields_or_the_exact_reject_reason() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+
+    // With --json a failure is a JSON error object on stdout, same exit code.
+    for (package, code) in [(bad, "unsafe_name"), (dir.path().join("missing.zip"), "io")] {
+        let out = bin(dir.path())
+            .args(["inspect", "--json"])
+            .arg(&package)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["error"]["kind"], "package_invalid", "{v}");
+        assert_eq!(v["error"]["stage"], "inspect", "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&package.display().to_string()), "{v}");
+    }
 }
 
 #[test]
@@ -166,6 +182,34 @@ async fn sync_catalog_and_retry_through_the_binary() {
         "{stderr}"
     );
     assert_eq!(*progress, ["[1/6] LAB-UNKNOWN: resolve"], "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    // The same failure with --json: a JSON error object on stdout, exit 1.
+    let mut cmd = bin(&data);
+    with_env(&mut cmd);
+    let out = run(cmd.args(["sync", "LAB-UNKNOWN", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "cannot_resolve_content", "{v}");
+    assert_eq!(v["error"]["stage"], "resolve", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot resolve content for lablet LAB-UNKNOWN"),
+        "{v}"
+    );
+
+    // A failure before any stage (bad config) too.
+    let mut cmd = bin(&data);
+    with_env(&mut cmd);
+    let out = run(cmd
+        .env("LABLET_CATALOG", "nonsense")
+        .args(["catalog", "list", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "config", "{v}");
+    assert!(v["error"]["stage"].is_null(), "{v}");
 }
 
 #[tokio::test]

@@ -184,13 +184,79 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.command.wants_json();
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
+            if json {
+                let (kind, stage) = kind_of(&err);
+                print_json_error(kind, &err.to_string(), stage, None);
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+impl Command {
+    /// Whether the command prints JSON on stdout, and so its failure too.
+    fn wants_json(&self) -> bool {
+        match self {
+            Self::Sync { json, .. } | Self::Inspect { json, .. } => *json,
+            Self::Catalog {
+                command: CatalogCommand::List { json, .. },
+            } => *json,
+            Self::Catalog {
+                command: CatalogCommand::Show { .. },
+            }
+            | Self::Retry
+            | Self::Serve { .. } => false,
+        }
+    }
+}
+
+/// The failure of a `--json` command, on stdout, so a script reading stdout
+/// always gets JSON: `{"error": {"kind", "message", "stage", "code"?}}`.
+/// `kind` is the operator API's error code (`cannot_resolve_content`,
+/// `package_invalid`, ...), `stage` the failed stage or `null`.
+fn print_json_error(kind: &str, message: &str, stage: Option<Stage>, code: Option<&str>) {
+    let mut error = serde_json::json!({"kind": kind, "message": message, "stage": stage});
+    if let (Some(code), Some(map)) = (code, error.as_object_mut()) {
+        map.insert("code".to_owned(), code.into());
+    }
+    let value = serde_json::json!({ "error": error });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// The kind and stage of a failure: the stage's code when a stage failed.
+fn kind_of(err: &anyhow::Error) -> (&'static str, Option<Stage>) {
+    if err
+        .downcast_ref::<cfgsync_lablet::config::ConfigError>()
+        .is_some()
+    {
+        return ("config", None);
+    }
+    let Some(err) = err.downcast_ref::<cfgsync_lablet::Error>() else {
+        return ("error", None);
+    };
+    let kind = match err.stage() {
+        Some(Stage::Resolve) => "cannot_resolve_content",
+        Some(Stage::Download) => "package_not_available",
+        Some(Stage::Inspect) => "package_invalid",
+        Some(Stage::Store) => "blob_upload_failed",
+        Some(Stage::FanOut) => "delivery_stale",
+        Some(Stage::Record) => "record_failed",
+        _ => match err {
+            cfgsync_lablet::Error::Config(_) => "config",
+            cfgsync_lablet::Error::InvalidName { .. } => "bad_request",
+            cfgsync_lablet::Error::Catalog(_) => "catalog",
+            _ => "internal",
+        },
+    };
+    (kind, err.stage())
 }
 
 fn config(cli: &Cli) -> anyhow::Result<LabletSyncConfig> {
@@ -392,6 +458,11 @@ async fn sync_one(sync: &LabletSync, name: &str, json: bool) -> anyhow::Result<E
                 Some(stage) => eprintln!("error [{stage}]: {err}"),
                 None => eprintln!("error: {err}"),
             }
+            if json {
+                let err = anyhow::Error::from(err);
+                let (kind, stage) = kind_of(&err);
+                print_json_error(kind, &err.to_string(), stage, None);
+            }
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -425,11 +496,16 @@ fn inspect(package: &PathBuf, json: bool, config: &LabletSyncConfig) -> anyhow::
     let info = match inspect_package(package, &config.inspect) {
         Ok(info) => info,
         Err(err) => {
-            eprintln!(
-                "package invalid ({}): {}: {err}",
-                err.code(),
-                package.display()
-            );
+            let message = format!("{}: {err}", package.display());
+            eprintln!("package invalid ({}): {message}", err.code());
+            if json {
+                print_json_error(
+                    "package_invalid",
+                    &message,
+                    Some(Stage::Inspect),
+                    Some(err.code()),
+                );
+            }
             return Ok(ExitCode::FAILURE);
         }
     };
