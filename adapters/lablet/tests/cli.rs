@@ -271,3 +271,55 @@ async fn serve_takes_its_connection_limits_from_flags_and_environment() {
     let read = read.expect("the idle connection is closed well before the 30 s default");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+#[tokio::test]
+async fn serve_logs_a_failed_api_sync_at_the_default_level_as_json() {
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = bin(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-format", "json"])
+        .env("LABLET_RESOLVER_URL", env.resolver.uri())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/api/v1/lablets/LAB-UNKNOWN/sync");
+    let mut answer = None;
+    for _ in 0..400 {
+        if let Ok(response) = http.post(&url).send().await {
+            answer = Some(response.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(answer, Some(502));
+    // SIGKILL: stderr holds what was logged so far.
+    let mut child = child;
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let logs: Vec<serde_json::Value> = text(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let failed = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "sync failed")
+        .unwrap_or_else(|| panic!("no `sync failed` line in {}", text(&out.stderr)));
+    assert_eq!(failed["level"], "WARN", "{failed}");
+    assert_eq!(failed["fields"]["lablet"], "LAB-UNKNOWN", "{failed}");
+    assert_eq!(failed["fields"]["stage"], "resolve", "{failed}");
+    assert!(
+        failed["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot resolve content"),
+        "{failed}"
+    );
+}
