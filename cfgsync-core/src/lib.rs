@@ -35,7 +35,7 @@ pub use registration::{
     DEFAULT_MAX_METADATA_BYTES, IDENTIFIER_CHARS, MAX_IDENTIFIER_LEN, NodeRegistration,
     RegistrationPayload, is_identifier_char, validate_identifier,
 };
-pub use router::build_cfgsync_router;
+pub use router::{build_cfgsync_router, json_method_not_allowed};
 pub use serve::{
     LISTEN_BACKLOG, bind_listener, serve_app_on, serve_cfgsync, serve_cfgsync_on, shutdown_signal,
 };

@@ -538,6 +538,15 @@ async fn not_found(request: Request) -> ApiError {
     )
 }
 
+/// Makes every route of `router` that exists but not with the request's method
+/// answer `405 method_not_allowed` as the JSON error body, with the `Allow`
+/// header naming the methods it takes (axum's default is an empty body).
+/// [`build_cfgsync_router`] applies it to its own routes; apply it again to a
+/// router you merged your own routes into, so those answer the same way.
+pub fn json_method_not_allowed<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router.method_not_allowed_fallback(method_not_allowed)
+}
+
 async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         ErrorCode::MethodNotAllowed,

@@ -561,9 +561,13 @@ async fn every_bad_input_gets_its_status_and_json_code() {
         );
     }
 
-    // A wrong method on a known route is a JSON 405.
-    let (status, code, _) =
-        error_code(http.get(server.url("/register")).send().await.unwrap()).await;
+    // A wrong method on a known route is a JSON 405 naming the right method.
+    let response = http.get(server.url("/register")).send().await.unwrap();
+    assert_eq!(
+        response.headers().get("allow").map(|v| v.to_str().unwrap()),
+        Some("POST")
+    );
+    let (status, code, _) = error_code(response).await;
     assert_eq!((status, code.as_str()), (405, "method_not_allowed"));
 
     // Nothing above hurt the server.

@@ -57,7 +57,14 @@ pub struct ClientOptions {
     /// The setting that holds the server address, named in transport errors
     /// (`connection refused to … (check CFG_SERVER_ADDR)`).
     pub address_setting: Option<&'static str>,
+    /// While a step waits, log at `INFO` what it waits for (the step, the last
+    /// answer, time elapsed and left) this often; `None` stays quiet. Default
+    /// [`DEFAULT_PROGRESS_INTERVAL`].
+    pub progress_interval: Option<Duration>,
 }
+
+/// How often a waiting client says what it waits for (10 s).
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -71,11 +78,19 @@ impl Default for ClientOptions {
             long_poll: Some(DEFAULT_LONG_POLL),
             max_payload_bytes: cfgsync_core::DEFAULT_MAX_PAYLOAD_BYTES,
             address_setting: None,
+            progress_interval: Some(DEFAULT_PROGRESS_INTERVAL),
         }
     }
 }
 
 impl ClientOptions {
+    /// Sets how often a waiting step logs what it waits for (`None`: never).
+    #[must_use]
+    pub fn with_progress_interval(mut self, every: Option<Duration>) -> Self {
+        self.progress_interval = every;
+        self
+    }
+
     /// Sets the overall deadline.
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -269,7 +284,7 @@ impl<'a> Run<'a> {
 
     async fn register(&self, registration: &NodeRegistration) -> Result<()> {
         let attempts = &Attempts::new(Step::Register);
-        self.retry(attempts, |remaining| async move {
+        let registering = self.retry(attempts, |remaining| async move {
             match tokio::time::timeout(remaining, self.client.register_node(registration)).await {
                 Err(_elapsed) => Err(Miss::Deadline),
                 Ok(Ok(())) => Ok(()),
@@ -279,18 +294,69 @@ impl<'a> Run<'a> {
                     source,
                 })),
             }
-        })
-        .await?;
-        tracing::info!(attempts = attempts.count(), "registered");
+        });
+        self.reporting(registration, attempts, registering).await?;
+        tracing::debug!(attempts = attempts.count(), "registered");
         Ok(())
     }
 
     async fn wait_for_payload(&self, registration: &NodeRegistration) -> Result<ArtifactSet> {
         let attempts = &Attempts::new(Step::Fetch);
-        self.retry(attempts, |remaining| {
+        let waiting = self.retry(attempts, |remaining| {
             self.fetch_once(registration, remaining, attempts)
-        })
-        .await
+        });
+        self.reporting(registration, attempts, waiting).await
+    }
+
+    /// Runs a step's `work`, logging at `INFO` every `progress_interval` what
+    /// it is waiting for, so a long wait is never silent.
+    async fn reporting<T>(
+        &self,
+        registration: &NodeRegistration,
+        attempts: &Attempts,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let Some(every) = self.options.progress_interval.filter(|d| !d.is_zero()) else {
+            return work.await;
+        };
+        let mut work = std::pin::pin!(work);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = ticker.tick() => self.report(&registration.identifier, attempts),
+            }
+        }
+    }
+
+    /// One progress line: the step, the last answer, elapsed and left.
+    fn report(&self, node: &str, attempts: &Attempts) {
+        let elapsed = self.started.elapsed().as_secs();
+        let left = self.remaining().unwrap_or_default().as_secs();
+        let last = attempts.last_summary().unwrap_or_else(|| {
+            if attempts.step == Step::Fetch && self.options.long_poll.is_some() {
+                "none yet (the server holds our long-poll until the config is ready)".to_owned()
+            } else {
+                "none yet".to_owned()
+            }
+        });
+        let tries = attempts.count();
+        let server = self.client.base_url();
+        match attempts.step {
+            Step::Register => tracing::info!(
+                step = %attempts.step,
+                attempts = tries,
+                "{node}: still registering with {server}: last answer {last}; {elapsed} s elapsed, \
+                 {left} s left"
+            ),
+            _ => tracing::info!(
+                step = %attempts.step,
+                attempts = tries,
+                "{node}: registered; waiting for {server} to have our config: last answer \
+                 {last}; {elapsed} s elapsed, {left} s left"
+            ),
+        }
     }
 
     /// One `POST /node`, as a long-poll when the options ask for one.
@@ -319,7 +385,7 @@ impl<'a> Run<'a> {
         match answer {
             Err(_elapsed) => Err(Miss::Deadline),
             Ok(Ok(FetchOutcome::Updated { payload, etag })) => {
-                tracing::info!(
+                tracing::debug!(
                     attempts = attempts.count(),
                     files = payload.files.len(),
                     etag = etag.as_deref().unwrap_or(""),
@@ -436,9 +502,18 @@ impl Attempts {
 
     /// Keeps a retryable answer as the last one.
     fn retryable(&self, error: cfgsync_core::Error) -> Miss {
-        tracing::info!(step = %self.step, attempt = self.count(), answer = %answer_summary(&error), "not there yet; retrying");
+        tracing::debug!(step = %self.step, attempt = self.count(), answer = %answer_summary(&error), "not there yet; retrying");
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
         Miss::Retry
+    }
+
+    /// The last retryable answer, summarized, keeping it.
+    fn last_summary(&self) -> Option<String> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(answer_summary)
     }
 
     fn last(&self) -> (String, Option<cfgsync_core::Error>) {

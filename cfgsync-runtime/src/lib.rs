@@ -6,6 +6,8 @@ pub mod config;
 mod env;
 mod error;
 mod fetch;
+#[cfg(feature = "cli")]
+pub mod logging;
 mod output;
 pub mod reload;
 mod server;
@@ -17,9 +19,9 @@ pub use env::{
 };
 pub use error::{Error, Result, Step};
 pub use fetch::{
-    ClientOptions, DEFAULT_LONG_POLL, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT,
-    fetch_and_write_artifacts, fetch_and_write_artifacts_with, register_and_fetch_artifacts,
-    register_and_fetch_artifacts_with,
+    ClientOptions, DEFAULT_LONG_POLL, DEFAULT_MAX_ATTEMPTS, DEFAULT_PROGRESS_INTERVAL,
+    DEFAULT_TIMEOUT, fetch_and_write_artifacts, fetch_and_write_artifacts_with,
+    register_and_fetch_artifacts, register_and_fetch_artifacts_with,
 };
 pub use output::{ArtifactOutputMap, FORBIDDEN_MODE_BITS, GROUP_WORLD_WRITE_BITS, WrittenFile};
 pub use reload::{FileKind, FileReloader, ReloadConfig, ReloadableSource, load_reloadable};

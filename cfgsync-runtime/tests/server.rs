@@ -418,3 +418,51 @@ async fn env_client_binary_against_the_server_binary() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// What the server logs at the default level from start to the first answer,
+/// with stderr redirected (not a terminal).
+async fn startup_log(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, &dir.path().join("registrations"));
+    let mut server = Command::new(SERVER)
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("CFGSYNC_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy(&format!("http://127.0.0.1:{port}")).await;
+    server.kill().unwrap();
+    let output = server.wait_with_output().unwrap();
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[tokio::test]
+async fn redirected_logs_carry_no_colour_and_json_logs_are_one_object_per_line() {
+    let text = startup_log(&[]).await;
+    assert!(
+        text.contains(" INFO "),
+        "info is the default level: {text:?}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI codes in redirected logs: {text:?}"
+    );
+
+    let json = startup_log(&["--log-format", "json"]).await;
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(!lines.is_empty(), "{json:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["fields"]["message"].is_string()),
+        "{json}"
+    );
+}

@@ -10,6 +10,7 @@ mod error;
 pub mod fanout;
 mod http;
 pub mod inspect;
+pub mod jobs;
 pub mod lease;
 pub mod materializer;
 mod metrics;
@@ -35,6 +36,7 @@ pub use materializer::{ContentManifest, LabletMaterializer, LabletNodeMetadata};
 pub use metrics::Metrics;
 pub use pipeline::{BytesProgress, LabletSync, Progress, SyncReport, validate_name};
 pub use serve::{
-    LabletApp, LabletService, NodeTokenScope, ServeOptions, build_lablet_app, serve_lablets,
+    JOBS_ROUTE, LabletApp, LabletService, NodeTokenScope, ServeOptions, build_lablet_app,
+    serve_lablets,
 };
 pub use status::{SYNC_FORM_ROUTE, SyncAttempt};

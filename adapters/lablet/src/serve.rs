@@ -3,7 +3,8 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /api/v1/lablets/{name}/sync` | `200` the sync report (definition, `uploaded`, `uploaded_bytes`); errors `{code, message, stage}` (`409 busy` after waiting for the storage key, `409 storage_key_taken`) |
+//! | `POST /api/v1/lablets/{name}/sync` | `200` the sync report (definition, `uploaded`, `uploaded_bytes`); errors `{code, message, stage}` (`409 busy` after waiting for the storage key, `409 storage_key_taken`). With `Prefer: respond-async`: `202` and a job (`Location: /api/v1/jobs/{id}`) |
+//! | `GET /api/v1/jobs[/{id}]` | the sync jobs this process keeps (state, stage, bytes, result or error) |
 //! | `GET /api/v1/lablets[?instance=X&status=synced\|stale]` | `200` the definitions |
 //! | `GET /api/v1/lablets/{name}` | `200` the definition, `404 not_found` |
 //! | `POST /lablets/sync` | the status page's sync form (`lablet=NAME`): same-origin only, then `303` back to `/` |
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -28,15 +30,18 @@ use axum::{Json, Router};
 use cfgsync_adapter::{MaterializingConfigSource, RegistrationStore};
 use cfgsync_core::auth::Access;
 use cfgsync_core::status::operator_token;
-use cfgsync_core::{AuthConfig, CfgsyncServerState, ServerLimits, build_cfgsync_router};
+use cfgsync_core::{
+    AuthConfig, CfgsyncServerState, ServerLimits, build_cfgsync_router, json_method_not_allowed,
+};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::catalog::{CatalogFilter, SyncStatus};
+use crate::jobs::{DEFAULT_JOBS_KEPT, JobError, SyncJobs};
 use crate::materializer::{LABLET_METADATA_KEY, LabletMaterializer};
 use crate::metrics::Metrics;
-use crate::pipeline::{LabletSync, validate_name};
+use crate::pipeline::{BytesProgress, LabletSync, Progress, validate_name};
 use crate::status::{LabletsSection, SYNC_FORM_ROUTE, SyncAttempts};
 use crate::{Error, LabletSyncConfig, Result, Stage};
 
@@ -61,6 +66,8 @@ pub struct ServeOptions {
     /// node's lablet. Either way a token scoped to a lablet is valid only for
     /// it: the `lablet` registration metadata is the scope key.
     pub node_tokens: NodeTokenScope,
+    /// How many sync jobs (`Prefer: respond-async`) this process keeps.
+    pub jobs_kept: usize,
 }
 
 impl Default for ServeOptions {
@@ -71,6 +78,7 @@ impl Default for ServeOptions {
             retry_interval: Duration::from_secs(30),
             catalog_poll_interval: Duration::from_millis(500),
             node_tokens: NodeTokenScope::default(),
+            jobs_kept: DEFAULT_JOBS_KEPT,
         }
     }
 }
@@ -97,6 +105,7 @@ pub struct LabletService {
     materializer: Arc<LabletMaterializer>,
     auth: AuthConfig,
     attempts: Arc<SyncAttempts>,
+    jobs: SyncJobs,
 }
 
 impl LabletService {
@@ -108,14 +117,71 @@ impl LabletService {
     /// Syncs `name` and wakes the nodes waiting for it; the status page shows
     /// the attempt (running, or how it ended).
     pub async fn sync_lablet(&self, name: &str) -> Result<crate::SyncReport> {
+        self.sync_lablet_observed(name, &|_| {}, &|_, _, _| {})
+            .await
+    }
+
+    /// [`sync_lablet`](Self::sync_lablet), telling `progress` and `bytes` as
+    /// the pipeline goes ([`LabletSync::sync_observed`]). A failure is logged
+    /// (`WARN`, with the lablet and the stage).
+    pub async fn sync_lablet_observed(
+        &self,
+        name: &str,
+        progress: Progress<'_>,
+        bytes: BytesProgress<'_>,
+    ) -> Result<crate::SyncReport> {
         validate_name(name)?;
         self.attempts.started(name);
-        let result = self.sync.sync(name).await;
+        let result = self.sync.sync_observed(name, progress, bytes).await;
         self.attempts.finished(name, &result);
-        if result.is_ok() {
-            self.materializer.refresh().await;
+        match &result {
+            Ok(_) => self.materializer.refresh().await,
+            Err(error) => tracing::warn!(
+                lablet = %name,
+                stage = error.stage().map(Stage::as_str),
+                %error,
+                "sync failed"
+            ),
         }
         result
+    }
+
+    /// The sync jobs this process keeps.
+    pub fn jobs(&self) -> &SyncJobs {
+        &self.jobs
+    }
+
+    /// Starts syncing `name` in the background as a new job and returns it
+    /// (queued); the job follows the sync's stages and bytes.
+    fn start_sync_job(self: &Arc<Self>, name: &str) -> Result<crate::jobs::SyncJob, ApiError> {
+        validate_name(name)?;
+        let job = self.jobs.create(name).map_err(|full| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                full.to_string(),
+            )
+        })?;
+        let service = self.clone();
+        let (id, name) = (job.id.clone(), name.to_owned());
+        tokio::spawn(async move {
+            let jobs = &service.jobs;
+            let progress = |stage| jobs.stage_started(&id, stage);
+            let bytes = |stage, done, total| jobs.bytes(&id, stage, done, total);
+            let outcome = service
+                .sync_lablet_observed(&name, &progress, &bytes)
+                .await
+                .map_err(|error| {
+                    let error = ApiError::from(error);
+                    JobError {
+                        code: error.code,
+                        message: error.message,
+                        stage: error.stage,
+                    }
+                });
+            jobs.finish(&id, outcome);
+        });
+        Ok(job)
     }
 
     /// Drains the retry queue once ([`LabletSync::retry_pending`]) and wakes
@@ -186,6 +252,32 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A path segment axum could not decode (e.g. `%FF`) as our JSON error.
+fn path_param(path: std::result::Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(value)| value).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid path: {}", e.body_text()),
+        )
+    })
+}
+
+/// Whether the request asks for an asynchronous answer (RFC 7240
+/// `Prefer: respond-async`, among other preferences or not).
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::HeaderName::from_static("prefer"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.split(';')
+                .next()
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        })
+}
+
 fn authorize(
     service: &LabletService,
     headers: &HeaderMap,
@@ -210,12 +302,61 @@ fn authorize(
 async fn sync_route(
     State(service): State<Arc<LabletService>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&service, &headers, "/api/v1/lablets/{name}/sync")?;
+    let name = path_param(path)?;
     validate_name(&name)?;
+    if prefers_async(&headers) {
+        let job = service.start_sync_job(&name)?;
+        let location = format!("{JOBS_ROUTE}/{}", job.id);
+        return Ok((
+            StatusCode::ACCEPTED,
+            [
+                (header::LOCATION, location),
+                (
+                    header::HeaderName::from_static("preference-applied"),
+                    "respond-async".to_owned(),
+                ),
+            ],
+            Json(job),
+        )
+            .into_response());
+    }
     let report = service.sync_lablet(&name).await?;
     Ok(Json(report).into_response())
+}
+
+/// Where sync jobs are polled: `GET {JOBS_ROUTE}/{id}`.
+pub const JOBS_ROUTE: &str = "/api/v1/jobs";
+
+async fn jobs_route(
+    State(service): State<Arc<LabletService>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&service, &headers, JOBS_ROUTE)?;
+    Ok(Json(service.jobs.list()).into_response())
+}
+
+async fn job_route(
+    State(service): State<Arc<LabletService>>,
+    headers: HeaderMap,
+    path: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&service, &headers, "/api/v1/jobs/{id}")?;
+    let id = path_param(path)?;
+    match service.jobs.get(&id) {
+        Some(job) => Ok(Json(job).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no sync job {id} on this server: jobs live in the memory of the replica that \
+                 accepted them, and only the last {} are kept",
+                service.jobs.capacity()
+            ),
+        )),
+    }
 }
 
 /// Refuses a form post that does not come from a page of this server: a
@@ -288,10 +429,9 @@ async fn sync_form_route(
             .into_response()
         })?;
     validate_name(&name).map_err(|e| ApiError::from(e).into_response())?;
-    // The outcome is the page's to show (last sync, its error).
-    if let Err(error) = service.sync_lablet(&name).await {
-        tracing::warn!(lablet = %name, %error, "sync from the status page failed");
-    }
+    // The outcome is the page's to show (last sync, its error); a failure
+    // is logged by the service.
+    let _ = service.sync_lablet(&name).await;
     Ok((
         StatusCode::SEE_OTHER,
         [(header::LOCATION, format!("/#lablet-{name}"))],
@@ -335,9 +475,10 @@ async fn list_route(
 async fn show_route(
     State(service): State<Arc<LabletService>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&service, &headers, "/api/v1/lablets/{name}")?;
+    let name = path_param(path)?;
     validate_name(&name)?;
     let id = service.sync.definition_id(&name)?;
     match service.sync.catalog().get(&id).await {
@@ -399,14 +540,18 @@ pub fn build_lablet_app(
         materializer,
         auth: options.auth.clone(),
         attempts,
+        jobs: SyncJobs::new(options.jobs_kept),
     });
     let api = Router::new()
         .route("/api/v1/lablets", get(list_route))
         .route("/api/v1/lablets/{name}", get(show_route))
         .route("/api/v1/lablets/{name}/sync", post(sync_route))
+        .route(JOBS_ROUTE, get(jobs_route))
+        .route("/api/v1/jobs/{id}", get(job_route))
         .route(SYNC_FORM_ROUTE, post(sync_form_route))
         .with_state(service.clone());
-    let router = build_cfgsync_router(state.clone()).merge(api);
+    // Wrong methods on the operator routes answer JSON too.
+    let router = json_method_not_allowed(build_cfgsync_router(state.clone()).merge(api));
     Ok(LabletApp {
         router,
         state,

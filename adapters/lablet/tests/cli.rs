@@ -71,6 +71,22 @@ fn inspect_prints_fields_or_the_exact_reject_reason() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+
+    // With --json a failure is a JSON error object on stdout, same exit code.
+    for (package, code) in [(bad, "unsafe_name"), (dir.path().join("missing.zip"), "io")] {
+        let out = bin(dir.path())
+            .args(["inspect", "--json"])
+            .arg(&package)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["error"]["kind"], "package_invalid", "{v}");
+        assert_eq!(v["error"]["stage"], "inspect", "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&package.display().to_string()), "{v}");
+    }
 }
 
 #[test]
@@ -223,6 +239,34 @@ async fn sync_catalog_and_retry_through_the_binary() {
         "{stderr}"
     );
     assert_eq!(*progress, ["[1/6] LAB-UNKNOWN: resolve"], "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    // The same failure with --json: a JSON error object on stdout, exit 1.
+    let mut cmd = bin(&data);
+    with_env(&mut cmd);
+    let out = run(cmd.args(["sync", "LAB-UNKNOWN", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "cannot_resolve_content", "{v}");
+    assert_eq!(v["error"]["stage"], "resolve", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot resolve content for lablet LAB-UNKNOWN"),
+        "{v}"
+    );
+
+    // A failure before any stage (bad config) too.
+    let mut cmd = bin(&data);
+    with_env(&mut cmd);
+    let out = run(cmd
+        .env("LABLET_CATALOG", "nonsense")
+        .args(["catalog", "list", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "config", "{v}");
+    assert!(v["error"]["stage"].is_null(), "{v}");
 }
 
 #[tokio::test]
@@ -283,4 +327,56 @@ async fn serve_takes_its_connection_limits_from_flags_and_environment() {
     child.wait().unwrap();
     let read = read.expect("the idle connection is closed well before the 30 s default");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn serve_logs_a_failed_api_sync_at_the_default_level_as_json() {
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = bin(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-format", "json"])
+        .env("LABLET_RESOLVER_URL", env.resolver.uri())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/api/v1/lablets/LAB-UNKNOWN/sync");
+    let mut answer = None;
+    for _ in 0..400 {
+        if let Ok(response) = http.post(&url).send().await {
+            answer = Some(response.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(answer, Some(502));
+    // SIGKILL: stderr holds what was logged so far.
+    let mut child = child;
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let logs: Vec<serde_json::Value> = text(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let failed = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "sync failed")
+        .unwrap_or_else(|| panic!("no `sync failed` line in {}", text(&out.stderr)));
+    assert_eq!(failed["level"], "WARN", "{failed}");
+    assert_eq!(failed["fields"]["lablet"], "LAB-UNKNOWN", "{failed}");
+    assert_eq!(failed["fields"]["stage"], "resolve", "{failed}");
+    assert!(
+        failed["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot resolve content"),
+        "{failed}"
+    );
 }

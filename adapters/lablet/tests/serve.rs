@@ -486,3 +486,208 @@ async fn node_tokens_are_scoped_to_a_lablet_and_an_unsynced_lablet_names_the_cau
     assert_eq!(status, 403);
     served.stop().await;
 }
+
+/// A JSON error answer: its status, `allow` header and `code`.
+async fn json_error(response: reqwest::Response) -> (u16, Option<String>, String) {
+    let status = response.status().as_u16();
+    let allow = response
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let content_type = response.headers().get("content-type").cloned();
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        content_type.as_ref().map(|v| v.to_str().unwrap()),
+        Some("application/json"),
+        "status {status}: {text:?}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    (status, allow, body["code"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn every_error_of_the_operator_api_is_json() {
+    let env = Env::start().await;
+    let served = Served::start(env.config(None), ServeOptions::default()).await;
+    let url = &served.url;
+    let http = reqwest::Client::new();
+
+    // A wrong method names the right one, on operator and node routes alike.
+    for (verb, route, allowed) in [
+        ("GET", format!("/api/v1/lablets/{LAB}/sync"), "POST"),
+        ("DELETE", "/api/v1/jobs/x".to_owned(), "GET"),
+        ("PUT", "/api/v1/lablets".to_owned(), "GET"),
+        ("GET", "/register".to_owned(), "POST"),
+    ] {
+        let response = http
+            .request(verb.parse().unwrap(), format!("{url}{route}"))
+            .send()
+            .await
+            .unwrap();
+        let (status, allow, code) = json_error(response).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (405, "method_not_allowed"),
+            "{verb} {route}"
+        );
+        assert!(
+            allow.as_deref().is_some_and(|a| a.contains(allowed)),
+            "{verb} {route}: allow {allow:?}"
+        );
+    }
+    // Unknown routes, undecodable paths, bad queries, bad names, unknown jobs.
+    for (verb, route, expected) in [
+        ("GET", "/api/v1/nothing", (404, "not_found")),
+        ("POST", "/api/v1/lablets/%FF/sync", (400, "bad_request")),
+        ("GET", "/api/v1/lablets/%FF", (400, "bad_request")),
+        ("GET", "/api/v1/lablets?bogus=1", (400, "bad_request")),
+        ("POST", "/api/v1/lablets/..bad/sync", (400, "bad_request")),
+        ("GET", "/api/v1/jobs/%FF", (400, "bad_request")),
+        ("GET", "/api/v1/jobs/0-1", (404, "not_found")),
+    ] {
+        let response = http
+            .request(verb.parse().unwrap(), format!("{url}{route}"))
+            .header("prefer", "respond-async")
+            .send()
+            .await
+            .unwrap();
+        let (status, _, code) = json_error(response).await;
+        assert_eq!((status, code.as_str()), expected, "{verb} {route}");
+    }
+    served.stop().await;
+}
+
+/// Polls job `location` until `done` holds for it (10 s at most).
+async fn poll_job(
+    url: &str,
+    location: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut job = serde_json::Value::Null;
+    for _ in 0..1000 {
+        job = operator(url, location, Some("op"), false)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&job) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job never reached the expected state: {job}");
+}
+
+#[tokio::test]
+async fn async_sync_answers_202_with_a_job_that_shows_stage_bytes_and_outcome() {
+    let env = Env::start().await;
+    let package = sample_package("1.0.0", "");
+    env.publish(LAB, package.clone()).await;
+    // LDS answers slowly, so the job is seen running at fan-out.
+    env.lds.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/sync"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+        .mount(&env.lds)
+        .await;
+    let s3 = S3Harness::start().await.unwrap();
+    let options = ServeOptions {
+        auth: AuthConfig::default().with_admin_token("op"),
+        ..ServeOptions::default()
+    };
+    let served = Served::start(s3_config(env.config(None), &s3), options).await;
+    let url = &served.url;
+    let sync = |name: &str| {
+        operator(
+            url,
+            &format!("/api/v1/lablets/{name}/sync"),
+            Some("op"),
+            true,
+        )
+        .header("prefer", "respond-async, wait=1")
+    };
+
+    let accepted = sync(LAB).send().await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    let location = accepted.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(accepted.headers()["preference-applied"], "respond-async");
+    let job: serde_json::Value = accepted.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/api/v1/jobs/{}", job["id"].as_str().unwrap())
+    );
+    assert_eq!(job["lablet"], LAB);
+    assert!(
+        ["queued", "running"].contains(&job["state"].as_str().unwrap()),
+        "{job}"
+    );
+
+    // Running at fan-out: the download and the upload are complete.
+    let size = package.len() as u64;
+    let running = poll_job(url, &location, |j| j["stage"] == "fan_out").await;
+    assert_eq!(running["state"], "running", "{running}");
+    assert_eq!(running["step"], 5);
+    assert_eq!(running["steps"], 6);
+    assert_eq!(
+        running["bytes"]["download"],
+        serde_json::json!({"done": size, "total": size})
+    );
+    assert_eq!(
+        running["bytes"]["upload"],
+        serde_json::json!({"done": size, "total": size})
+    );
+    assert!(running.get("result").is_none());
+
+    let done = poll_job(url, &location, |j| j["state"] != "running").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["definition"]["content_package_hash"],
+        sha256(&package)
+    );
+    assert_eq!(done["result"]["uploaded"], true);
+    assert!(done["finished_at"].is_string());
+
+    // A failing sync fails its job with the blocking route's error.
+    let failed = sync("LAB-9.9.9").send().await.unwrap();
+    assert_eq!(failed.status(), 202);
+    let location = failed.headers()["location"].to_str().unwrap().to_owned();
+    let failed = poll_job(url, &location, |j| j["state"] == "failed").await;
+    assert_eq!(
+        failed["error"]["code"], "cannot_resolve_content",
+        "{failed}"
+    );
+    assert_eq!(failed["error"]["stage"], "resolve");
+    assert_eq!(failed["stage"], "resolve");
+    assert!(failed.get("result").is_none());
+
+    // Both are listed, newest first; without Prefer the route still blocks.
+    let jobs: Vec<serde_json::Value> = operator(url, "/api/v1/jobs", Some("op"), false)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs.iter()
+            .map(|j| j["lablet"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["LAB-9.9.9", LAB]
+    );
+    let blocking = operator(
+        url,
+        &format!("/api/v1/lablets/{LAB}/sync"),
+        Some("op"),
+        true,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(blocking.status(), 200);
+    let report: serde_json::Value = blocking.json().await.unwrap();
+    assert_eq!(report["uploaded"], false);
+    served.stop().await;
+}

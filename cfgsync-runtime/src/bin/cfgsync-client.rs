@@ -5,15 +5,15 @@
 use std::process::ExitCode;
 
 use cfgsync_runtime::ClientEnv;
+use cfgsync_runtime::logging::{DEFAULT_LOG_FILTER, LogFormat, init_logging};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Register this node with a cfgsync server, wait for its config payload, and
 /// write the files atomically.
 ///
 /// Every flag falls back to the environment variable shown; a flag wins over its
-/// variable. Logs go to stderr (`RUST_LOG`, default `warn`); each written file is
-/// printed on stdout. On failure: one line on stderr naming the step, exit 1
+/// variable. Logs go to stderr (`RUST_LOG`, default `info`: while it waits, what
+/// it waits for, about every 10 s); each written file is printed on stdout. On failure: one line on stderr naming the step, exit 1
 /// (exit 2 for a bad flag).
 #[derive(Debug, Parser)]
 #[command(name = "cfgsync-client", version)]
@@ -63,6 +63,10 @@ struct Args {
     /// stripped by default; setuid, setgid and sticky are always stripped)
     #[arg(long, env = "CFG_ALLOW_GROUP_WORLD_WRITE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     allow_group_world_write: Option<String>,
+
+    /// Log lines as text or JSON (one object per line)
+    #[arg(long, value_enum, env = "CFG_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 impl Args {
@@ -100,12 +104,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.log_format, DEFAULT_LOG_FILTER);
 
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cfgsync_core::auth::{node_token, scoped_node_token};
+use cfgsync_runtime::logging::{DEFAULT_LOG_FILTER, LogFormat, init_logging};
 use cfgsync_runtime::{CfgsyncServerConfig, build_server};
 use clap::{Parser, Subcommand};
 
@@ -11,13 +12,18 @@ use clap::{Parser, Subcommand};
 ///
 /// Secrets may come from the environment instead of the file:
 /// CFGSYNC_SHARED_TOKEN, CFGSYNC_NODE_SECRET, CFGSYNC_ADMIN_TOKEN.
-/// Logs go to stderr; RUST_LOG sets the level (default info).
+/// Logs go to stderr; RUST_LOG sets the level (default info); colours only
+/// on a terminal.
 #[derive(Debug, Parser)]
 #[command(name = "cfgsync-server", version)]
 struct Cli {
     /// The server config (YAML): port, bind, source, auth, registration_store, limits.
     #[arg(long, short, value_name = "FILE", env = "CFGSYNC_CONFIG")]
     config: PathBuf,
+
+    /// Log lines as text or JSON (one object per line).
+    #[arg(long, value_enum, env = "CFGSYNC_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -47,13 +53,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format, DEFAULT_LOG_FILTER);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -14,6 +14,7 @@ use cfgsync_lablet::{
     LabletSync, LabletSyncConfig, NodeTokenScope, ServeOptions, Stage, build_lablet_app,
     serve_lablets,
 };
+use cfgsync_runtime::logging::{DEFAULT_LOG_FILTER, LogFormat, init_logging};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Exit code of a sync that stored and recorded the package but left a fan-out
@@ -28,7 +29,8 @@ const EXIT_STALE: u8 = 3;
     long_about = "Sync lablet content: resolve, download from Mosaic, inspect, store, fan out to LDS/SE, record.\n\n\
 Configuration comes from LABLET_* variables (LABLET_RESOLVER_URL, LABLET_LDS_URL, LABLET_SE_URL, \
 LABLET_CATALOG, LABLET_CPA_URL, LABLET_STORE, LABLET_LOCATION, LABLET_DATA_DIR, ...) and the standard \
-AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG, default error).\n\n\
+AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG; default info for serve, error for \
+the one-shot commands, which print their own progress and one error line).\n\n\
 Exit codes: 0 success, 1 failure, 2 bad usage, 3 synced but a fan-out target is stale \
 (retry: something is still queued)."
 )]
@@ -36,6 +38,9 @@ struct Cli {
     /// Work directory (overrides LABLET_DATA_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Log lines (stderr) as text or JSON, one object per line.
+    #[arg(long, global = true, value_enum, env = "LABLET_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +103,12 @@ enum Command {
             default_value = "required"
         )]
         node_token_scope: NodeTokenScope,
+        /// Sync jobs (POST .../sync with `Prefer: respond-async`) kept in
+        /// this process's memory for GET /api/v1/jobs/{id}; the oldest
+        /// finished one makes room.
+        #[arg(long, env = "LABLET_JOBS_KEPT", value_name = "N",
+              default_value_t = cfgsync_lablet::jobs::DEFAULT_JOBS_KEPT)]
+        jobs_kept: usize,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -181,14 +192,13 @@ enum StatusArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // A server logs at the default level of every binary; a one-shot command
+    // prints its own progress and one error line, so it logs errors only.
+    let default_filter = match cli.command {
+        Command::Serve { .. } => DEFAULT_LOG_FILTER,
+        _ => "error",
+    };
+    init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -199,13 +209,79 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.command.wants_json();
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
+            if json {
+                let (kind, stage) = kind_of(&err);
+                print_json_error(kind, &err.to_string(), stage, None);
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+impl Command {
+    /// Whether the command prints JSON on stdout, and so its failure too.
+    fn wants_json(&self) -> bool {
+        match self {
+            Self::Sync { json, .. } | Self::Inspect { json, .. } => *json,
+            Self::Catalog {
+                command: CatalogCommand::List { json, .. },
+            } => *json,
+            Self::Catalog {
+                command: CatalogCommand::Show { .. },
+            }
+            | Self::Retry
+            | Self::Serve { .. } => false,
+        }
+    }
+}
+
+/// The failure of a `--json` command, on stdout, so a script reading stdout
+/// always gets JSON: `{"error": {"kind", "message", "stage", "code"?}}`.
+/// `kind` is the operator API's error code (`cannot_resolve_content`,
+/// `package_invalid`, ...), `stage` the failed stage or `null`.
+fn print_json_error(kind: &str, message: &str, stage: Option<Stage>, code: Option<&str>) {
+    let mut error = serde_json::json!({"kind": kind, "message": message, "stage": stage});
+    if let (Some(code), Some(map)) = (code, error.as_object_mut()) {
+        map.insert("code".to_owned(), code.into());
+    }
+    let value = serde_json::json!({ "error": error });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// The kind and stage of a failure: the stage's code when a stage failed.
+fn kind_of(err: &anyhow::Error) -> (&'static str, Option<Stage>) {
+    if err
+        .downcast_ref::<cfgsync_lablet::config::ConfigError>()
+        .is_some()
+    {
+        return ("config", None);
+    }
+    let Some(err) = err.downcast_ref::<cfgsync_lablet::Error>() else {
+        return ("error", None);
+    };
+    let kind = match err.stage() {
+        Some(Stage::Resolve) => "cannot_resolve_content",
+        Some(Stage::Download) => "package_not_available",
+        Some(Stage::Inspect) => "package_invalid",
+        Some(Stage::Store) => "blob_upload_failed",
+        Some(Stage::FanOut) => "delivery_stale",
+        Some(Stage::Record) => "record_failed",
+        _ => match err {
+            cfgsync_lablet::Error::Config(_) => "config",
+            cfgsync_lablet::Error::InvalidName { .. } => "bad_request",
+            cfgsync_lablet::Error::Catalog(_) => "catalog",
+            _ => "internal",
+        },
+    };
+    (kind, err.stage())
 }
 
 fn config(cli: &Cli) -> anyhow::Result<LabletSyncConfig> {
@@ -232,6 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             registration_store,
             retry_interval_secs,
             node_token_scope,
+            jobs_kept,
             limits,
         } => {
             serve(
@@ -240,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 registration_store,
                 *retry_interval_secs,
                 *node_token_scope,
+                *jobs_kept,
                 limits.limits(),
             )
             .await
@@ -319,6 +397,7 @@ async fn serve(
     registration_store: &cfgsync_runtime::RegistrationStoreConfig,
     retry_interval_secs: u64,
     node_tokens: NodeTokenScope,
+    jobs_kept: usize,
     limits: cfgsync_core::ServerLimits,
 ) -> anyhow::Result<ExitCode> {
     let options = ServeOptions {
@@ -332,6 +411,7 @@ async fn serve(
         retry_interval: Duration::from_secs(retry_interval_secs),
         node_tokens,
         ..ServeOptions::default()
+        jobs_kept,
     };
     let store = cfgsync_runtime::open_registration_store(registration_store).await?;
     let app = build_lablet_app(config, store, &options)?;
@@ -430,6 +510,11 @@ async fn sync_one(sync: &LabletSync, name: &str, json: bool) -> anyhow::Result<E
                 Some(stage) => eprintln!("error [{stage}]: {err}"),
                 None => eprintln!("error: {err}"),
             }
+            if json {
+                let err = anyhow::Error::from(err);
+                let (kind, stage) = kind_of(&err);
+                print_json_error(kind, &err.to_string(), stage, None);
+            }
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -463,11 +548,16 @@ fn inspect(package: &PathBuf, json: bool, config: &LabletSyncConfig) -> anyhow::
     let info = match inspect_package(package, &config.inspect) {
         Ok(info) => info,
         Err(err) => {
-            eprintln!(
-                "package invalid ({}): {}: {err}",
-                err.code(),
-                package.display()
-            );
+            let message = format!("{}: {err}", package.display());
+            eprintln!("package invalid ({}): {message}", err.code());
+            if json {
+                print_json_error(
+                    "package_invalid",
+                    &message,
+                    Some(Stage::Inspect),
+                    Some(err.code()),
+                );
+            }
             return Ok(ExitCode::FAILURE);
         }
     };
