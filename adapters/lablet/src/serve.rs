@@ -135,7 +135,9 @@ impl LabletService {
         let result = self.sync.sync_observed(name, progress, bytes).await;
         self.attempts.finished(name, &result);
         match &result {
-            Ok(_) => self.materializer.refresh().await,
+            Ok(_) => {
+                self.materializer.refresh().await;
+            }
             Err(error) => tracing::warn!(
                 lablet = %name,
                 stage = error.stage().map(Stage::as_str),

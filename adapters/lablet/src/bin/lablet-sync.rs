@@ -235,7 +235,8 @@ impl Command {
                 command: CatalogCommand::Show { .. },
             }
             | Self::Retry
-            | Self::Serve { .. } => false,
+            | Self::Serve { .. }
+            | Self::NodeToken { .. } => false,
         }
     }
 }
@@ -410,8 +411,8 @@ async fn serve(
         limits,
         retry_interval: Duration::from_secs(retry_interval_secs),
         node_tokens,
-        ..ServeOptions::default()
         jobs_kept,
+        ..ServeOptions::default()
     };
     let store = cfgsync_runtime::open_registration_store(registration_store).await?;
     let app = build_lablet_app(config, store, &options)?;
