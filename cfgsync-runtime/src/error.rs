@@ -156,7 +156,8 @@ pub enum Error {
     /// A configuration variable (or its flag) has an invalid value.
     #[error("invalid {var}={value:?}: {reason}")]
     InvalidVar {
-        /// The variable, e.g. `CFG_HOST_IP`.
+        /// What the user typed: the variable, e.g. `CFG_HOST_IP`, or the
+        /// flag, e.g. `--ip`.
         var: &'static str,
         /// The value as given (`***` for secrets).
         value: String,
@@ -208,6 +209,16 @@ pub enum Error {
         /// Why no default applies.
         reason: String,
     },
+}
+
+impl From<crate::settings::SettingError> for Error {
+    fn from(e: crate::settings::SettingError) -> Self {
+        Self::InvalidVar {
+            var: e.name,
+            value: e.value,
+            reason: e.reason,
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -9,11 +9,12 @@ mod fetch;
 mod output;
 pub mod reload;
 mod server;
+pub mod settings;
 
 pub use config::{CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig};
 pub use env::{
-    ClientEnv, DEFAULT_HOST_IP, DEFAULT_OUTPUT_ROOT, DEFAULT_SERVER_ADDR, DEFAULT_TIMEOUT_SECS,
-    MAX_TIMEOUT_SECS, run_cfgsync_client_from_env,
+    CLIENT_SETTINGS, ClientEnv, DEFAULT_HOST_IP, DEFAULT_OUTPUT_ROOT, DEFAULT_SERVER_ADDR,
+    DEFAULT_TIMEOUT_SECS, MAX_TIMEOUT_SECS, run_cfgsync_client_from_env,
 };
 pub use error::{Error, Result, Step};
 pub use fetch::{
