@@ -227,3 +227,64 @@ async fn serve_takes_its_connection_limits_from_flags_and_environment() {
     let read = read.expect("the idle connection is closed well before the 30 s default");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+#[test]
+fn settings_take_units_name_what_was_typed_and_flag_likely_typos() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.zip");
+    std::fs::write(&good, sample_package("7.1", "")).unwrap();
+
+    // A size with a unit is accepted, as the bench accepts it; a mistyped
+    // variable is named with the closest known one, and the run goes on.
+    let out = bin(dir.path())
+        .env("LABLET_MAX_PACKAGE_BYTES", "4GiB")
+        .env("LABLET_RESOLVR_URL", "http://resolver:8080")
+        .arg("inspect")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).lines().collect::<Vec<_>>(),
+        ["warning: unknown variable LABLET_RESOLVR_URL; did you mean LABLET_RESOLVER_URL?"]
+    );
+
+    // A bad value is named as the user gave it: the variable ...
+    let out = bin(dir.path())
+        .env("LABLET_MAX_PACKAGE_BYTES", "lots")
+        .arg("inspect")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: LABLET_MAX_PACKAGE_BYTES: invalid value \"lots\": expected a size such as 4GiB, \
+         512MiB or 1048576 (bytes) (see --help)"
+    );
+    // ... or the flag, before or after the subcommand; a store URL with a
+    // scheme no store speaks fails before anything runs.
+    let out = bin(dir.path())
+        .args(["inspect", "--store", "ftp://x"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: --store: invalid value \"ftp://x\": expected file:///DIR or s3://BUCKET[/PREFIX] \
+         (see --help)"
+    );
+    // serve's own settings too, secrets never shown.
+    let out = bin(dir.path())
+        .env("LABLET_IDLE_TIMEOUT_SECS", "soon")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with("error: LABLET_IDLE_TIMEOUT_SECS: invalid value \"soon\""),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -8,12 +8,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cfgsync_lablet::LABLET_SETTINGS;
 use cfgsync_lablet::catalog::{CatalogFilter, LabletDefinition, SyncStatus};
 use cfgsync_lablet::inspect::{inspect_package, sha256_file};
 use cfgsync_lablet::{
     LabletSync, LabletSyncConfig, ServeOptions, Stage, build_lablet_app, serve_lablets,
 };
-use clap::{Parser, Subcommand, ValueEnum};
+use cfgsync_runtime::settings::cli as settings_cli;
+use cfgsync_runtime::settings::{self, Setting, parse_number, parse_secs};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Exit code of a sync that stored and recorded the package but left a fan-out
 /// target stale, and of a `retry` that left something queued.
@@ -25,16 +28,13 @@ const EXIT_STALE: u8 = 3;
     version,
     about = "Sync lablet content: resolve, download from Mosaic, inspect, store, fan out to LDS/SE, record.",
     long_about = "Sync lablet content: resolve, download from Mosaic, inspect, store, fan out to LDS/SE, record.\n\n\
-Configuration comes from LABLET_* variables (LABLET_RESOLVER_URL, LABLET_LDS_URL, LABLET_SE_URL, \
-LABLET_CATALOG, LABLET_CPA_URL, LABLET_STORE, LABLET_LOCATION, LABLET_DATA_DIR, ...) and the standard \
-AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG, default error).\n\n\
-Exit codes: 0 success, 1 failure, 2 bad usage, 3 synced but a fan-out target is stale \
-(retry: something is still queued)."
+Every setting is a flag that falls back to its LABLET_* variable (listed below with its default; \
+a flag wins over its variable); s3:// stores also read the standard AWS_* variables. \
+Logs go to stderr (RUST_LOG, default error).\n\n\
+Exit codes: 0 success, 1 failure, 2 bad usage (a bad flag or variable), 3 synced but a fan-out \
+target is stale (retry: something is still queued)."
 )]
 struct Cli {
-    /// Work directory (overrides LABLET_DATA_DIR).
-    #[arg(long, global = true, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,58 +73,91 @@ enum Command {
     /// operator API, the status page and /node/replace (a browser gives it as
     /// the Basic password), CFGSYNC_NODE_SECRET (per-node tokens) and
     /// CFGSYNC_SHARED_TOKEN for the node routes.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, env = "LABLET_LISTEN", default_value = "127.0.0.1:4400")]
-        listen: std::net::SocketAddr,
-        /// Where node registrations live: memory, file:///DIR (durable) or an
-        /// object store URL such as s3://bucket/prefix.
-        #[arg(long, env = "LABLET_REGISTRATION_STORE", default_value = "memory")]
-        registration_store: cfgsync_runtime::RegistrationStoreConfig,
-        /// Seconds between background drains of the retry queue (deliveries
-        /// and kept records).
-        #[arg(long, env = "LABLET_RETRY_INTERVAL_SECS", default_value_t = 30)]
-        retry_interval_secs: u64,
-        #[command(flatten)]
-        limits: LimitArgs,
-    },
+    Serve,
 }
 
-// Connection limits of `serve` (hostile peers): see `cfgsync_core::ServerLimits`.
-#[derive(Debug, clap::Args)]
-struct LimitArgs {
-    /// Seconds a client has to send a whole request head once its first byte
-    /// arrived (and the longest pause inside a request body); the connection
-    /// is closed past it (at least 1).
-    #[arg(long, env = "LABLET_HEADER_READ_TIMEOUT_SECS", value_name = "SECS",
-          default_value_t = cfgsync_core::DEFAULT_HEADER_READ_TIMEOUT_SECS)]
-    header_read_timeout_secs: u64,
-    /// Seconds a connection may stay open with no request in flight (held
-    /// long-polls are in flight); closed past it (at least 1).
-    #[arg(long, env = "LABLET_IDLE_TIMEOUT_SECS", value_name = "SECS",
-          default_value_t = cfgsync_core::DEFAULT_IDLE_TIMEOUT_SECS)]
-    idle_timeout_secs: u64,
-    /// Most connections served at once; one more is answered 503 and closed.
-    /// Default: the open-file limit (raised to its hard limit) less a sixteenth.
-    #[arg(long, env = "LABLET_MAX_CONNECTIONS", value_name = "N")]
-    max_connections: Option<usize>,
-    /// On SIGTERM / ctrl-c: seconds in-flight requests get to finish; what is
-    /// still open then is dropped.
-    #[arg(long, env = "LABLET_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS",
-          default_value_t = cfgsync_core::DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
-    shutdown_timeout_secs: u64,
+/// What `serve` runs with, beside the sync configuration.
+#[derive(Debug, Default)]
+struct ServeSettings {
+    listen: Option<std::net::SocketAddr>,
+    registration_store: cfgsync_runtime::RegistrationStoreConfig,
+    options: ServeOptions,
 }
 
-impl LimitArgs {
-    fn limits(&self) -> cfgsync_core::ServerLimits {
-        cfgsync_core::ServerLimits {
-            header_read_timeout_secs: self.header_read_timeout_secs.max(1),
-            idle_timeout_secs: self.idle_timeout_secs.max(1),
-            max_connections: self.max_connections,
-            shutdown_timeout_secs: self.shutdown_timeout_secs,
-            ..cfgsync_core::ServerLimits::default()
-        }
+impl ServeSettings {
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+            .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 4400)))
     }
+}
+
+type S = Setting<ServeSettings>;
+
+/// The settings of `serve`, declared once (flag, variable, default, parser).
+const SERVE_SETTINGS: &[Setting<ServeSettings>] = &[
+    S::new("LABLET_LISTEN", "--listen", "ADDR", "Address to listen on", |c, v| {
+        c.listen = Some(v.trim().parse().map_err(|e| format!("not an address such as 127.0.0.1:4400 ({e})"))?);
+        Ok(())
+    })
+    .default("127.0.0.1:4400"),
+    S::new("LABLET_REGISTRATION_STORE", "--registration-store", "URL", "Where node registrations live: memory, file:///DIR (durable) or an object store URL such as s3://bucket/prefix", |c, v| {
+        c.registration_store = v.trim().parse()?;
+        Ok(())
+    })
+    .default("memory"),
+    S::new("LABLET_RETRY_INTERVAL_SECS", "--retry-interval-secs", "DURATION", "Time between background drains of the retry queue: seconds, or 30s, 5m", |c, v| {
+        c.options.retry_interval = std::time::Duration::from_secs(parse_secs(v)?.max(1));
+        Ok(())
+    })
+    .default("30"),
+    S::new("LABLET_HEADER_READ_TIMEOUT_SECS", "--header-read-timeout-secs", "DURATION", "Time a client has to send a whole request head once its first byte arrived (and the longest pause inside a body); closed past it", |c, v| {
+        c.options.limits.header_read_timeout_secs = parse_secs(v)?.max(1);
+        Ok(())
+    })
+    .default("10"),
+    S::new("LABLET_IDLE_TIMEOUT_SECS", "--idle-timeout-secs", "DURATION", "Time a connection may stay open with no request in flight (held long-polls are in flight)", |c, v| {
+        c.options.limits.idle_timeout_secs = parse_secs(v)?.max(1);
+        Ok(())
+    })
+    .default("30"),
+    S::new("LABLET_MAX_CONNECTIONS", "--max-connections", "N", "Most connections served at once; one more is answered 503 and closed", |c, v| {
+        c.options.limits.max_connections = Some(parse_number(v)?);
+        Ok(())
+    })
+    .default("the open-file limit less a sixteenth"),
+    S::new("LABLET_SHUTDOWN_TIMEOUT_SECS", "--shutdown-timeout-secs", "DURATION", "On SIGTERM / ctrl-c: time in-flight requests get to finish", |c, v| {
+        c.options.limits.shutdown_timeout_secs = parse_secs(v)?;
+        Ok(())
+    })
+    .default("30"),
+    S::new("LABLET_OPERATOR_TOKEN", "--operator-token", "TOKEN", "Operator (admin) token of the operator API, the status page and /node/replace; unset: open", |c, v| {
+        c.options.auth.admin_token = Some(cfgsync_core::Secret::new(v));
+        Ok(())
+    })
+    .secret(),
+    S::new("CFGSYNC_NODE_SECRET", "--node-secret", "SECRET", "Secret of the per-node tokens of the node routes", |c, v| {
+        c.options.auth.node_secret = Some(cfgsync_core::Secret::new(v));
+        Ok(())
+    })
+    .secret(),
+    S::new("CFGSYNC_SHARED_TOKEN", "--shared-token", "TOKEN", "Bearer token any node may use on the node routes", |c, v| {
+        c.options.auth.shared_token = Some(cfgsync_core::Secret::new(v));
+        Ok(())
+    })
+    .secret(),
+];
+
+/// Prefixes of the variables checked for likely typos at start.
+const VAR_PREFIXES: &[&str] = &["LABLET_", "CFGSYNC_"];
+
+/// The command line: the subcommands, the sync settings ([`LABLET_SETTINGS`],
+/// accepted before or after the subcommand) and `serve`'s own settings.
+fn command() -> clap::Command {
+    Cli::command()
+        .args(settings_cli::args(LABLET_SETTINGS).map(|arg| arg.global(true)))
+        .mut_subcommand("serve", |serve| {
+            serve.args(settings_cli::args(SERVE_SETTINGS))
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,15 +188,29 @@ enum StatusArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let command = command();
+    settings_cli::warn_unknown_vars(&command, VAR_PREFIXES);
+    let matches = command.get_matches();
+    let parsed = Cli::from_arg_matches(&matches)
+        .map_err(|e| e.to_string())
+        .and_then(|cli| {
+            let config = LabletSyncConfig::from_values(settings_cli::values(&matches))
+                .map_err(|e| e.to_string())?;
+            let mut serve = ServeSettings::default();
+            if let Some(sub) = matches.subcommand_matches("serve") {
+                settings::apply_settings(&mut serve, SERVE_SETTINGS, settings_cli::values(sub))
+                    .map_err(|e| cfgsync_lablet::config::ConfigError::from(e).to_string())?;
+            }
+            Ok((cli, config, serve))
+        });
+    let (cli, config, serve) = match parsed {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            eprintln!("error: {message} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,7 +221,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, config, serve)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
@@ -183,42 +230,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn config(cli: &Cli) -> anyhow::Result<LabletSyncConfig> {
-    let mut config = LabletSyncConfig::from_env()?;
-    if let Some(dir) = &cli.data_dir {
-        config.data_dir.clone_from(dir);
-    }
-    Ok(config)
+/// Log output: stderr, `RUST_LOG` (default `error`), colours on a terminal.
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, config: LabletSyncConfig, serve: ServeSettings) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Inspect { package, json } => inspect(package, *json, &config(&cli)?),
+        Command::Inspect { package, json } => inspect(package, *json, &config),
         Command::Sync { name, json } => {
-            let sync = LabletSync::from_config(config(&cli)?)?;
+            let sync = LabletSync::from_config(config)?;
             sync_one(&sync, name, *json).await
         }
         Command::Catalog { command } => {
-            let sync = LabletSync::from_config(config(&cli)?)?;
+            let sync = LabletSync::from_config(config)?;
             catalog(&sync, command).await
         }
-        Command::Serve {
-            listen,
-            registration_store,
-            retry_interval_secs,
-            limits,
-        } => {
-            serve(
-                config(&cli)?,
-                *listen,
-                registration_store,
-                *retry_interval_secs,
-                limits.limits(),
-            )
-            .await
-        }
+        Command::Serve => run_serve(config, serve).await,
         Command::Retry => {
-            let sync = LabletSync::from_config(config(&cli)?)?;
+            let sync = LabletSync::from_config(config)?;
             let report = sync.retry_pending().await?;
             println!(
                 "delivered {}, still pending {}, recorded {}, records pending {}, skipped (lablet busy) {}",
@@ -285,33 +322,19 @@ async fn catalog(sync: &LabletSync, command: &CatalogCommand) -> anyhow::Result<
     }
 }
 
-async fn serve(
-    config: LabletSyncConfig,
-    listen: std::net::SocketAddr,
-    registration_store: &cfgsync_runtime::RegistrationStoreConfig,
-    retry_interval_secs: u64,
-    limits: cfgsync_core::ServerLimits,
-) -> anyhow::Result<ExitCode> {
-    let secret = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(cfgsync_core::Secret::new)
-    };
-    let options = ServeOptions {
-        auth: cfgsync_core::AuthConfig {
-            admin_token: secret("LABLET_OPERATOR_TOKEN"),
-            node_secret: secret("CFGSYNC_NODE_SECRET"),
-            shared_token: secret("CFGSYNC_SHARED_TOKEN"),
-        },
-        limits,
-        retry_interval: Duration::from_secs(retry_interval_secs),
-    };
-    let store = cfgsync_runtime::open_registration_store(registration_store).await?;
-    let app = build_lablet_app(config, store, &options)?;
+async fn run_serve(config: LabletSyncConfig, serve: ServeSettings) -> anyhow::Result<ExitCode> {
+    let listen = serve.listen();
+    let store = cfgsync_runtime::open_registration_store(&serve.registration_store).await?;
+    let app = build_lablet_app(config, store, &serve.options)?;
     let listener = cfgsync_core::bind_listener(listen)?;
     eprintln!("lablet-sync serving on http://{listen}");
-    serve_lablets(app, listener, &options, cfgsync_core::shutdown_signal()).await?;
+    serve_lablets(
+        app,
+        listener,
+        &serve.options,
+        cfgsync_core::shutdown_signal(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
