@@ -201,6 +201,17 @@ pub enum Error {
     #[error(transparent)]
     Adapter(#[from] cfgsync_adapter::Error),
 
+    /// A file or value a config key names failed (e.g. the file
+    /// `source.artifacts_path` names cannot be read).
+    #[error("{key}: {source}")]
+    ConfigKey {
+        /// The key path, e.g. `source.artifacts_path`.
+        key: &'static str,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A required configuration variable is not set and has no default.
     #[error("{var} is not set: {reason}")]
     MissingVar {
@@ -209,6 +220,16 @@ pub enum Error {
         /// Why no default applies.
         reason: String,
     },
+}
+
+impl Error {
+    /// This error, said to come from the config key `key`.
+    pub(crate) fn at_key(self, key: &'static str) -> Self {
+        Self::ConfigKey {
+            key,
+            source: Box::new(self),
+        }
+    }
 }
 
 impl From<crate::settings::SettingError> for Error {

@@ -11,7 +11,9 @@ pub mod reload;
 mod server;
 pub mod settings;
 
-pub use config::{CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig};
+pub use config::{
+    CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig, SERVER_SETTINGS,
+};
 pub use env::{
     CLIENT_SETTINGS, ClientEnv, DEFAULT_HOST_IP, DEFAULT_OUTPUT_ROOT, DEFAULT_SERVER_ADDR,
     DEFAULT_TIMEOUT_SECS, MAX_TIMEOUT_SECS, run_cfgsync_client_from_env,
@@ -25,6 +27,6 @@ pub use fetch::{
 pub use output::{ArtifactOutputMap, FORBIDDEN_MODE_BITS, GROUP_WORLD_WRITE_BITS, WrittenFile};
 pub use reload::{FileKind, FileReloader, ReloadConfig, ReloadableSource, load_reloadable};
 pub use server::{
-    ConfiguredServer, build_server, build_server_state, open_registration_store,
+    ConfiguredServer, build_server, build_server_state, check_config, open_registration_store,
     serve_cfgsync_from_config, serve_snapshot_cfgsync,
 };
