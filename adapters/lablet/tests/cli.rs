@@ -288,3 +288,29 @@ fn settings_take_units_name_what_was_typed_and_flag_likely_typos() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn help_and_readmes_list_the_same_variables() {
+    use cfgsync_test_support::readme::{help_vars, readme_table_vars};
+    let help = help_vars(
+        env!("CARGO_BIN_EXE_lablet-sync"),
+        &[
+            &["sync"],
+            &["inspect"],
+            &["catalog"],
+            &["catalog", "list"],
+            &["catalog", "show"],
+            &["retry"],
+            &["serve"],
+        ],
+    );
+    assert!(help.len() >= 30, "{help:?}");
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let crate_readme = readme_table_vars(&dir.join("README.md"), None);
+    assert_eq!(
+        help, crate_readme,
+        "--help (left) vs adapters/lablet/README.md (right)"
+    );
+    let root_readme = readme_table_vars(&dir.join("../../README.md"), Some("### `lablet-sync`"));
+    assert_eq!(help, root_readme, "--help (left) vs README.md (right)");
+}
