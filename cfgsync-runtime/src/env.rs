@@ -68,6 +68,9 @@ pub struct ClientEnv {
     pub max_payload_bytes: u64,
     /// `CFG_ALLOW_GROUP_WORLD_WRITE`.
     pub allow_group_world_write: bool,
+    /// What the server address came from, named in transport errors
+    /// (`CFG_SERVER_ADDR`, or `--server` when given as a flag).
+    pub server_setting: &'static str,
 }
 
 type S = Setting<ClientEnv>;
@@ -167,9 +170,13 @@ impl ClientEnv {
     /// it came from.
     #[cfg(feature = "cli")]
     pub fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self> {
-        Self::from_values(settings::cli::values(matches), |name| {
+        let mut env = Self::from_values(settings::cli::values(matches), |name| {
             std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-        })
+        })?;
+        if matches.value_source("CFG_SERVER_ADDR") == Some(clap::parser::ValueSource::CommandLine) {
+            env.server_setting = "--server";
+        }
+        Ok(env)
     }
 
     fn from_values(
@@ -188,6 +195,7 @@ impl ClientEnv {
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
             max_payload_bytes: cfgsync_core::DEFAULT_MAX_PAYLOAD_BYTES,
             allow_group_world_write: false,
+            server_setting: "CFG_SERVER_ADDR",
         };
         settings::apply_settings(&mut env, CLIENT_SETTINGS, value_of)?;
         if env.host_identifier.is_empty() {
@@ -234,12 +242,12 @@ impl ClientEnv {
     }
 
     /// Client options: the deadline, token and payload limit from here, the
-    /// rest default; transport errors name `CFG_SERVER_ADDR`.
+    /// rest default; transport errors name `CFG_SERVER_ADDR` (or `--server`).
     pub fn client_options(&self) -> ClientOptions {
         let options = ClientOptions::default()
             .with_timeout(self.timeout)
             .with_max_payload_bytes(self.max_payload_bytes)
-            .with_address_setting("CFG_SERVER_ADDR");
+            .with_address_setting(self.server_setting);
         match &self.token {
             Some(token) => options.with_token(token.expose()),
             None => options,
