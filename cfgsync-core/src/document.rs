@@ -131,11 +131,25 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str) -> std::result::Result<T, Str
     let options = serde_saphyr::options! {
         budget: budget,
     };
-    serde_saphyr::from_str_with_options(text, options).map_err(|error| {
+    // serde_path_to_error tracks the key path the error sits at, so the
+    // message says where it belongs (`source: missing field ...`).
+    let path = std::cell::RefCell::new(None::<String>);
+    serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        serde_path_to_error::deserialize(de).map_err(|error| {
+            let at = error.path().to_string();
+            *path.borrow_mut() = (at != ".").then_some(at);
+            error.into_inner()
+        })
+    })
+    .map_err(|error| {
         let rendered = error.render_with_options(serde_saphyr::render_options! {
             snippets: serde_saphyr::SnippetMode::Off,
         });
         let line = rendered.lines().next().unwrap_or("invalid YAML");
-        line.trim_start_matches("error: ").to_owned()
+        let line = line.trim_start_matches("error: ");
+        match path.into_inner() {
+            Some(at) => format!("at `{at}`: {line}"),
+            None => line.to_owned(),
+        }
     })
 }

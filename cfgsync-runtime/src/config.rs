@@ -8,6 +8,7 @@ use cfgsync_core::{AuthConfig, Secret, ServerLimits};
 use serde::{Deserialize, Serialize};
 
 use crate::reload::ReloadConfig;
+use crate::settings::{self, Setting};
 use crate::{Error, Result};
 
 /// Env variables that override the config's secrets, so they need not sit in a file.
@@ -16,6 +17,47 @@ pub const ENV_SHARED_TOKEN: &str = "CFGSYNC_SHARED_TOKEN";
 pub const ENV_NODE_SECRET: &str = "CFGSYNC_NODE_SECRET";
 /// See [`ENV_SHARED_TOKEN`].
 pub const ENV_ADMIN_TOKEN: &str = "CFGSYNC_ADMIN_TOKEN";
+
+type S = Setting<CfgsyncServerConfig>;
+
+/// The settings of `cfgsync-server` beside its file, declared once: each
+/// overrides a key of the file, from its flag or its variable, so secrets
+/// need not sit in the file.
+pub const SERVER_SETTINGS: &[Setting<CfgsyncServerConfig>] = &[
+    S::new(
+        ENV_SHARED_TOKEN,
+        "--shared-token",
+        "TOKEN",
+        "Bearer token any node may use (overrides auth.shared_token)",
+        |c, v| {
+            c.auth.shared_token = Some(Secret::new(v));
+            Ok(())
+        },
+    )
+    .secret(),
+    S::new(
+        ENV_NODE_SECRET,
+        "--node-secret",
+        "SECRET",
+        "Secret of the per-node tokens (overrides auth.node_secret)",
+        |c, v| {
+            c.auth.node_secret = Some(Secret::new(v));
+            Ok(())
+        },
+    )
+    .secret(),
+    S::new(
+        ENV_ADMIN_TOKEN,
+        "--admin-token",
+        "TOKEN",
+        "Bearer token for POST /node/replace and the status page (overrides auth.admin_token)",
+        |c, v| {
+            c.auth.admin_token = Some(Secret::new(v));
+            Ok(())
+        },
+    )
+    .secret(),
+];
 
 /// `cfgsync-server`'s config file.
 ///
@@ -166,17 +208,11 @@ impl CfgsyncServerConfig {
     }
 
     /// Overrides `auth` secrets from `CFGSYNC_SHARED_TOKEN`,
-    /// `CFGSYNC_NODE_SECRET` and `CFGSYNC_ADMIN_TOKEN` when set.
+    /// `CFGSYNC_NODE_SECRET` and `CFGSYNC_ADMIN_TOKEN` when set (the
+    /// [`SERVER_SETTINGS`]).
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
-        for (name, slot) in [
-            (ENV_SHARED_TOKEN, &mut self.auth.shared_token),
-            (ENV_NODE_SECRET, &mut self.auth.node_secret),
-            (ENV_ADMIN_TOKEN, &mut self.auth.admin_token),
-        ] {
-            if let Some(value) = var(name).filter(|v| !v.is_empty()) {
-                *slot = Some(Secret::new(value));
-            }
-        }
+        // These settings take any non-empty value.
+        let _ = settings::apply_settings(self, SERVER_SETTINGS, settings::from_vars(var));
     }
 
     /// The address to listen on.

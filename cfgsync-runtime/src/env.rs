@@ -8,6 +8,7 @@ use std::time::Duration;
 use cfgsync_core::{NodeRegistration, RegistrationPayload, Secret};
 
 use crate::fetch::check_server_url;
+use crate::settings::{self, Setting, parse_bool, parse_bytes, parse_secs};
 use crate::{
     ArtifactOutputMap, ClientOptions, Error, Result, WrittenFile, register_and_fetch_artifacts_with,
 };
@@ -25,8 +26,6 @@ pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 
 /// Where the machine's hostname is read from when `CFG_HOST_IDENTIFIER` is unset.
 const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
-/// Longest part of a bad value repeated in an error.
-const MAX_SHOWN_VALUE: usize = 120;
 
 /// The node client's configuration, read from the original cfgsync's variables
 /// plus ours. An empty variable counts as unset.
@@ -69,7 +68,86 @@ pub struct ClientEnv {
     pub max_payload_bytes: u64,
     /// `CFG_ALLOW_GROUP_WORLD_WRITE`.
     pub allow_group_world_write: bool,
+    /// What the server address came from, named in transport errors
+    /// (`CFG_SERVER_ADDR`, or `--server` when given as a flag).
+    pub server_setting: &'static str,
 }
+
+type S = Setting<ClientEnv>;
+
+/// The client's settings, declared once: the library reads them from the
+/// environment ([`ClientEnv::from_env`]), `cfgsync-client` turns them into
+/// flags (each falling back to its variable) with the same parsers.
+pub const CLIENT_SETTINGS: &[Setting<ClientEnv>] = &[
+    S::new("CFG_SERVER_ADDR", "--server", "URL", "cfgsync server URL", |c, v| {
+        check_server_url(v)?;
+        c.server_addr = v.trim().trim_end_matches('/').to_owned();
+        Ok(())
+    })
+    .default(DEFAULT_SERVER_ADDR),
+    S::new("CFG_HOST_IP", "--ip", "IP", "This node's IP address, sent at registration", |c, v| {
+        c.host_ip = v.trim().parse().map_err(|_| "not an IP address".to_owned())?;
+        Ok(())
+    })
+    .default("127.0.0.1"),
+    S::new("CFG_HOST_IDENTIFIER", "--identifier", "ID", "This node's identifier", |c, v| {
+        cfgsync_core::validate_identifier(v).map_err(|e| e.to_string())?;
+        v.clone_into(&mut c.host_identifier);
+        Ok(())
+    })
+    .default("the hostname"),
+    S::new("CFG_REGISTRATION_METADATA_JSON", "--metadata-json", "JSON", "Registration metadata, as JSON", |c, v| {
+        c.metadata = Some(serde_json::from_str(v).map_err(|e| format!("not valid JSON: {e}"))?);
+        Ok(())
+    }),
+    S::new("CFG_FILE_PATH", "--file-path", "PATH", "Where `/config.yaml` and `config.yaml` are written", |c, v| {
+        c.file_path = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    S::new("CFG_DEPLOYMENT_PATH", "--deployment-path", "PATH", "Where `deployment-settings.yaml` and `/deployment.yaml` are written", |c, v| {
+        c.deployment_path = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    S::new("CFG_OUTPUT_ROOT", "--output-root", "DIR", "Directory every other file is written under, at its artifact path", |c, v| {
+        c.output_root = PathBuf::from(v);
+        Ok(())
+    })
+    .default(DEFAULT_OUTPUT_ROOT),
+    S::new("CFG_TOKEN", "--token", "TOKEN", "Bearer token sent to the server (never logged)", |c, v| {
+        if v.chars().any(|ch| ch.is_control() || ch == ' ') {
+            return Err("a bearer token cannot hold spaces or control characters".into());
+        }
+        c.token = Some(Secret::new(v));
+        Ok(())
+    })
+    .secret(),
+    S::new("CFG_TIMEOUT_SECS", "--timeout-secs", "DURATION", "One deadline for register + fetch: seconds, or 30s, 5m, 1h", |c, v| {
+        match parse_secs(v) {
+            Ok(secs) if (1..=MAX_TIMEOUT_SECS).contains(&secs) => {
+                c.timeout = Duration::from_secs(secs);
+                Ok(())
+            }
+            _ => Err(format!("expected a duration from 1 s to {MAX_TIMEOUT_SECS} s (e.g. 300, 30s, 5m)")),
+        }
+    })
+    .default("300"),
+    S::new("CFG_MAX_PAYLOAD_BYTES", "--max-payload-bytes", "SIZE", "Largest payload read from the server (bytes, or 64MiB, 1GiB); a larger one fails without being held in memory", |c, v| {
+        match parse_bytes(v)? {
+            0 => Err("expected at least 1 byte".into()),
+            bytes => {
+                c.max_payload_bytes = bytes;
+                Ok(())
+            }
+        }
+    })
+    .default("64MiB"),
+    S::new("CFG_ALLOW_GROUP_WORLD_WRITE", "--allow-group-world-write", "BOOL", "Keep the group/world write bits of file modes the server sends (stripped by default; setuid, setgid and sticky always are)", |c, v| {
+        c.allow_group_world_write = parse_bool(v)?;
+        Ok(())
+    })
+    .default("false")
+    .switch(),
+];
 
 impl ClientEnv {
     /// Reads the process environment.
@@ -79,79 +157,59 @@ impl ClientEnv {
         })
     }
 
-    /// Reads the variables through `get` (e.g. a map in tests, or flags layered
-    /// over the environment). `HOSTNAME` is asked for too when
-    /// `CFG_HOST_IDENTIFIER` is unset and the hostname file cannot be read.
+    /// Reads the variables through `get` (e.g. a map in tests). `HOSTNAME` is
+    /// asked for too when `CFG_HOST_IDENTIFIER` is unset and the hostname file
+    /// cannot be read.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let hostname_var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        Self::from_values(settings::from_vars(&get), hostname_var)
+    }
 
-        let server_addr = match var("CFG_SERVER_ADDR") {
-            Some(value) => parse_server_addr(&value)?,
-            None => DEFAULT_SERVER_ADDR.to_owned(),
-        };
-        let host_ip = match var("CFG_HOST_IP") {
-            Some(value) => value.trim().parse().map_err(|_| Error::InvalidVar {
-                var: "CFG_HOST_IP",
-                value: shown(&value),
-                reason: "not an IP address".into(),
-            })?,
-            None => DEFAULT_HOST_IP,
-        };
-        let host_identifier = match var("CFG_HOST_IDENTIFIER") {
-            Some(value) => value,
-            None => hostname(&var)?,
-        };
-        cfgsync_core::validate_identifier(&host_identifier).map_err(|e| Error::InvalidVar {
-            var: "CFG_HOST_IDENTIFIER",
-            value: shown(&host_identifier),
-            reason: e.to_string(),
+    /// Reads the settings from parsed `cfgsync-client` arguments (built from
+    /// [`CLIENT_SETTINGS`]): a bad value is named by the flag or the variable
+    /// it came from.
+    #[cfg(feature = "cli")]
+    pub fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self> {
+        let mut env = Self::from_values(settings::cli::values(matches), |name| {
+            std::env::var(name).ok().filter(|v| !v.trim().is_empty())
         })?;
-        let metadata = match var("CFG_REGISTRATION_METADATA_JSON") {
-            Some(value) => Some(serde_json::from_str(&value).map_err(|e| Error::InvalidVar {
-                var: "CFG_REGISTRATION_METADATA_JSON",
-                value: shown(&value),
-                reason: format!("not valid JSON: {e}"),
-            })?),
-            None => None,
+        if matches.value_source("CFG_SERVER_ADDR") == Some(clap::parser::ValueSource::CommandLine) {
+            env.server_setting = "--server";
+        }
+        Ok(env)
+    }
+
+    fn from_values(
+        value_of: impl Fn(&Setting<Self>) -> Option<settings::Given>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let mut env = Self {
+            server_addr: DEFAULT_SERVER_ADDR.to_owned(),
+            host_ip: DEFAULT_HOST_IP,
+            host_identifier: String::new(),
+            metadata: None,
+            file_path: None,
+            deployment_path: None,
+            output_root: PathBuf::from(DEFAULT_OUTPUT_ROOT),
+            token: None,
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            max_payload_bytes: cfgsync_core::DEFAULT_MAX_PAYLOAD_BYTES,
+            allow_group_world_write: false,
+            server_setting: "CFG_SERVER_ADDR",
         };
-        let timeout = match var("CFG_TIMEOUT_SECS") {
-            Some(value) => parse_timeout(&value)?,
-            None => Duration::from_secs(DEFAULT_TIMEOUT_SECS),
-        };
-        let token = match var("CFG_TOKEN") {
-            Some(value) if value.chars().any(|c| c.is_control() || c == ' ') => {
-                return Err(Error::InvalidVar {
-                    var: "CFG_TOKEN",
-                    value: "***".into(),
-                    reason: "a bearer token cannot hold spaces or control characters".into(),
-                });
-            }
-            Some(value) => Some(Secret::new(value)),
-            None => None,
-        };
-        let max_payload_bytes = match var("CFG_MAX_PAYLOAD_BYTES") {
-            Some(value) => parse_bytes("CFG_MAX_PAYLOAD_BYTES", &value)?,
-            None => cfgsync_core::DEFAULT_MAX_PAYLOAD_BYTES,
-        };
-        let allow_group_world_write = match var("CFG_ALLOW_GROUP_WORLD_WRITE") {
-            Some(value) => parse_bool("CFG_ALLOW_GROUP_WORLD_WRITE", &value)?,
-            None => false,
-        };
-        Ok(Self {
-            server_addr,
-            host_ip,
-            host_identifier,
-            metadata,
-            file_path: var("CFG_FILE_PATH").map(PathBuf::from),
-            deployment_path: var("CFG_DEPLOYMENT_PATH").map(PathBuf::from),
-            output_root: PathBuf::from(
-                var("CFG_OUTPUT_ROOT").unwrap_or_else(|| DEFAULT_OUTPUT_ROOT.to_owned()),
-            ),
-            token,
-            timeout,
-            max_payload_bytes,
-            allow_group_world_write,
-        })
+        settings::apply_settings(&mut env, CLIENT_SETTINGS, value_of)?;
+        if env.host_identifier.is_empty() {
+            let name = hostname(&var)?;
+            cfgsync_core::validate_identifier(&name).map_err(|e| Error::InvalidVar {
+                var: "CFG_HOST_IDENTIFIER",
+                value: name.clone(),
+                reason: format!(
+                    "the hostname is not a valid identifier ({e}); set CFG_HOST_IDENTIFIER"
+                ),
+            })?;
+            env.host_identifier = name;
+        }
+        Ok(env)
     }
 
     /// The registration sent to the server.
@@ -184,12 +242,12 @@ impl ClientEnv {
     }
 
     /// Client options: the deadline, token and payload limit from here, the
-    /// rest default; transport errors name `CFG_SERVER_ADDR`.
+    /// rest default; transport errors name `CFG_SERVER_ADDR` (or `--server`).
     pub fn client_options(&self) -> ClientOptions {
         let options = ClientOptions::default()
             .with_timeout(self.timeout)
             .with_max_payload_bytes(self.max_payload_bytes)
-            .with_address_setting("CFG_SERVER_ADDR");
+            .with_address_setting(self.server_setting);
         match &self.token {
             Some(token) => options.with_token(token.expose()),
             None => options,
@@ -214,49 +272,6 @@ pub async fn run_cfgsync_client_from_env() -> Result<Vec<WrittenFile>> {
     ClientEnv::from_env()?.run().await
 }
 
-fn parse_server_addr(value: &str) -> Result<String> {
-    check_server_url(value).map_err(|reason| Error::InvalidVar {
-        var: "CFG_SERVER_ADDR",
-        value: shown(value),
-        reason,
-    })?;
-    Ok(value.trim().trim_end_matches('/').to_owned())
-}
-
-fn parse_timeout(value: &str) -> Result<Duration> {
-    match value.trim().parse::<u64>() {
-        Ok(secs) if (1..=MAX_TIMEOUT_SECS).contains(&secs) => Ok(Duration::from_secs(secs)),
-        _ => Err(Error::InvalidVar {
-            var: "CFG_TIMEOUT_SECS",
-            value: shown(value),
-            reason: format!("expected whole seconds from 1 to {MAX_TIMEOUT_SECS}"),
-        }),
-    }
-}
-
-fn parse_bytes(var: &'static str, value: &str) -> Result<u64> {
-    match value.trim().parse::<u64>() {
-        Ok(bytes) if bytes > 0 => Ok(bytes),
-        _ => Err(Error::InvalidVar {
-            var,
-            value: shown(value),
-            reason: "expected a whole number of bytes, at least 1".into(),
-        }),
-    }
-}
-
-fn parse_bool(var: &'static str, value: &str) -> Result<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::InvalidVar {
-            var,
-            value: shown(value),
-            reason: "expected true or false (also 1/0, yes/no, on/off)".into(),
-        }),
-    }
-}
-
 fn hostname(var: &impl Fn(&str) -> Option<String>) -> Result<String> {
     let from_file = std::fs::read_to_string(HOSTNAME_FILE)
         .ok()
@@ -268,12 +283,4 @@ fn hostname(var: &impl Fn(&str) -> Option<String>) -> Result<String> {
             var: "CFG_HOST_IDENTIFIER",
             reason: format!("no default: {HOSTNAME_FILE} cannot be read and HOSTNAME is not set"),
         })
-}
-
-/// The value as shown in an error: cut to a readable length.
-fn shown(value: &str) -> String {
-    match value.char_indices().nth(MAX_SHOWN_VALUE) {
-        Some((cut, _)) => format!("{}...", &value[..cut]),
-        None => value.to_owned(),
-    }
 }

@@ -156,7 +156,8 @@ pub enum Error {
     /// A configuration variable (or its flag) has an invalid value.
     #[error("invalid {var}={value:?}: {reason}")]
     InvalidVar {
-        /// The variable, e.g. `CFG_HOST_IP`.
+        /// What the user typed: the variable, e.g. `CFG_HOST_IP`, or the
+        /// flag, e.g. `--ip`.
         var: &'static str,
         /// The value as given (`***` for secrets).
         value: String,
@@ -200,6 +201,17 @@ pub enum Error {
     #[error(transparent)]
     Adapter(#[from] cfgsync_adapter::Error),
 
+    /// A file or value a config key names failed (e.g. the file
+    /// `source.artifacts_path` names cannot be read).
+    #[error("{key}: {source}")]
+    ConfigKey {
+        /// The key path, e.g. `source.artifacts_path`.
+        key: &'static str,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A required configuration variable is not set and has no default.
     #[error("{var} is not set: {reason}")]
     MissingVar {
@@ -208,6 +220,26 @@ pub enum Error {
         /// Why no default applies.
         reason: String,
     },
+}
+
+impl Error {
+    /// This error, said to come from the config key `key`.
+    pub(crate) fn at_key(self, key: &'static str) -> Self {
+        Self::ConfigKey {
+            key,
+            source: Box::new(self),
+        }
+    }
+}
+
+impl From<crate::settings::SettingError> for Error {
+    fn from(e: crate::settings::SettingError) -> Self {
+        Self::InvalidVar {
+            var: e.name,
+            value: e.value,
+            reason: e.reason,
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].

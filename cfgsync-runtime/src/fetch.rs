@@ -554,14 +554,8 @@ impl Attempts {
 /// Checks that `url` can address a cfgsync server: `http` or `https`, a host, no
 /// query or fragment. A malformed URL fails at once instead of being retried.
 pub(crate) fn check_server_url(url: &str) -> std::result::Result<(), String> {
-    let parsed = reqwest::Url::parse(url.trim())
-        .map_err(|e| format!("not a URL ({e}); expected e.g. http://127.0.0.1:4400"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err("the scheme must be http or https; expected e.g. http://127.0.0.1:4400".into());
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err("the URL has no host".into());
-    }
+    crate::settings::parse_http_url(url)?;
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|e| format!("not a URL: {e}"))?;
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err("the URL cannot have a query or fragment".into());
     }

@@ -11,11 +11,14 @@ pub mod logging;
 mod output;
 pub mod reload;
 mod server;
+pub mod settings;
 
-pub use config::{CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig};
+pub use config::{
+    CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig, SERVER_SETTINGS,
+};
 pub use env::{
-    ClientEnv, DEFAULT_HOST_IP, DEFAULT_OUTPUT_ROOT, DEFAULT_SERVER_ADDR, DEFAULT_TIMEOUT_SECS,
-    MAX_TIMEOUT_SECS, run_cfgsync_client_from_env,
+    CLIENT_SETTINGS, ClientEnv, DEFAULT_HOST_IP, DEFAULT_OUTPUT_ROOT, DEFAULT_SERVER_ADDR,
+    DEFAULT_TIMEOUT_SECS, MAX_TIMEOUT_SECS, run_cfgsync_client_from_env,
 };
 pub use error::{Error, Result, Step};
 pub use fetch::{
@@ -26,6 +29,6 @@ pub use fetch::{
 pub use output::{ArtifactOutputMap, FORBIDDEN_MODE_BITS, GROUP_WORLD_WRITE_BITS, WrittenFile};
 pub use reload::{FileKind, FileReloader, ReloadConfig, ReloadableSource, load_reloadable};
 pub use server::{
-    ConfiguredServer, build_server, build_server_state, open_registration_store,
+    ConfiguredServer, build_server, build_server_state, check_config, open_registration_store,
     serve_cfgsync_from_config, serve_snapshot_cfgsync,
 };

@@ -40,3 +40,24 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
         LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
 }
+
+/// The `--log-format text|json` argument, falling back to variable `env`, for
+/// a command built from a settings table ([`crate::settings`]); read it back
+/// with [`log_format_of`].
+pub fn log_format_arg(env: &'static str) -> clap::Arg {
+    clap::Arg::new("log_format")
+        .long("log-format")
+        .env(env)
+        .value_name("FORMAT")
+        .value_parser(clap::builder::EnumValueParser::<LogFormat>::new())
+        .default_value("text")
+        .help("Log lines as text or JSON (one object per line)")
+}
+
+/// The format [`log_format_arg`] parsed (text when absent).
+pub fn log_format_of(matches: &clap::ArgMatches) -> LogFormat {
+    matches
+        .get_one::<LogFormat>("log_format")
+        .copied()
+        .unwrap_or_default()
+}

@@ -58,7 +58,8 @@ pub async fn build_server(config: &CfgsyncServerConfig) -> Result<ConfiguredServ
         "file not watched".to_owned()
     };
     let mut registry = Registry::default();
-    let loaded = load_reloadable(path, kind, store, &mut registry, triggers)?;
+    let loaded = load_reloadable(path, kind, store, &mut registry, triggers)
+        .map_err(|e| e.at_key(ARTIFACTS_KEY))?;
     if config.reload.watch {
         drop(loaded.reloader.watch(config.reload.interval()));
     }
@@ -79,6 +80,101 @@ pub async fn build_server(config: &CfgsyncServerConfig) -> Result<ConfiguredServ
         state,
         reloader: loaded.reloader,
     })
+}
+
+/// The config key of the source file, named in errors about that file.
+const ARTIFACTS_KEY: &str = "source.artifacts_path";
+
+/// Checks what a config describes without serving and without changing
+/// anything on disk: the source file is read and checked as at start-up, the
+/// registration store's location is looked at but not opened or created.
+/// Returns the summary as `(what, value)` lines.
+pub fn check_config(config: &CfgsyncServerConfig) -> Result<Vec<(&'static str, String)>> {
+    let (path, kind, mode) = match &config.source {
+        CfgsyncServingMode::Bundle { artifacts_path } => (
+            artifacts_path,
+            FileKind::Bundle,
+            "static (bundle): served without registration",
+        ),
+        CfgsyncServingMode::Registration { artifacts_path } => (
+            artifacts_path,
+            FileKind::Artifacts,
+            "registration: served once a node registered",
+        ),
+    };
+    let mut registry = Registry::default();
+    load_reloadable(path, kind, None, &mut registry, "check")
+        .map_err(|e| e.at_key(ARTIFACTS_KEY))?;
+    let nodes = match kind {
+        FileKind::Bundle => {
+            let bundle = cfgsync_core::NodeArtifactsBundle::from_path(path)?;
+            format!(
+                "{} node(s), {} shared file(s)",
+                bundle.nodes.len(),
+                bundle.shared_files.len()
+            )
+        }
+        FileKind::Artifacts => {
+            let artifacts = cfgsync_core::RegistrationArtifacts::from_path(path)?;
+            format!(
+                "{} node(s), {} shared file(s)",
+                artifacts.nodes.len(),
+                artifacts.shared.files.len()
+            )
+        }
+    };
+    let store = match &config.registration_store {
+        RegistrationStoreConfig::Memory => "memory (lost on restart)".to_owned(),
+        RegistrationStoreConfig::Durable(dir) if dir.is_dir() => {
+            format!("file://{} (exists)", dir.display())
+        }
+        RegistrationStoreConfig::Durable(dir) if dir.exists() => {
+            return Err(Error::Config {
+                path: dir.clone(),
+                message: "registration_store: exists and is not a directory".to_owned(),
+            });
+        }
+        RegistrationStoreConfig::Durable(dir) => {
+            format!("file://{} (created at start)", dir.display())
+        }
+        RegistrationStoreConfig::Object(url) => {
+            object_store::parse_url(url).map_err(|e| Error::RegistrationStore {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?;
+            format!("{url} (not contacted by check)")
+        }
+    };
+    let auth = &config.auth;
+    let auth = if auth.is_enabled() {
+        let mut on = Vec::new();
+        if auth.shared_token.is_some() {
+            on.push("shared token");
+        }
+        if auth.node_secret.is_some() {
+            on.push("per-node tokens");
+        }
+        if auth.admin_token.is_some() {
+            on.push("admin token");
+        }
+        format!("on ({})", on.join(", "))
+    } else {
+        "off".to_owned()
+    };
+    let reload = if config.reload.watch {
+        format!("polled every {} ms", config.reload.interval().as_millis())
+    } else {
+        "not watched (SIGHUP reloads)".to_owned()
+    };
+    Ok(vec![
+        ("listen", format!("http://{}", config.socket_addr())),
+        ("source", mode.to_owned()),
+        (ARTIFACTS_KEY, path.display().to_string()),
+        ("nodes", nodes),
+        ("registration_store", store),
+        ("auth", auth),
+        ("reload", reload),
+    ])
 }
 
 /// The server state a config describes (see [`build_server`], whose file

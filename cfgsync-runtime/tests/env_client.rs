@@ -88,7 +88,7 @@ fn from_vars_applies_the_original_defaults_and_names_each_bad_value() {
         (
             "CFG_SERVER_ADDR",
             "cfgsync:4400",
-            "scheme must be http or https",
+            "give the scheme, e.g. http://cfgsync:4400",
         ),
         ("CFG_SERVER_ADDR", "not a url", "not a URL"),
         ("CFG_HOST_IP", "10.0.0.300", "not an IP address"),
@@ -98,8 +98,13 @@ fn from_vars_applies_the_original_defaults_and_names_each_bad_value() {
             "{not json",
             "not valid JSON",
         ),
-        ("CFG_TIMEOUT_SECS", "0", "whole seconds"),
-        ("CFG_TIMEOUT_SECS", "5m", "whole seconds"),
+        (
+            "CFG_SERVER_ADDR",
+            "ftp://cfgsync",
+            "use http:// or https://",
+        ),
+        ("CFG_TIMEOUT_SECS", "0", "from 1 s to"),
+        ("CFG_TIMEOUT_SECS", "soon", "e.g. 300, 30s, 5m"),
     ];
     for (var, value, reason) in bad {
         let error = ClientEnv::from_vars(vars(&[("CFG_HOST_IDENTIFIER", "node-1"), (var, value)]))
@@ -283,10 +288,10 @@ fn the_binary_rejects_a_bad_variable_in_one_line_naming_it() {
         .env("CFG_HOST_IP", "not-an-ip")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr_lines(&out),
-        ["cfgsync-client: invalid CFG_HOST_IP=\"not-an-ip\": not an IP address"]
+        ["cfgsync-client: invalid CFG_HOST_IP=\"not-an-ip\": not an IP address (see --help)"]
     );
     assert!(out.stdout.is_empty());
 
@@ -296,7 +301,7 @@ fn the_binary_rejects_a_bad_variable_in_one_line_naming_it() {
         .env("CFG_TOKEN", "top secret")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let lines = stderr_lines(&out);
     assert_eq!(lines.len(), 1);
     assert!(
@@ -304,6 +309,73 @@ fn the_binary_rejects_a_bad_variable_in_one_line_naming_it() {
         "{lines:?}"
     );
     assert!(!lines[0].contains("secret"));
+}
+
+#[test]
+fn a_bad_value_is_named_as_the_user_gave_it_flag_or_variable() {
+    // The flag's value is not fed back through the variable's name.
+    let out = client()
+        .env("CFG_HOST_IDENTIFIER", "node-1")
+        .args(["--server", "localhost:4400"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_lines(&out),
+        [
+            "cfgsync-client: invalid --server=\"localhost:4400\": not a URL: give the scheme, \
+             e.g. http://localhost:4400 (see --help)"
+        ]
+    );
+    let out = client()
+        .env("CFG_HOST_IDENTIFIER", "node-1")
+        .env("CFG_SERVER_ADDR", "localhost:4400")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_lines(&out)[0]
+            .starts_with("cfgsync-client: invalid CFG_SERVER_ADDR=\"localhost:4400\""),
+        "{:?}",
+        stderr_lines(&out)
+    );
+    // Sizes and durations take units; a bad one says what would do.
+    let env = ClientEnv::from_vars(vars(&[
+        ("CFG_HOST_IDENTIFIER", "node-1"),
+        ("CFG_MAX_PAYLOAD_BYTES", "4GiB"),
+        ("CFG_TIMEOUT_SECS", "5m"),
+    ]))
+    .unwrap();
+    assert_eq!(env.max_payload_bytes, 4 << 30);
+    assert_eq!(env.timeout, Duration::from_secs(300));
+    let out = client()
+        .env("CFG_HOST_IDENTIFIER", "node-1")
+        .args(["--max-payload-bytes", "4 parsecs"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stderr_lines(&out),
+        [
+            "cfgsync-client: invalid --max-payload-bytes=\"4 parsecs\": unknown size unit \
+             \"parsecs\": use B, KiB, MiB, GiB or TiB (e.g. 4GiB) (see --help)"
+        ]
+    );
+}
+
+#[test]
+fn a_mistyped_variable_is_warned_about_with_the_closest_known_name() {
+    let out = client()
+        .env("CFG_HOST_IDENTIFIER", "node-1")
+        .env("CFG_TIMEOUT_SEC", "30")
+        .env("CFG_SERVER_ADDR", "not-a-url")
+        .output()
+        .unwrap();
+    let lines = stderr_lines(&out);
+    assert_eq!(
+        lines[0],
+        "warning: unknown variable CFG_TIMEOUT_SEC; did you mean CFG_TIMEOUT_SECS?"
+    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
 }
 
 #[test]

@@ -259,7 +259,7 @@ fn the_payload_limit_and_the_mode_option_come_from_the_environment() {
 
     for (var, value) in [
         ("CFG_MAX_PAYLOAD_BYTES", "0"),
-        ("CFG_MAX_PAYLOAD_BYTES", "64MiB"),
+        ("CFG_MAX_PAYLOAD_BYTES", "64 parsecs"),
         ("CFG_ALLOW_GROUP_WORLD_WRITE", "maybe"),
         ("CFG_HOST_IDENTIFIER", "ñodo"),
     ] {

@@ -219,6 +219,64 @@ fn run_server(args: &[&str], config_text: Option<&str>) -> (bool, String, String
 }
 
 #[test]
+fn check_prints_a_summary_and_changes_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("registrations");
+    std::fs::write(
+        dir.path().join("artifacts.yaml"),
+        "nodes: {node-1: {files: [{path: /a, content: x}]}}\nshared: {files: [{path: /b, content: y}]}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind: 127.0.0.1\nregistration_store: file://{}\nsource:\n  kind: registration\n  artifacts_path: artifacts.yaml\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let out = Command::new(SERVER)
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .env("CFGSYNC_ADMIN_TOKEN", "admin-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !stdout.contains("Registration {"),
+        "no Debug dump: {stdout}"
+    );
+    for line in [
+        "listen                 http://127.0.0.1:4400",
+        "source                 registration: served once a node registered",
+        "nodes                  1 node(s), 1 shared file(s)",
+        "(created at start)",
+        "auth                   on (admin token)",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from {stdout}");
+    }
+    assert!(!stdout.contains("admin-secret"));
+    assert_eq!(listing(), before, "check created something");
+    assert!(!store.exists());
+}
+
+#[test]
 fn bad_configs_fail_with_one_clear_line() {
     let bundle = examples().join("bundle.yaml");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -230,7 +288,21 @@ fn bad_configs_fail_with_one_clear_line() {
         ),
         (
             "source:\n  kind: static\n  artifacts_path: /no/such/bundle.yaml\n".to_owned(),
-            "/no/such/bundle.yaml",
+            "source.artifacts_path: cannot read /no/such/bundle.yaml",
+        ),
+        // The key path says where a missing or mistyped key belongs.
+        (
+            "source:\n  kind: static\n".to_owned(),
+            "at `source`: missing field `artifacts_path`",
+        ),
+        (
+            "source:\n  kind: static\n  artifact_path: x\n".to_owned(),
+            "at `source`: unknown field `artifact_path`",
+        ),
+        (
+            "limits:\n  max_body_bytes: lots\nsource:\n  kind: static\n  artifacts_path: x\n"
+                .to_owned(),
+            "at `limits.max_body_bytes`",
         ),
         (
             format!(

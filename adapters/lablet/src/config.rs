@@ -5,6 +5,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cfgsync_core::Secret;
+use cfgsync_runtime::settings::{
+    self, Setting, SettingError, parse_bytes, parse_http_url, parse_millis, parse_number,
+    parse_secs,
+};
 use serde::{Deserialize, Serialize};
 
 pub use crate::catalog::{
@@ -118,26 +123,6 @@ impl HttpConfig {
     pub(crate) fn read_timeout(&self) -> Duration {
         Duration::from_secs(self.read_timeout_secs.max(1))
     }
-
-    fn from_lookup(env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let mut c = Self::default();
-        if let Some(v) = env.number("LABLET_CONNECT_TIMEOUT_SECS")? {
-            c.connect_timeout_secs = v;
-        }
-        if let Some(v) = env.number("LABLET_READ_TIMEOUT_SECS")? {
-            c.read_timeout_secs = v;
-        }
-        if let Some(v) = env.number("LABLET_RETRY_ATTEMPTS")? {
-            c.retry.max_attempts = usize::try_from(v).unwrap_or(usize::MAX).max(1);
-        }
-        if let Some(v) = env.number("LABLET_RETRY_BACKOFF_MS")? {
-            c.retry.initial_backoff_ms = v;
-        }
-        if let Some(v) = env.number("LABLET_RETRY_MAX_BACKOFF_MS")? {
-            c.retry.max_backoff_ms = v;
-        }
-        Ok(c)
-    }
 }
 
 /// A configuration value could not be used.
@@ -159,76 +144,401 @@ impl ConfigError {
     }
 }
 
-/// The `LABLET_*` variables as each part reads them: an empty value counts as
-/// unset.
-pub(crate) struct EnvLookup<'a> {
-    get: &'a dyn Fn(&str) -> Option<String>,
+type S = Setting<LabletSyncConfig>;
+
+/// Every `LABLET_*` setting of [`LabletSyncConfig`], declared once: the
+/// variable, the `lablet-sync` flag, the default shown in `--help`, and how a
+/// value is parsed. [`LabletSyncConfig::from_env`] reads this table;
+/// `lablet-sync` builds its flags from it. To add a setting, add one row.
+pub const LABLET_SETTINGS: &[Setting<LabletSyncConfig>] = &[
+    S::new(
+        "LABLET_RESOLVER_URL",
+        "--resolver-url",
+        "URL",
+        "Base URL of the form-environment-resolver",
+        |c, v| {
+            c.resolver.url = parse_http_url(v)?;
+            Ok(())
+        },
+    )
+    .default("http://127.0.0.1:8080"),
+    S::new(
+        "LABLET_RESOLVE_URL",
+        "--resolve-url",
+        "TEMPLATE",
+        "Resolve URL template",
+        |c, v| {
+            v.clone_into(&mut c.resolver.resolve_url);
+            Ok(())
+        },
+    )
+    .default(DEFAULT_RESOLVE_URL),
+    S::new(
+        "LABLET_DOWNLOAD_URL",
+        "--download-url",
+        "TEMPLATE",
+        "Package download URL template",
+        |c, v| {
+            v.clone_into(&mut c.mosaic.download_url);
+            Ok(())
+        },
+    )
+    .default(DEFAULT_DOWNLOAD_URL),
+    S::new(
+        "LABLET_MAX_PACKAGE_BYTES",
+        "--max-package-bytes",
+        "SIZE",
+        "Largest package downloaded (bytes, or 512MiB, 4GiB)",
+        |c, v| {
+            c.mosaic.max_package_bytes = parse_bytes(v)?;
+            Ok(())
+        },
+    )
+    .default("4GiB"),
+    S::new(
+        "LABLET_LDS_URL",
+        "--lds-url",
+        "URL",
+        "Base URL of LDS; unset: LDS is not notified",
+        |c, v| {
+            c.fanout.lds_url = Some(parse_http_url(v)?);
+            Ok(())
+        },
+    ),
+    S::new(
+        "LABLET_LDS_SYNC_URL",
+        "--lds-sync-url",
+        "TEMPLATE",
+        "LDS sync URL template",
+        |c, v| {
+            v.clone_into(&mut c.fanout.lds_sync_url);
+            Ok(())
+        },
+    )
+    .default(DEFAULT_LDS_SYNC_URL),
+    S::new(
+        "LABLET_SE_URL",
+        "--se-url",
+        "URL",
+        "Base URL of SE; unset: SE is not notified",
+        |c, v| {
+            c.fanout.se_url = Some(parse_http_url(v)?);
+            Ok(())
+        },
+    ),
+    S::new(
+        "LABLET_SE_SYNC_URL",
+        "--se-sync-url",
+        "TEMPLATE",
+        "SE sync URL template",
+        |c, v| {
+            v.clone_into(&mut c.fanout.se_sync_url);
+            Ok(())
+        },
+    )
+    .default(DEFAULT_SE_SYNC_URL),
+    S::new(
+        "LABLET_CATALOG",
+        "--catalog",
+        "KIND",
+        "Catalog that records results: embedded, cpa or object (JSON objects in the S3 store)",
+        |c, v| {
+            c.catalog.kind = match v.trim() {
+                "embedded" => CatalogKind::Embedded,
+                "cpa" => CatalogKind::Cpa,
+                "object" => CatalogKind::Object,
+                _ => return Err("expected `embedded`, `cpa` or `object`".into()),
+            };
+            Ok(())
+        },
+    )
+    .default("embedded"),
+    S::new(
+        "LABLET_CATALOG_PREFIX",
+        "--catalog-prefix",
+        "PREFIX",
+        "Key prefix of the object catalog's definitions, under the store's prefix",
+        |c, v| {
+            v.clone_into(&mut c.catalog.object_prefix);
+            Ok(())
+        },
+    )
+    .default("_catalog/"),
+    S::new(
+        "LABLET_CATALOG_POLL_SECS",
+        "--catalog-poll-secs",
+        "DURATION",
+        "Least time between two listings of CPA that serve makes to notice records made elsewhere",
+        |c, v| {
+            c.catalog.poll_secs = parse_secs(v)?.max(1);
+            Ok(())
+        },
+    )
+    .default("1"),
+    S::new(
+        "LABLET_CPA_URL",
+        "--cpa-url",
+        "URL",
+        "Base URL of CPA (required for the cpa catalog)",
+        |c, v| {
+            c.catalog.cpa_url = Some(parse_http_url(v)?);
+            Ok(())
+        },
+    ),
+    S::new(
+        "LABLET_CPA_TOKEN",
+        "--cpa-token",
+        "TOKEN",
+        "Bearer token for CPA (never shown)",
+        |c, v| {
+            c.catalog.cpa_token = Some(Secret::new(v));
+            Ok(())
+        },
+    )
+    .secret(),
+    S::new(
+        "LABLET_CPA_RECORD_URL",
+        "--cpa-record-url",
+        "TEMPLATE",
+        "CPA record URL template",
+        |c, v| {
+            v.clone_into(&mut c.catalog.cpa_record_url);
+            Ok(())
+        },
+    )
+    .default(DEFAULT_RECORD_URL),
+    S::new(
+        "LABLET_CPA_DEFINITION_URL",
+        "--cpa-definition-url",
+        "TEMPLATE",
+        "CPA definition URL template",
+        |c, v| {
+            v.clone_into(&mut c.catalog.cpa_definition_url);
+            Ok(())
+        },
+    )
+    .default(DEFAULT_DEFINITION_URL),
+    S::new(
+        "LABLET_CPA_LIST_URL",
+        "--cpa-list-url",
+        "TEMPLATE",
+        "CPA list URL template",
+        |c, v| {
+            v.clone_into(&mut c.catalog.cpa_list_url);
+            Ok(())
+        },
+    )
+    .default(DEFAULT_LIST_URL),
+    S::new(
+        "LABLET_ID_TEMPLATE",
+        "--id-template",
+        "TEMPLATE",
+        "Definition id template",
+        |c, v| {
+            v.clone_into(&mut c.catalog.id_template);
+            Ok(())
+        },
+    )
+    .default("{name}"),
+    S::new(
+        "LABLET_STORE",
+        "--store",
+        "URL",
+        "Package store: file:///DIR or s3://BUCKET[/PREFIX]",
+        |c, v| {
+            let scheme = v.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("file" | "s3")) {
+                return Err("expected file:///DIR or s3://BUCKET[/PREFIX]".into());
+            }
+            c.store.url = Some(v.trim().to_owned());
+            Ok(())
+        },
+    )
+    .default("file://DATA_DIR/store"),
+    S::new(
+        "LABLET_LOCATION",
+        "--location",
+        "TEMPLATE",
+        "Location template BUCKET/KEY (lablet-{slug}/package.zip: a bucket per lablet)",
+        |c, v| {
+            v.clone_into(&mut c.store.location);
+            Ok(())
+        },
+    )
+    .default(DEFAULT_LOCATION),
+    S::new(
+        "LABLET_S3_ENDPOINT",
+        "--s3-endpoint",
+        "URL",
+        "S3 endpoint (RustFS, MinIO); credentials from AWS_*",
+        |c, v| {
+            c.store.s3.endpoint = Some(parse_http_url(v)?);
+            Ok(())
+        },
+    )
+    .default("AWS_ENDPOINT_URL"),
+    S::new(
+        "LABLET_DATA_DIR",
+        "--data-dir",
+        "DIR",
+        "Work directory: temp downloads, locks, catalog, retry queue",
+        |c, v| {
+            c.data_dir = PathBuf::from(v);
+            Ok(())
+        },
+    )
+    .default(".lablet-sync"),
+    S::new(
+        "LABLET_LOCK_DIR",
+        "--lock-dir",
+        "DIR",
+        "Per-lablet lock files (share it between processes)",
+        |c, v| {
+            c.lock_dir = Some(PathBuf::from(v));
+            Ok(())
+        },
+    )
+    .default("DATA_DIR/locks"),
+    S::new(
+        "LABLET_LEASE_TTL_SECS",
+        "--lease-ttl-secs",
+        "DURATION",
+        "S3 stores: lease time-to-live of a sync on its storage key (renewed every third of it)",
+        |c, v| {
+            let secs = parse_secs(v)?;
+            if secs == 0 {
+                return Err("must be at least 1 second".into());
+            }
+            c.lease.ttl_secs = secs;
+            Ok(())
+        },
+    )
+    .default("30"),
+    S::new(
+        "LABLET_LOCK_WAIT_SECS",
+        "--lock-wait-secs",
+        "DURATION",
+        "How long a sync waits for a storage key another sync holds before failing as busy",
+        |c, v| {
+            c.lease.wait_secs = parse_secs(v)?;
+            Ok(())
+        },
+    )
+    .default("300"),
+    S::new(
+        "LABLET_CONNECT_TIMEOUT_SECS",
+        "--connect-timeout-secs",
+        "DURATION",
+        "HTTP connect timeout (every service, S3 included): seconds, or 10s, 1m",
+        |c, v| {
+            c.http.connect_timeout_secs = at_least_one(parse_secs(v)?)?;
+            Ok(())
+        },
+    )
+    .default("10"),
+    S::new(
+        "LABLET_READ_TIMEOUT_SECS",
+        "--read-timeout-secs",
+        "DURATION",
+        "HTTP read timeout between bytes: seconds, or 60s, 2m",
+        |c, v| {
+            c.http.read_timeout_secs = at_least_one(parse_secs(v)?)?;
+            Ok(())
+        },
+    )
+    .default("60"),
+    S::new(
+        "LABLET_RETRY_ATTEMPTS",
+        "--retry-attempts",
+        "N",
+        "Attempts per HTTP call, the first included",
+        |c, v| {
+            c.http.retry.max_attempts = at_least_one(parse_number(v)?)?;
+            Ok(())
+        },
+    )
+    .default("3"),
+    S::new(
+        "LABLET_RETRY_BACKOFF_MS",
+        "--retry-backoff-ms",
+        "DURATION",
+        "First retry backoff: milliseconds, or 200ms, 1s",
+        |c, v| {
+            c.http.retry.initial_backoff_ms = parse_millis(v)?;
+            Ok(())
+        },
+    )
+    .default("200"),
+    S::new(
+        "LABLET_RETRY_MAX_BACKOFF_MS",
+        "--retry-max-backoff-ms",
+        "DURATION",
+        "Longest retry backoff: milliseconds, or 5s",
+        |c, v| {
+            c.http.retry.max_backoff_ms = parse_millis(v)?;
+            Ok(())
+        },
+    )
+    .default("5000"),
+    S::new(
+        "LABLET_MAX_ENTRIES",
+        "--max-entries",
+        "N",
+        "Inspect: most zip entries",
+        |c, v| {
+            c.inspect.max_entries = parse_number(v)?;
+            Ok(())
+        },
+    )
+    .default("100000"),
+    S::new(
+        "LABLET_MAX_ENTRY_BYTES",
+        "--max-entry-bytes",
+        "SIZE",
+        "Inspect: most bytes read from one entry (bytes, or 8MiB)",
+        |c, v| {
+            c.inspect.max_read_entry_bytes = parse_bytes(v)?;
+            Ok(())
+        },
+    )
+    .default("8MiB"),
+];
+
+fn at_least_one<T: PartialOrd + From<u8>>(n: T) -> Result<T, String> {
+    if n < T::from(1) {
+        return Err("expected at least 1".into());
+    }
+    Ok(n)
 }
 
-impl EnvLookup<'_> {
-    /// The value of `key`, when set and not empty.
-    pub(crate) fn text(&self, key: &str) -> Option<String> {
-        (self.get)(key).filter(|v| !v.is_empty())
+impl From<SettingError> for ConfigError {
+    fn from(e: SettingError) -> Self {
+        Self::new(e.name, format!("invalid value {:?}: {}", e.value, e.reason))
     }
-
-    /// Overwrites `target` with the value of `key`, when set.
-    pub(crate) fn set(&self, key: &str, target: &mut String) {
-        if let Some(v) = self.text(key) {
-            *target = v;
-        }
-    }
-
-    /// The value of `key` as a number, when set.
-    pub(crate) fn number(&self, key: &str) -> Result<Option<u64>, ConfigError> {
-        self.text(key)
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|e| ConfigError::new(key, format!("not a number ({e}): {v:?}")))
-            })
-            .transpose()
-    }
-}
-
-fn inspect_from_lookup(env: &EnvLookup<'_>) -> Result<InspectLimits, ConfigError> {
-    let mut c = InspectLimits::default();
-    if let Some(v) = env.number("LABLET_MAX_ENTRIES")? {
-        c.max_entries = usize::try_from(v).unwrap_or(usize::MAX);
-    }
-    if let Some(v) = env.number("LABLET_MAX_ENTRY_BYTES")? {
-        c.max_read_entry_bytes = v;
-    }
-    Ok(c)
 }
 
 impl LabletSyncConfig {
-    /// Defaults overridden by the `LABLET_*` variables (see the crate README).
+    /// Defaults overridden by the `LABLET_*` variables of [`LABLET_SETTINGS`]
+    /// (see the crate README); an empty variable counts as unset.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|key| std::env::var(key).ok())
+        Self::from_values(settings::from_process_env())
     }
 
     /// Like [`LabletSyncConfig::from_env`] with a custom variable lookup (tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let env = EnvLookup { get: &get };
-        // parts in the order their variables are checked
-        let resolver = ResolverConfig::from_lookup(&env)?;
-        let fanout = FanOutConfig::from_lookup(&env)?;
-        let catalog = CatalogConfig::from_lookup(&env)?;
-        let store = StoreConfig::from_lookup(&env)?;
-        Ok(Self {
-            resolver,
-            fanout,
-            catalog,
-            store,
-            data_dir: env
-                .text("LABLET_DATA_DIR")
-                .map_or_else(|| Self::default().data_dir, PathBuf::from),
-            lock_dir: env.text("LABLET_LOCK_DIR").map(PathBuf::from),
-            lease: crate::lease::LeaseConfig::from_lookup(&env)?,
-            mosaic: MosaicConfig::from_lookup(&env)?,
-            http: HttpConfig::from_lookup(&env)?,
-            inspect: inspect_from_lookup(&env)?,
-        })
+        Self::from_values(settings::from_vars(get))
+    }
+
+    /// Defaults overridden by the values `value_of` gives for the settings of
+    /// [`LABLET_SETTINGS`] (e.g. `lablet-sync`'s parsed flags, through
+    /// `cfgsync_runtime::settings::cli::values`); a bad value is named as
+    /// given (flag or variable).
+    pub fn from_values(
+        value_of: impl Fn(&Setting<Self>) -> Option<settings::Given>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        settings::apply_settings(&mut config, LABLET_SETTINGS, value_of)?;
+        Ok(config)
     }
 
     /// Builder: resolver base URL.
@@ -320,8 +630,24 @@ impl LabletSyncConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cfgsync_core::Secret;
     use std::collections::HashMap;
+
+    #[test]
+    fn the_defaults_shown_in_help_are_the_defaults_in_effect() {
+        // Defaults that describe rather than give a value.
+        let described = ["LABLET_STORE", "LABLET_S3_ENDPOINT", "LABLET_LOCK_DIR"];
+        for setting in LABLET_SETTINGS {
+            let Some(shown) = setting.default else {
+                continue;
+            };
+            if described.contains(&setting.var) {
+                continue;
+            }
+            let mut config = LabletSyncConfig::default();
+            (setting.apply)(&mut config, shown).unwrap();
+            assert_eq!(config, LabletSyncConfig::default(), "{}", setting.var);
+        }
+    }
 
     #[test]
     fn from_env_reads_variables_and_hides_secrets() {

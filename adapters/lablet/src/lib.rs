@@ -27,7 +27,7 @@ mod template;
 
 pub use catalog::{Catalog, CatalogFilter, ContentSyncResult, LabletDefinition, SyncStatus};
 pub use cfgsync_core::Secret;
-pub use config::{LabletSyncConfig, RetryPolicy};
+pub use config::{LABLET_SETTINGS, LabletSyncConfig, RetryPolicy};
 pub use drain::RetryReport;
 pub use error::{Error, Result, Stage};
 pub use http::TransportError;

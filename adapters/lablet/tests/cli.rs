@@ -257,13 +257,13 @@ async fn sync_catalog_and_retry_through_the_binary() {
         "{v}"
     );
 
-    // A failure before any stage (bad config) too.
+    // A failure before any stage (a bad setting: exit 2) too.
     let mut cmd = bin(&data);
     with_env(&mut cmd);
     let out = run(cmd
         .env("LABLET_CATALOG", "nonsense")
         .args(["catalog", "list", "--json"]));
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "config", "{v}");
     assert!(v["error"]["stage"].is_null(), "{v}");
@@ -379,4 +379,92 @@ async fn serve_logs_a_failed_api_sync_at_the_default_level_as_json() {
             .contains("cannot resolve content"),
         "{failed}"
     );
+}
+
+#[test]
+fn settings_take_units_name_what_was_typed_and_flag_likely_typos() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.zip");
+    std::fs::write(&good, sample_package("7.1", "")).unwrap();
+
+    // A size with a unit is accepted, as the bench accepts it; a mistyped
+    // variable is named with the closest known one, and the run goes on.
+    let out = bin(dir.path())
+        .env("LABLET_MAX_PACKAGE_BYTES", "4GiB")
+        .env("LABLET_RESOLVR_URL", "http://resolver:8080")
+        .arg("inspect")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).lines().collect::<Vec<_>>(),
+        ["warning: unknown variable LABLET_RESOLVR_URL; did you mean LABLET_RESOLVER_URL?"]
+    );
+
+    // A bad value is named as the user gave it: the variable ...
+    let out = bin(dir.path())
+        .env("LABLET_MAX_PACKAGE_BYTES", "lots")
+        .arg("inspect")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: LABLET_MAX_PACKAGE_BYTES: invalid value \"lots\": expected a size such as 4GiB, \
+         512MiB or 1048576 (bytes) (see --help)"
+    );
+    // ... or the flag, before or after the subcommand; a store URL with a
+    // scheme no store speaks fails before anything runs.
+    let out = bin(dir.path())
+        .args(["inspect", "--store", "ftp://x"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: --store: invalid value \"ftp://x\": expected file:///DIR or s3://BUCKET[/PREFIX] \
+         (see --help)"
+    );
+    // serve's own settings too, secrets never shown.
+    let out = bin(dir.path())
+        .env("LABLET_IDLE_TIMEOUT_SECS", "soon")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with("error: LABLET_IDLE_TIMEOUT_SECS: invalid value \"soon\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn help_and_readmes_list_the_same_variables() {
+    use cfgsync_test_support::readme::{help_vars, readme_table_vars};
+    let help = help_vars(
+        env!("CARGO_BIN_EXE_lablet-sync"),
+        &[
+            &["sync"],
+            &["inspect"],
+            &["catalog"],
+            &["catalog", "list"],
+            &["catalog", "show"],
+            &["retry"],
+            &["serve"],
+            &["node-token"],
+        ],
+    );
+    assert!(help.len() >= 30, "{help:?}");
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let crate_readme = readme_table_vars(&dir.join("README.md"), None);
+    assert_eq!(
+        help, crate_readme,
+        "--help (left) vs adapters/lablet/README.md (right)"
+    );
+    let root_readme = readme_table_vars(&dir.join("../../README.md"), Some("### `lablet-sync`"));
+    assert_eq!(help, root_readme, "--help (left) vs README.md (right)");
 }

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use cfgsync_core::auth::{node_token, scoped_node_token};
 use cfgsync_runtime::logging::{DEFAULT_LOG_FILTER, LogFormat, init_logging};
-use cfgsync_runtime::{CfgsyncServerConfig, build_server};
-use clap::{Parser, Subcommand};
+use cfgsync_runtime::settings::{self, cli as settings_cli};
+use cfgsync_runtime::{CfgsyncServerConfig, SERVER_SETTINGS, build_server, check_config};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Serve node registration and config delivery from a config file.
 ///
-/// Secrets may come from the environment instead of the file:
-/// CFGSYNC_SHARED_TOKEN, CFGSYNC_NODE_SECRET, CFGSYNC_ADMIN_TOKEN.
+/// The secrets may come from flags or the environment instead of the file
+/// (each listed below; a flag wins over its variable, both over the file).
 /// Logs go to stderr; RUST_LOG sets the level (default info); colours only
 /// on a terminal.
 #[derive(Debug, Parser)]
@@ -35,7 +36,8 @@ enum Command {
     /// reloaded when it changes and on SIGHUP; a bad version keeps the last
     /// good one serving. Status page on GET /, JSON on GET /api/v1/status.
     Serve,
-    /// Load and check the config and its files, print a summary, and exit.
+    /// Load and check the config and its files, print a summary, and exit;
+    /// nothing on disk is changed.
     Check,
     /// Print the per-node token of each NODE (needs auth.node_secret).
     NodeToken {
@@ -50,11 +52,26 @@ enum Command {
     },
 }
 
+/// Prefixes of the variables checked for likely typos at start.
+const VAR_PREFIXES: &[&str] = &["CFGSYNC_"];
+
+/// The command line: `--config`, the subcommands and [`SERVER_SETTINGS`]
+/// (accepted before or after the subcommand).
+fn command() -> clap::Command {
+    Cli::command().args(settings_cli::args(SERVER_SETTINGS).map(|arg| arg.global(true)))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = command();
+    settings_cli::warn_unknown_vars(&command, VAR_PREFIXES);
+    let matches = command.get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     init_logging(cli.log_format, DEFAULT_LOG_FILTER);
-    match run(cli).await {
+    match run(cli, &matches).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("cfgsync-server: {message}");
@@ -63,8 +80,10 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
-    let config = CfgsyncServerConfig::from_path(&cli.config).map_err(|e| e.to_string())?;
+async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), String> {
+    let mut config = CfgsyncServerConfig::from_path(&cli.config).map_err(|e| e.to_string())?;
+    settings::apply_settings(&mut config, SERVER_SETTINGS, settings_cli::values(matches))
+        .map_err(|e| e.to_string())?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let server = build_server(&config).await.map_err(|e| e.to_string())?;
@@ -78,19 +97,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         Command::Check => {
-            build_server(&config).await.map_err(|e| e.to_string())?;
-            println!(
-                "{}: ok — {:?}, listening on {}, registrations in {}, auth {}",
-                cli.config.display(),
-                config.source,
-                config.socket_addr(),
-                config.registration_store,
-                if config.auth.is_enabled() {
-                    "on"
-                } else {
-                    "off"
-                },
-            );
+            let summary = check_config(&config).map_err(|e| e.to_string())?;
+            println!("{}: ok", cli.config.display());
+            for (what, value) in summary {
+                println!("  {what:<22} {value}");
+            }
             Ok(())
         }
         Command::NodeToken { scope, nodes } => {

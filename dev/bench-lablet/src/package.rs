@@ -83,23 +83,10 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Parse `1GiB`, `100MiB`, `512KiB`, `8M`, `1G` (all binary) or plain bytes.
+/// Parse `1GiB`, `100MiB`, `512KiB`, `8M`, `1G` (all binary) or plain bytes:
+/// the parser of every size setting (`LABLET_MAX_PACKAGE_BYTES`, ...).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as 1GiB, 100MiB or 1048576"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
-    };
-    num.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    cfgsync_runtime::settings::parse_bytes(text).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -113,6 +100,5 @@ mod tests {
         assert_eq!(parse_size("8M"), Ok(8 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("lots").is_err());
-        assert!(parse_size("1TiB").is_err());
     }
 }

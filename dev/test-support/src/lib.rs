@@ -3,6 +3,7 @@
 #![doc = include_str!("../README.md")]
 
 mod browser;
+pub mod readme;
 #[cfg(feature = "s3")]
 mod s3;
 mod server;

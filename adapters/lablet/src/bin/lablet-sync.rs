@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cfgsync_lablet::LABLET_SETTINGS;
 use cfgsync_lablet::catalog::{CatalogFilter, LabletDefinition, SyncStatus};
 use cfgsync_lablet::inspect::{inspect_package, sha256_file};
 use cfgsync_lablet::{
@@ -15,7 +16,9 @@ use cfgsync_lablet::{
     serve_lablets,
 };
 use cfgsync_runtime::logging::{DEFAULT_LOG_FILTER, LogFormat, init_logging};
-use clap::{Parser, Subcommand, ValueEnum};
+use cfgsync_runtime::settings::cli as settings_cli;
+use cfgsync_runtime::settings::{self, Setting, parse_number, parse_secs};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Exit code of a sync that stored and recorded the package but left a fan-out
 /// target stale, and of a `retry` that left something queued.
@@ -27,17 +30,14 @@ const EXIT_STALE: u8 = 3;
     version,
     about = "Sync lablet content: resolve, download from Mosaic, inspect, store, fan out to LDS/SE, record.",
     long_about = "Sync lablet content: resolve, download from Mosaic, inspect, store, fan out to LDS/SE, record.\n\n\
-Configuration comes from LABLET_* variables (LABLET_RESOLVER_URL, LABLET_LDS_URL, LABLET_SE_URL, \
-LABLET_CATALOG, LABLET_CPA_URL, LABLET_STORE, LABLET_LOCATION, LABLET_DATA_DIR, ...) and the standard \
-AWS_* variables for s3:// stores. Logs go to stderr (RUST_LOG; default info for serve, error for \
-the one-shot commands, which print their own progress and one error line).\n\n\
-Exit codes: 0 success, 1 failure, 2 bad usage, 3 synced but a fan-out target is stale \
-(retry: something is still queued)."
+Every setting is a flag that falls back to its LABLET_* variable (listed below with its default; \
+a flag wins over its variable); s3:// stores also read the standard AWS_* variables. \
+Logs go to stderr (RUST_LOG; default info for serve, error for the one-shot commands, \
+which print their own progress and one error line).\n\n\
+Exit codes: 0 success, 1 failure, 2 bad usage (a bad flag or variable), 3 synced but a fan-out \
+target is stale (retry: something is still queued)."
 )]
 struct Cli {
-    /// Work directory (overrides LABLET_DATA_DIR).
-    #[arg(long, global = true, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
     /// Log lines (stderr) as text or JSON, one object per line.
     #[arg(long, global = true, value_enum, env = "LABLET_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -80,38 +80,7 @@ enum Command {
     /// the Basic password), CFGSYNC_NODE_SECRET (per-node tokens) and
     /// CFGSYNC_SHARED_TOKEN for the node routes. Per-node tokens are scoped
     /// to the node's lablet (mint them with `node-token --lablet`).
-    Serve {
-        /// Address to listen on.
-        #[arg(long, env = "LABLET_LISTEN", default_value = "127.0.0.1:4400")]
-        listen: std::net::SocketAddr,
-        /// Where node registrations live: memory, file:///DIR (durable) or an
-        /// object store URL such as s3://bucket/prefix.
-        #[arg(long, env = "LABLET_REGISTRATION_STORE", default_value = "memory")]
-        registration_store: cfgsync_runtime::RegistrationStoreConfig,
-        /// Seconds between background drains of the retry queue (deliveries
-        /// and kept records).
-        #[arg(long, env = "LABLET_RETRY_INTERVAL_SECS", default_value_t = 30)]
-        retry_interval_secs: u64,
-        /// Per-node tokens (CFGSYNC_NODE_SECRET): `required` accepts only
-        /// tokens scoped to the lablet the node registers for; `optional`
-        /// accepts unscoped ones too (such a node may register for any
-        /// lablet). A scoped token is held to its lablet either way.
-        #[arg(
-            long,
-            env = "LABLET_NODE_TOKEN_SCOPE",
-            value_enum,
-            default_value = "required"
-        )]
-        node_token_scope: NodeTokenScope,
-        /// Sync jobs (POST .../sync with `Prefer: respond-async`) kept in
-        /// this process's memory for GET /api/v1/jobs/{id}; the oldest
-        /// finished one makes room.
-        #[arg(long, env = "LABLET_JOBS_KEPT", value_name = "N",
-              default_value_t = cfgsync_lablet::jobs::DEFAULT_JOBS_KEPT)]
-        jobs_kept: usize,
-        #[command(flatten)]
-        limits: LimitArgs,
-    },
+    Serve,
     /// Print the per-node token of each NODE, scoped to one lablet: with it a
     /// node registers and fetches only that lablet from `serve`. Needs
     /// CFGSYNC_NODE_SECRET, the secret `serve` runs with. Prints
@@ -126,41 +95,102 @@ enum Command {
     },
 }
 
-// Connection limits of `serve` (hostile peers): see `cfgsync_core::ServerLimits`.
-#[derive(Debug, clap::Args)]
-struct LimitArgs {
-    /// Seconds a client has to send a whole request head once its first byte
-    /// arrived (and the longest pause inside a request body); the connection
-    /// is closed past it (at least 1).
-    #[arg(long, env = "LABLET_HEADER_READ_TIMEOUT_SECS", value_name = "SECS",
-          default_value_t = cfgsync_core::DEFAULT_HEADER_READ_TIMEOUT_SECS)]
-    header_read_timeout_secs: u64,
-    /// Seconds a connection may stay open with no request in flight (held
-    /// long-polls are in flight); closed past it (at least 1).
-    #[arg(long, env = "LABLET_IDLE_TIMEOUT_SECS", value_name = "SECS",
-          default_value_t = cfgsync_core::DEFAULT_IDLE_TIMEOUT_SECS)]
-    idle_timeout_secs: u64,
-    /// Most connections served at once; one more is answered 503 and closed.
-    /// Default: the open-file limit (raised to its hard limit) less a sixteenth.
-    #[arg(long, env = "LABLET_MAX_CONNECTIONS", value_name = "N")]
-    max_connections: Option<usize>,
-    /// On SIGTERM / ctrl-c: seconds in-flight requests get to finish; what is
-    /// still open then is dropped.
-    #[arg(long, env = "LABLET_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS",
-          default_value_t = cfgsync_core::DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
-    shutdown_timeout_secs: u64,
+/// What `serve` runs with, beside the sync configuration.
+#[derive(Debug, Default)]
+struct ServeSettings {
+    listen: Option<std::net::SocketAddr>,
+    registration_store: cfgsync_runtime::RegistrationStoreConfig,
+    options: ServeOptions,
 }
 
-impl LimitArgs {
-    fn limits(&self) -> cfgsync_core::ServerLimits {
-        cfgsync_core::ServerLimits {
-            header_read_timeout_secs: self.header_read_timeout_secs.max(1),
-            idle_timeout_secs: self.idle_timeout_secs.max(1),
-            max_connections: self.max_connections,
-            shutdown_timeout_secs: self.shutdown_timeout_secs,
-            ..cfgsync_core::ServerLimits::default()
-        }
+impl ServeSettings {
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+            .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 4400)))
     }
+}
+
+type S = Setting<ServeSettings>;
+
+/// The settings of `serve`, declared once (flag, variable, default, parser).
+const SERVE_SETTINGS: &[Setting<ServeSettings>] = &[
+    S::new("LABLET_LISTEN", "--listen", "ADDR", "Address to listen on", |c, v| {
+        c.listen = Some(v.trim().parse().map_err(|e| format!("not an address such as 127.0.0.1:4400 ({e})"))?);
+        Ok(())
+    })
+    .default("127.0.0.1:4400"),
+    S::new("LABLET_REGISTRATION_STORE", "--registration-store", "URL", "Where node registrations live: memory, file:///DIR (durable) or an object store URL such as s3://bucket/prefix", |c, v| {
+        c.registration_store = v.trim().parse()?;
+        Ok(())
+    })
+    .default("memory"),
+    S::new("LABLET_RETRY_INTERVAL_SECS", "--retry-interval-secs", "DURATION", "Time between background drains of the retry queue: seconds, or 30s, 5m", |c, v| {
+        c.options.retry_interval = std::time::Duration::from_secs(parse_secs(v)?.max(1));
+        Ok(())
+    })
+    .default("30"),
+    S::new("LABLET_HEADER_READ_TIMEOUT_SECS", "--header-read-timeout-secs", "DURATION", "Time a client has to send a whole request head once its first byte arrived (and the longest pause inside a body); closed past it", |c, v| {
+        c.options.limits.header_read_timeout_secs = parse_secs(v)?.max(1);
+        Ok(())
+    })
+    .default("10"),
+    S::new("LABLET_IDLE_TIMEOUT_SECS", "--idle-timeout-secs", "DURATION", "Time a connection may stay open with no request in flight (held long-polls are in flight)", |c, v| {
+        c.options.limits.idle_timeout_secs = parse_secs(v)?.max(1);
+        Ok(())
+    })
+    .default("30"),
+    S::new("LABLET_MAX_CONNECTIONS", "--max-connections", "N", "Most connections served at once; one more is answered 503 and closed", |c, v| {
+        c.options.limits.max_connections = Some(parse_number(v)?);
+        Ok(())
+    })
+    .default("the open-file limit less a sixteenth"),
+    S::new("LABLET_SHUTDOWN_TIMEOUT_SECS", "--shutdown-timeout-secs", "DURATION", "On SIGTERM / ctrl-c: time in-flight requests get to finish", |c, v| {
+        c.options.limits.shutdown_timeout_secs = parse_secs(v)?;
+        Ok(())
+    })
+    .default("30"),
+    S::new("LABLET_NODE_TOKEN_SCOPE", "--node-token-scope", "SCOPE", "Per-node tokens (CFGSYNC_NODE_SECRET): `required` accepts only tokens scoped to the lablet the node registers for (mint them with `node-token --lablet`); `optional` accepts unscoped ones too. A scoped token is held to its lablet either way", |c, v| {
+        c.options.node_tokens = match v.trim() {
+            "required" => NodeTokenScope::Required,
+            "optional" => NodeTokenScope::Optional,
+            _ => return Err("expected `required` or `optional`".into()),
+        };
+        Ok(())
+    })
+    .default("required"),
+    S::new("LABLET_JOBS_KEPT", "--jobs-kept", "N", "Sync jobs (POST .../sync with `Prefer: respond-async`) kept in this process's memory for GET /api/v1/jobs/{id}; the oldest finished one makes room", |c, v| {
+        c.options.jobs_kept = parse_number(v)?;
+        Ok(())
+    })
+    .default("100"),
+    S::new("LABLET_OPERATOR_TOKEN", "--operator-token", "TOKEN", "Operator (admin) token of the operator API, the status page and /node/replace; unset: open", |c, v| {
+        c.options.auth.admin_token = Some(cfgsync_core::Secret::new(v));
+        Ok(())
+    })
+    .secret(),
+    S::new("CFGSYNC_NODE_SECRET", "--node-secret", "SECRET", "Secret of the per-node tokens of the node routes", |c, v| {
+        c.options.auth.node_secret = Some(cfgsync_core::Secret::new(v));
+        Ok(())
+    })
+    .secret(),
+    S::new("CFGSYNC_SHARED_TOKEN", "--shared-token", "TOKEN", "Bearer token any node may use on the node routes", |c, v| {
+        c.options.auth.shared_token = Some(cfgsync_core::Secret::new(v));
+        Ok(())
+    })
+    .secret(),
+];
+
+/// Prefixes of the variables checked for likely typos at start.
+const VAR_PREFIXES: &[&str] = &["LABLET_", "CFGSYNC_"];
+
+/// The command line: the subcommands, the sync settings ([`LABLET_SETTINGS`],
+/// accepted before or after the subcommand) and `serve`'s own settings.
+fn command() -> clap::Command {
+    Cli::command()
+        .args(settings_cli::args(LABLET_SETTINGS).map(|arg| arg.global(true)))
+        .mut_subcommand("serve", |serve| {
+            serve.args(settings_cli::args(SERVE_SETTINGS))
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,11 +221,35 @@ enum StatusArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = command();
+    settings_cli::warn_unknown_vars(&command, VAR_PREFIXES);
+    let matches = command.get_matches();
+    let parsed = Cli::from_arg_matches(&matches)
+        .map_err(|e| e.to_string())
+        .and_then(|cli| {
+            let config = LabletSyncConfig::from_values(settings_cli::values(&matches))
+                .map_err(|e| e.to_string())?;
+            let mut serve = ServeSettings::default();
+            if let Some(sub) = matches.subcommand_matches("serve") {
+                settings::apply_settings(&mut serve, SERVE_SETTINGS, settings_cli::values(sub))
+                    .map_err(|e| cfgsync_lablet::config::ConfigError::from(e).to_string())?;
+            }
+            Ok((cli, config, serve))
+        });
+    let (cli, config, serve) = match parsed {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            eprintln!("error: {message} (see --help)");
+            if wants_json(&matches) {
+                print_json_error("config", &message, None, None);
+            }
+            return ExitCode::from(2);
+        }
+    };
     // A server logs at the default level of every binary; a one-shot command
     // prints its own progress and one error line, so it logs errors only.
     let default_filter = match cli.command {
-        Command::Serve { .. } => DEFAULT_LOG_FILTER,
+        Command::Serve => DEFAULT_LOG_FILTER,
         _ => "error",
     };
     init_logging(cli.log_format, default_filter);
@@ -210,7 +264,7 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.command.wants_json();
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, config, serve)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
@@ -235,10 +289,25 @@ impl Command {
                 command: CatalogCommand::Show { .. },
             }
             | Self::Retry
-            | Self::Serve { .. }
+            | Self::Serve
             | Self::NodeToken { .. } => false,
         }
     }
+}
+
+/// Whether the command line asks for JSON on stdout (`--json` of its
+/// innermost subcommand), read from the raw matches so it is known even when
+/// the settings failed to parse.
+fn wants_json(matches: &clap::ArgMatches) -> bool {
+    let mut sub = matches;
+    while let Some((_, inner)) = sub.subcommand() {
+        sub = inner;
+    }
+    sub.try_get_one::<bool>("json")
+        .ok()
+        .flatten()
+        .copied()
+        .unwrap_or(false)
 }
 
 /// The failure of a `--json` command, on stdout, so a script reading stdout
@@ -285,47 +354,21 @@ fn kind_of(err: &anyhow::Error) -> (&'static str, Option<Stage>) {
     (kind, err.stage())
 }
 
-fn config(cli: &Cli) -> anyhow::Result<LabletSyncConfig> {
-    let mut config = LabletSyncConfig::from_env()?;
-    if let Some(dir) = &cli.data_dir {
-        config.data_dir.clone_from(dir);
-    }
-    Ok(config)
-}
-
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, config: LabletSyncConfig, serve: ServeSettings) -> anyhow::Result<ExitCode> {
     match &cli.command {
-        Command::Inspect { package, json } => inspect(package, *json, &config(&cli)?),
+        Command::Inspect { package, json } => inspect(package, *json, &config),
         Command::Sync { name, json } => {
-            let sync = LabletSync::from_config(config(&cli)?)?;
+            let sync = LabletSync::from_config(config)?;
             sync_one(&sync, name, *json).await
         }
         Command::Catalog { command } => {
-            let sync = LabletSync::from_config(config(&cli)?)?;
+            let sync = LabletSync::from_config(config)?;
             catalog(&sync, command).await
         }
-        Command::Serve {
-            listen,
-            registration_store,
-            retry_interval_secs,
-            node_token_scope,
-            jobs_kept,
-            limits,
-        } => {
-            serve(
-                config(&cli)?,
-                *listen,
-                registration_store,
-                *retry_interval_secs,
-                *node_token_scope,
-                *jobs_kept,
-                limits.limits(),
-            )
-            .await
-        }
+        Command::Serve => run_serve(config, serve).await,
         Command::NodeToken { lablet, nodes } => node_tokens(lablet, nodes),
         Command::Retry => {
-            let sync = LabletSync::from_config(config(&cli)?)?;
+            let sync = LabletSync::from_config(config)?;
             let report = sync.retry_pending().await?;
             println!(
                 "delivered {}, still pending {}, recorded {}, records pending {}, skipped (lablet busy) {}",
@@ -392,33 +435,19 @@ async fn catalog(sync: &LabletSync, command: &CatalogCommand) -> anyhow::Result<
     }
 }
 
-async fn serve(
-    config: LabletSyncConfig,
-    listen: std::net::SocketAddr,
-    registration_store: &cfgsync_runtime::RegistrationStoreConfig,
-    retry_interval_secs: u64,
-    node_tokens: NodeTokenScope,
-    jobs_kept: usize,
-    limits: cfgsync_core::ServerLimits,
-) -> anyhow::Result<ExitCode> {
-    let options = ServeOptions {
-        auth: cfgsync_core::AuthConfig {
-            admin_token: secret("LABLET_OPERATOR_TOKEN"),
-            node_secret: secret("CFGSYNC_NODE_SECRET"),
-            shared_token: secret("CFGSYNC_SHARED_TOKEN"),
-            ..cfgsync_core::AuthConfig::default()
-        },
-        limits,
-        retry_interval: Duration::from_secs(retry_interval_secs),
-        node_tokens,
-        jobs_kept,
-        ..ServeOptions::default()
-    };
-    let store = cfgsync_runtime::open_registration_store(registration_store).await?;
-    let app = build_lablet_app(config, store, &options)?;
+async fn run_serve(config: LabletSyncConfig, serve: ServeSettings) -> anyhow::Result<ExitCode> {
+    let listen = serve.listen();
+    let store = cfgsync_runtime::open_registration_store(&serve.registration_store).await?;
+    let app = build_lablet_app(config, store, &serve.options)?;
     let listener = cfgsync_core::bind_listener(listen)?;
     eprintln!("lablet-sync serving on http://{listen}");
-    serve_lablets(app, listener, &options, cfgsync_core::shutdown_signal()).await?;
+    serve_lablets(
+        app,
+        listener,
+        &serve.options,
+        cfgsync_core::shutdown_signal(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

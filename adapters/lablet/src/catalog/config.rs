@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, EnvLookup};
 use cfgsync_core::Secret;
 
 /// Default CPA record URL template.
@@ -89,33 +88,5 @@ impl CatalogConfig {
     pub fn with_id_template(mut self, template: impl Into<String>) -> Self {
         self.id_template = template.into();
         self
-    }
-
-    pub(crate) fn from_lookup(env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let mut c = Self::default();
-        if let Some(v) = env.text("LABLET_CATALOG") {
-            c.kind = match v.as_str() {
-                "embedded" => CatalogKind::Embedded,
-                "cpa" => CatalogKind::Cpa,
-                "object" => CatalogKind::Object,
-                other => {
-                    return Err(ConfigError::new(
-                        "LABLET_CATALOG",
-                        format!("expected `embedded`, `cpa` or `object`, got {other:?}"),
-                    ));
-                }
-            };
-        }
-        c.cpa_url = env.text("LABLET_CPA_URL");
-        c.cpa_token = env.text("LABLET_CPA_TOKEN").map(Secret::new);
-        env.set("LABLET_CPA_RECORD_URL", &mut c.cpa_record_url);
-        env.set("LABLET_CPA_DEFINITION_URL", &mut c.cpa_definition_url);
-        env.set("LABLET_CPA_LIST_URL", &mut c.cpa_list_url);
-        env.set("LABLET_ID_TEMPLATE", &mut c.id_template);
-        env.set("LABLET_CATALOG_PREFIX", &mut c.object_prefix);
-        if let Some(secs) = env.number("LABLET_CATALOG_POLL_SECS")? {
-            c.poll_secs = secs;
-        }
-        Ok(c)
     }
 }

@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, EnvLookup};
-
 /// Default LDS sync URL template.
 pub const DEFAULT_LDS_SYNC_URL: &str = "{lds_url}/sync";
 /// Default SE sync URL template.
@@ -56,16 +54,5 @@ impl FanOutConfig {
         ]
         .into_iter()
         .filter_map(|(target, base, tpl)| Some((target, base.as_deref()?, tpl.as_str())))
-    }
-
-    pub(crate) fn from_lookup(env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let mut c = Self {
-            lds_url: env.text("LABLET_LDS_URL"),
-            se_url: env.text("LABLET_SE_URL"),
-            ..Self::default()
-        };
-        env.set("LABLET_LDS_SYNC_URL", &mut c.lds_sync_url);
-        env.set("LABLET_SE_SYNC_URL", &mut c.se_sync_url);
-        Ok(c)
     }
 }

@@ -31,7 +31,6 @@ use tokio::sync::OwnedMutexGuard;
 pub(crate) use claim::{Claimed, claim};
 pub use error::LeaseError;
 
-use crate::config::{ConfigError, EnvLookup};
 use crate::store::{SharedArea, StoreLocation};
 use file::FileLocks;
 use object::{Lease, ObjectLeases};
@@ -75,23 +74,6 @@ impl LeaseConfig {
     pub fn with_wait(mut self, wait: Duration) -> Self {
         self.wait_secs = wait.as_secs();
         self
-    }
-
-    pub(crate) fn from_lookup(env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let mut c = Self::default();
-        if let Some(v) = env.number("LABLET_LEASE_TTL_SECS")? {
-            if v == 0 {
-                return Err(ConfigError::new(
-                    "LABLET_LEASE_TTL_SECS",
-                    "must be at least 1",
-                ));
-            }
-            c.ttl_secs = v;
-        }
-        if let Some(v) = env.number("LABLET_LOCK_WAIT_SECS")? {
-            c.wait_secs = v;
-        }
-        Ok(c)
     }
 }
 

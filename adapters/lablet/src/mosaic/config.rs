@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, EnvLookup};
-
 /// Default download URL template.
 pub const DEFAULT_DOWNLOAD_URL: &str = "{MOSAIC_BASE_URL}/package.zip";
 
@@ -37,14 +35,5 @@ impl MosaicConfig {
     pub fn with_max_package_bytes(mut self, bytes: u64) -> Self {
         self.max_package_bytes = bytes;
         self
-    }
-
-    pub(crate) fn from_lookup(env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let mut c = Self::default();
-        env.set("LABLET_DOWNLOAD_URL", &mut c.download_url);
-        if let Some(v) = env.number("LABLET_MAX_PACKAGE_BYTES")? {
-            c.max_package_bytes = v;
-        }
-        Ok(c)
     }
 }

@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, EnvLookup};
-
 /// Default resolve URL template.
 pub const DEFAULT_RESOLVE_URL: &str = "{resolver_url}/resolve/{name}";
 
@@ -38,12 +36,5 @@ impl ResolverConfig {
     pub fn with_resolve_url(mut self, template: impl Into<String>) -> Self {
         self.resolve_url = template.into();
         self
-    }
-
-    pub(crate) fn from_lookup(env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let mut c = Self::default();
-        env.set("LABLET_RESOLVER_URL", &mut c.url);
-        env.set("LABLET_RESOLVE_URL", &mut c.resolve_url);
-        Ok(c)
     }
 }

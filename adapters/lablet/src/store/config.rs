@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, EnvLookup};
 use cfgsync_core::Secret;
 
 /// Default location: prefix per lablet in the store's bucket.
@@ -54,16 +53,6 @@ impl StoreConfig {
     pub fn with_s3(mut self, s3: S3Options) -> Self {
         self.s3 = s3;
         self
-    }
-
-    pub(crate) fn from_lookup(env: &EnvLookup<'_>) -> Result<Self, ConfigError> {
-        let mut c = Self {
-            url: env.text("LABLET_STORE"),
-            ..Self::default()
-        };
-        env.set("LABLET_LOCATION", &mut c.location);
-        c.s3.endpoint = env.text("LABLET_S3_ENDPOINT");
-        Ok(c)
     }
 }
 
