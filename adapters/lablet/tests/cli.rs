@@ -65,15 +65,28 @@ fn inspect_prints_fields_or_the_exact_reject_reason() {
         "{stderr}"
     );
 
+    // A missing file is not a verdict on a package: it says what it could
+    // not read, and why.
+    let missing = dir.path().join("missing.zip");
     let out = bin(dir.path())
         .arg("inspect")
-        .arg(dir.path().join("missing.zip"))
+        .arg(&missing)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!(
+            "error: cannot read {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
 
     // With --json a failure is a JSON error object on stdout, same exit code.
-    for (package, code) in [(bad, "unsafe_name"), (dir.path().join("missing.zip"), "io")] {
+    for (package, kind, code) in [
+        (bad, "package_invalid", Some("unsafe_name")),
+        (missing, "io", None),
+    ] {
         let out = bin(dir.path())
             .args(["inspect", "--json"])
             .arg(&package)
@@ -81,9 +94,14 @@ fn inspect_prints_fields_or_the_exact_reject_reason() {
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["error"]["kind"], "package_invalid", "{v}");
-        assert_eq!(v["error"]["stage"], "inspect", "{v}");
-        assert_eq!(v["error"]["code"], code, "{v}");
+        assert_eq!(v["error"]["kind"], kind, "{v}");
+        match code {
+            Some(code) => {
+                assert_eq!(v["error"]["stage"], "inspect", "{v}");
+                assert_eq!(v["error"]["code"], code, "{v}");
+            }
+            None => assert!(v["error"]["stage"].is_null(), "{v}"),
+        }
         let message = v["error"]["message"].as_str().unwrap();
         assert!(message.contains(&package.display().to_string()), "{v}");
     }

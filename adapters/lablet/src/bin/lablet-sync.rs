@@ -577,6 +577,15 @@ async fn sync_one(sync: &LabletSync, name: &str, json: bool) -> anyhow::Result<E
 fn inspect(package: &PathBuf, json: bool, config: &LabletSyncConfig) -> anyhow::Result<ExitCode> {
     let info = match inspect_package(package, &config.inspect) {
         Ok(info) => info,
+        // Not a verdict on a package: the file is not there or not readable.
+        Err(cfgsync_lablet::inspect::InspectError::Io(io)) => {
+            let message = format!("cannot read {}: {io}", package.display());
+            eprintln!("error: {message}");
+            if json {
+                print_json_error("io", &message, None, None);
+            }
+            return Ok(ExitCode::FAILURE);
+        }
         Err(err) => {
             let message = format!("{}: {err}", package.display());
             eprintln!("package invalid ({}): {message}", err.code());
