@@ -100,8 +100,7 @@ impl<M: RegistrationSnapshotMaterializer> ConfigSource for SnapshotConfigSource<
         &self,
         identifier: &str,
     ) -> cfgsync_core::Result<Option<NodeRegistration>> {
-        let snapshot = known_snapshot(self.store.as_ref(), identifier).await?;
-        Ok(snapshot.get(identifier).cloned())
+        Ok(stored_registration(self.store.as_ref(), identifier).await?)
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
@@ -155,6 +154,16 @@ async fn known_snapshot(
         return Ok(snapshot);
     }
     store.snapshot().await
+}
+
+/// The stored registration of `identifier` (after [`known_snapshot`]'s
+/// refresh for an unknown node), for [`ConfigSource::registration`].
+async fn stored_registration(
+    store: &dyn RegistrationStore,
+    identifier: &str,
+) -> crate::Result<Option<NodeRegistration>> {
+    let snapshot = known_snapshot(store, identifier).await?;
+    Ok(snapshot.get(identifier).cloned())
 }
 
 /// Why a registered node is not ready, as the status page says it.
@@ -323,8 +332,7 @@ impl<M: NodeArtifactsMaterializer> ConfigSource for MaterializingConfigSource<M>
         &self,
         identifier: &str,
     ) -> cfgsync_core::Result<Option<NodeRegistration>> {
-        let snapshot = known_snapshot(self.store.as_ref(), identifier).await?;
-        Ok(snapshot.get(identifier).cloned())
+        Ok(stored_registration(self.store.as_ref(), identifier).await?)
     }
 
     async fn replace(&self, identifier: &str, files: ArtifactSet) -> cfgsync_core::Result<()> {
