@@ -8,9 +8,10 @@ use std::time::Duration;
 use cfgsync_core::{NodeRegistration, RegistrationPayload, Secret};
 
 use crate::fetch::check_server_url;
-use crate::settings::{self, Setting, parse_bool, parse_bytes, parse_secs};
+use crate::settings::{self, Setting, parse_bool, parse_bytes, parse_duration, parse_secs};
 use crate::{
-    ArtifactOutputMap, ClientOptions, Error, Result, WrittenFile, register_and_fetch_artifacts_with,
+    ArtifactOutputMap, ClientOptions, DEFAULT_PROGRESS_INTERVAL, Error, Result, WrittenFile,
+    register_and_fetch_artifacts_with,
 };
 
 /// Default of `CFG_SERVER_ADDR`, as in the original.
@@ -43,6 +44,7 @@ const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
 /// | `CFG_TIMEOUT_SECS` | `300` | one deadline for register + fetch |
 /// | `CFG_MAX_PAYLOAD_BYTES` | `67108864` (64 MiB) | largest payload read from the server |
 /// | `CFG_ALLOW_GROUP_WORLD_WRITE` | `false` | keep group/world write bits of served modes |
+/// | `CFG_PROGRESS_INTERVAL` | `10s` | how often a waiting client says what it waits for (`0`: never) |
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClientEnv {
@@ -68,6 +70,8 @@ pub struct ClientEnv {
     pub max_payload_bytes: u64,
     /// `CFG_ALLOW_GROUP_WORLD_WRITE`.
     pub allow_group_world_write: bool,
+    /// `CFG_PROGRESS_INTERVAL`: `None` (set to `0`) never says.
+    pub progress_interval: Option<Duration>,
     /// What the server address came from, named in transport errors
     /// (`CFG_SERVER_ADDR`, or `--server` when given as a flag).
     pub server_setting: &'static str,
@@ -147,6 +151,12 @@ pub const CLIENT_SETTINGS: &[Setting<ClientEnv>] = &[
     })
     .default("false")
     .switch(),
+    S::new("CFG_PROGRESS_INTERVAL", "--progress-interval", "DURATION", "While waiting, say at INFO what for this often: seconds, or 30s, 1m; 0 never", |c, v| {
+        let every = parse_duration(v, Duration::from_secs(1))?;
+        c.progress_interval = (!every.is_zero()).then_some(every);
+        Ok(())
+    })
+    .default("10s"),
 ];
 
 impl ClientEnv {
@@ -195,6 +205,7 @@ impl ClientEnv {
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
             max_payload_bytes: cfgsync_core::DEFAULT_MAX_PAYLOAD_BYTES,
             allow_group_world_write: false,
+            progress_interval: Some(DEFAULT_PROGRESS_INTERVAL),
             server_setting: "CFG_SERVER_ADDR",
         };
         settings::apply_settings(&mut env, CLIENT_SETTINGS, value_of)?;
@@ -241,12 +252,14 @@ impl ClientEnv {
         outputs
     }
 
-    /// Client options: the deadline, token and payload limit from here, the
-    /// rest default; transport errors name `CFG_SERVER_ADDR` (or `--server`).
+    /// Client options: the deadline, token, payload limit and progress
+    /// interval from here, the rest default; transport errors name
+    /// `CFG_SERVER_ADDR` (or `--server`).
     pub fn client_options(&self) -> ClientOptions {
         let options = ClientOptions::default()
             .with_timeout(self.timeout)
             .with_max_payload_bytes(self.max_payload_bytes)
+            .with_progress_interval(self.progress_interval)
             .with_address_setting(self.server_setting);
         match &self.token {
             Some(token) => options.with_token(token.expose()),

@@ -409,6 +409,7 @@ fn the_binary_help_lists_every_flag_with_its_variable() {
         ("--timeout-secs", "CFG_TIMEOUT_SECS"),
         ("--max-payload-bytes", "CFG_MAX_PAYLOAD_BYTES"),
         ("--allow-group-world-write", "CFG_ALLOW_GROUP_WORLD_WRITE"),
+        ("--progress-interval", "CFG_PROGRESS_INTERVAL"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(

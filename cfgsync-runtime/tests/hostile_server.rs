@@ -247,20 +247,36 @@ fn the_payload_limit_and_the_mode_option_come_from_the_environment() {
     assert!(!env.allow_group_world_write);
     assert_eq!(env.outputs().masked_mode(0o7777), 0o755);
     assert_eq!(env.client_options().max_payload_bytes, 64 * MIB);
+    assert_eq!(
+        env.client_options().progress_interval,
+        Some(Duration::from_secs(10))
+    );
 
     let env = ClientEnv::from_vars(vars(&[
         ("CFG_HOST_IDENTIFIER", "node-1"),
         ("CFG_MAX_PAYLOAD_BYTES", "1024"),
         ("CFG_ALLOW_GROUP_WORLD_WRITE", "true"),
+        ("CFG_PROGRESS_INTERVAL", "1m"),
     ]))
     .unwrap();
     assert_eq!(env.client_options().max_payload_bytes, 1024);
     assert_eq!(env.outputs().masked_mode(0o7777), 0o777);
+    assert_eq!(
+        env.client_options().progress_interval,
+        Some(Duration::from_secs(60))
+    );
+    let quiet = [
+        ("CFG_HOST_IDENTIFIER", "node-1"),
+        ("CFG_PROGRESS_INTERVAL", "0"),
+    ];
+    let env = ClientEnv::from_vars(vars(&quiet)).unwrap();
+    assert_eq!(env.client_options().progress_interval, None);
 
     for (var, value) in [
         ("CFG_MAX_PAYLOAD_BYTES", "0"),
         ("CFG_MAX_PAYLOAD_BYTES", "64 parsecs"),
         ("CFG_ALLOW_GROUP_WORLD_WRITE", "maybe"),
+        ("CFG_PROGRESS_INTERVAL", "soon"),
         ("CFG_HOST_IDENTIFIER", "ñodo"),
     ] {
         let pairs = [("CFG_HOST_IDENTIFIER", "node-1"), (var, value)];
