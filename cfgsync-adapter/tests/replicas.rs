@@ -113,7 +113,7 @@ async fn a_node_registered_on_one_replica_is_served_by_the_others_on_its_first_r
         eprintln!("!!! outside S3: no added latency !!!");
     }
 
-    let http = reqwest::Client::new();
+    let http = cfgsync_test_support::http_client();
     for i in 0..8 {
         let id = format!("node-{i}");
         let registered = http
@@ -153,7 +153,7 @@ async fn a_storm_of_unknown_nodes_costs_one_listing_per_interval_not_one_per_req
     s3.faults().delay(Duration::from_millis(10));
     s3.reset_counters();
 
-    let http = reqwest::Client::new();
+    let http = cfgsync_test_support::http_client();
     let requests: u64 = 400;
     let answers = futures::future::join_all((0..requests).map(|i| {
         let (http, server) = (&http, &server);
@@ -191,7 +191,7 @@ async fn concurrent_registrations_share_commits_and_reach_every_replica() {
     s3.faults().delay(Duration::from_millis(20));
     s3.reset_counters();
 
-    let http = reqwest::Client::new();
+    let http = cfgsync_test_support::http_client();
     let registrations: u64 = 400;
     let acks = futures::future::join_all((0..registrations).map(|i| {
         let http = http.clone();

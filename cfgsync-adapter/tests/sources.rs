@@ -163,7 +163,9 @@ async fn raw_node(
     node: &NodeRegistration,
     accept: Option<&str>,
 ) -> (u16, Option<String>, String, Vec<u8>) {
-    let mut request = reqwest::Client::new().post(server.url("/node")).json(node);
+    let mut request = cfgsync_test_support::http_client()
+        .post(server.url("/node"))
+        .json(node);
     if let Some(accept) = accept {
         request = request.header("accept-encoding", accept);
     }

@@ -120,7 +120,7 @@ impl CfgsyncClientBuilder {
 
     /// The client.
     pub fn build(self) -> Result<CfgsyncClient> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client_builder()
             .connect_timeout(self.timeout)
             .build()
             .map_err(|source| Error::Transport {

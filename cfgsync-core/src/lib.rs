@@ -18,6 +18,7 @@ mod server;
 mod source;
 mod static_source;
 pub mod status;
+pub mod tls;
 pub mod transport;
 
 pub use auth::{AuthConfig, Secret};

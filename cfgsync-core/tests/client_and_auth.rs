@@ -60,7 +60,9 @@ async fn server_failures_map_to_rejected_with_code_and_message_and_hide_internal
         other => panic!("expected Rejected, got {other:?}"),
     }
     assert!(err.is_retryable(), "a 5xx may pass later");
-    let readyz = reqwest::get(server.url("/readyz")).await.unwrap();
+    let readyz = cfgsync_test_support::get(server.url("/readyz"))
+        .await
+        .unwrap();
     let (status, code, message) = common::error_code(readyz).await;
     assert_eq!((status, code.as_str()), (503, "unavailable"));
     assert!(message.contains("does not answer"), "{message}");
@@ -287,7 +289,10 @@ async fn auth_matrix_none_shared_and_per_node() {
 
     // Health routes stay open.
     assert_eq!(
-        reqwest::get(server.url("/healthz")).await.unwrap().status(),
+        cfgsync_test_support::get(server.url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
         200
     );
     // Tokens never show in Debug.
@@ -364,7 +369,7 @@ async fn scoped_node_tokens_hold_a_node_to_its_scope_on_register_and_node() {
         .unwrap_err();
     forbidden(err, "/node", r#"not to tenant "tenant-b""#);
     // The JSON body names the reason too.
-    let response = reqwest::Client::new()
+    let response = cfgsync_test_support::http_client()
         .post(server.url("/register"))
         .bearer_auth(&token_a)
         .json(&scoped("node-1", Some("tenant-b")))

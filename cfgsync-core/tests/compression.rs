@@ -78,7 +78,10 @@ fn expected_etag(own: &ArtifactSet) -> String {
 /// A client that sends exactly the headers given (no Accept-Encoding of its
 /// own, no decoding), as the original's clients do.
 fn raw_client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    cfgsync_test_support::http_client_builder()
+        .no_proxy()
+        .build()
+        .unwrap()
 }
 
 async fn post_node(

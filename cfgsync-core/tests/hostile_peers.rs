@@ -165,7 +165,7 @@ async fn idle_and_trickling_connections_are_closed_by_the_server() {
     );
 
     // The server itself is fine.
-    let health = reqwest::get(format!("{}/healthz", server.url()))
+    let health = cfgsync_test_support::get(format!("{}/healthz", server.url()))
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
@@ -359,7 +359,7 @@ async fn a_listener_beyond_loopback_without_auth_is_flagged() {
     for (server, insecure) in [(&open, true), (&with_auth, false), (&loopback, false)] {
         // The flag is set once the server is listening.
         tokio::time::timeout(GENEROUS, async {
-            while reqwest::get(format!("{}/healthz", server.url()))
+            while cfgsync_test_support::get(format!("{}/healthz", server.url()))
                 .await
                 .is_err()
             {
@@ -381,14 +381,15 @@ async fn a_listener_beyond_loopback_without_auth_is_flagged() {
         );
         // The status page and its JSON twin say so too (open without auth).
         if !server.state.auth_enabled() {
-            let status: serde_json::Value = reqwest::get(format!("{}/api/v1/status", server.url()))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let status: serde_json::Value =
+                cfgsync_test_support::get(format!("{}/api/v1/status", server.url()))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
             assert_eq!(status["insecure_listener"], insecure, "{status}");
-            let page = reqwest::get(format!("{}/", server.url()))
+            let page = cfgsync_test_support::get(format!("{}/", server.url()))
                 .await
                 .unwrap()
                 .text()

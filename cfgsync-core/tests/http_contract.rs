@@ -242,7 +242,7 @@ async fn etag_is_stable_answers_304_and_changes_with_content() {
     assert_eq!(fetch(Some(first.clone())).await, FetchOutcome::NotModified);
 
     // 304 over the wire has no body and repeats the ETag.
-    let raw = reqwest::Client::new()
+    let raw = cfgsync_test_support::http_client()
         .post(server.url("/node"))
         .header("content-type", "application/json")
         .header("if-none-match", &first)
@@ -378,7 +378,7 @@ async fn shutdown_releases_held_long_polls() {
 #[tokio::test]
 async fn every_bad_input_gets_its_status_and_json_code() {
     let server = TestServer::with_source(Arc::new(two_node_static_source())).await;
-    let http = reqwest::Client::new();
+    let http = cfgsync_test_support::http_client();
     let long_id = "x".repeat(254);
     let big_metadata = format!(
         r#"{{"identifier":"n","ip":"10.0.0.1","metadata":"{}"}}"#,
@@ -593,7 +593,7 @@ async fn metrics_count_requests_by_route_and_status() {
     client.fetch_node_config(&node("node-1")).await.unwrap();
     client.fetch_node_config(&node("node-1")).await.unwrap();
 
-    let text = reqwest::get(server.url("/metrics"))
+    let text = cfgsync_test_support::get(server.url("/metrics"))
         .await
         .unwrap()
         .text()
@@ -682,7 +682,10 @@ async fn a_refused_body_still_gets_its_answer() {
         );
     }
     assert_eq!(
-        reqwest::get(server.url("/healthz")).await.unwrap().status(),
+        cfgsync_test_support::get(server.url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
         200
     );
 }

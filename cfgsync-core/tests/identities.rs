@@ -152,7 +152,7 @@ async fn a_401_says_why() {
             "belongs to node \"node-2\"",
         ),
     ];
-    let http = reqwest::Client::new();
+    let http = cfgsync_test_support::http_client();
     for (header, status, why) in cases {
         let mut request = http
             .post(server.url("/register"))

@@ -35,8 +35,8 @@ fn harness() -> &'static Harness {
         Harness {
             runtime,
             server,
-            http: reqwest::Client::new(),
-            fresh: reqwest::Client::builder()
+            http: cfgsync_test_support::http_client(),
+            fresh: cfgsync_test_support::http_client_builder()
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
@@ -251,7 +251,7 @@ fn every_answer_is_documented_and_the_server_stays_healthy() {
         })
         .unwrap();
     let health = h.runtime.block_on(async {
-        reqwest::get(h.server.url("/healthz"))
+        cfgsync_test_support::get(h.server.url("/healthz"))
             .await
             .unwrap()
             .status()

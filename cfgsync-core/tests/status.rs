@@ -22,7 +22,7 @@ fn node(id: &str) -> NodeRegistration {
 }
 
 async fn get(url: &str, auth: Option<&str>) -> reqwest::Response {
-    let mut request = reqwest::Client::new().get(url);
+    let mut request = cfgsync_test_support::http_client().get(url);
     if let Some(auth) = auth {
         request = request.header("authorization", auth);
     }

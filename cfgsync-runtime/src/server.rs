@@ -138,6 +138,9 @@ pub fn check_config(config: &CfgsyncServerConfig) -> Result<Vec<(&'static str, S
             format!("file://{} (created at start)", dir.display())
         }
         RegistrationStoreConfig::Object(url) => {
+            // An HTTP store builds its client here: the TLS provider first.
+            cfgsync_core::tls::ensure_crypto_provider();
+            #[allow(clippy::disallowed_methods)] // provider ensured above
             object_store::parse_url(url).map_err(|e| Error::RegistrationStore {
                 url: url.to_string(),
                 message: e.to_string(),
@@ -201,6 +204,9 @@ pub async fn open_registration_store(
                     .any(|p| key.starts_with(p))
                     .then_some((key, value))
             });
+            // An HTTP store builds its client here: the TLS provider first.
+            cfgsync_core::tls::ensure_crypto_provider();
+            #[allow(clippy::disallowed_methods)] // provider ensured above
             let (store, prefix) = object_store::parse_url_opts(url, options).map_err(|e| {
                 Error::RegistrationStore {
                     url: url.to_string(),

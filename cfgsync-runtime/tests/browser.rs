@@ -22,7 +22,7 @@ fn reg(id: &str, ip: &str) -> NodeRegistration {
 }
 
 async fn status(url: &str) -> Value {
-    reqwest::get(format!("{url}/api/v1/status"))
+    cfgsync_test_support::get(format!("{url}/api/v1/status"))
         .await
         .unwrap()
         .json()

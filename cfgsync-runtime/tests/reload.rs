@@ -74,7 +74,7 @@ fn updated(outcome: FetchOutcome) -> (String, String) {
 }
 
 async fn status(url: &str) -> Value {
-    reqwest::get(format!("{url}/api/v1/status"))
+    cfgsync_test_support::get(format!("{url}/api/v1/status"))
         .await
         .unwrap()
         .json()
@@ -197,7 +197,7 @@ async fn a_broken_edit_keeps_the_last_good_set_serving_and_is_reported_until_fix
             (failures + 1) as f64
         );
         assert_eq!(metric(&server, "cfgsync_reload_failing").await, 1.0);
-        let page = reqwest::get(&server.url)
+        let page = cfgsync_test_support::get(&server.url)
             .await
             .unwrap()
             .text()
@@ -214,7 +214,7 @@ async fn a_broken_edit_keeps_the_last_good_set_serving_and_is_reported_until_fix
     assert_eq!(updated(fetch(&client, "node-1", None).await).0, "one v2");
     assert_eq!(metric(&server, "cfgsync_reload_failing").await, 0.0);
     assert!(metric(&server, "cfgsync_reload_success_total").await >= 1.0);
-    let page = reqwest::get(&server.url)
+    let page = cfgsync_test_support::get(&server.url)
         .await
         .unwrap()
         .text()
@@ -233,7 +233,7 @@ fn free_port() -> u16 {
 
 async fn wait_healthy(url: &str) {
     for _ in 0..200 {
-        if let Ok(response) = reqwest::get(format!("{url}/healthz")).await
+        if let Ok(response) = cfgsync_test_support::get(format!("{url}/healthz")).await
             && response.status() == 200
         {
             return;
@@ -299,7 +299,7 @@ async fn sighup_reloads_the_binary_which_stays_up_even_on_a_bad_file() {
     assert_eq!(updated(fetch(&client, "node-1", None).await).0, "one v2");
     assert!(server.try_wait().unwrap().is_none(), "the server exited");
     assert_eq!(
-        reqwest::get(format!("{url}/healthz"))
+        cfgsync_test_support::get(format!("{url}/healthz"))
             .await
             .unwrap()
             .status(),

@@ -133,7 +133,7 @@ fn spawn_server(config: &Path) -> Child {
 
 async fn wait_healthy(url: &str) {
     for _ in 0..200 {
-        if let Ok(response) = reqwest::get(format!("{url}/healthz")).await
+        if let Ok(response) = cfgsync_test_support::get(format!("{url}/healthz")).await
             && response.status() == 200
         {
             return;

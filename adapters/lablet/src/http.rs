@@ -7,7 +7,7 @@ use cfgsync_core::{TransportFailure, describe_transport_failure};
 
 /// Build the shared client with connect and read timeouts.
 pub(crate) fn client(connect: Duration, read: Duration) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    cfgsync_core::tls::http_client_builder()
         .connect_timeout(connect)
         .read_timeout(read)
         .user_agent(concat!("cfgsync-lablet/", env!("CARGO_PKG_VERSION")))

@@ -215,7 +215,7 @@ async fn object_catalog_passes_the_suite_and_concurrent_writers_lose_no_version_
 #[tokio::test]
 async fn cpa_catalog_passes_the_suite() {
     let (_fake, server) = FakeCpa::start().await;
-    let http = reqwest::Client::new();
+    let http = cfgsync_test_support::http_client();
     // the marker lists CPA at every call here (no poll interval)
     let catalog = CpaCatalog::new(http, server.uri()).with_poll_interval(std::time::Duration::ZERO);
     behaviour_suite(Arc::new(catalog)).await;
@@ -245,7 +245,7 @@ async fn cpa_catalog_reports_server_errors_after_bounded_retries() {
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
         .await;
-    let catalog = CpaCatalog::new(reqwest::Client::new(), server.uri()).with_retry(
+    let catalog = CpaCatalog::new(cfgsync_test_support::http_client(), server.uri()).with_retry(
         cfgsync_lablet::RetryPolicy::default()
             .with_max_attempts(2)
             .with_backoff(

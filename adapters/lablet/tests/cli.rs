@@ -363,7 +363,7 @@ async fn serve_logs_a_failed_api_sync_at_the_default_level_as_json() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = cfgsync_test_support::http_client();
     let url = format!("http://127.0.0.1:{port}/api/v1/lablets/LAB-UNKNOWN/sync");
     let mut answer = None;
     for _ in 0..400 {

@@ -238,12 +238,13 @@ async fn the_cli_on_the_serve_data_dir_wakes_nodes_of_the_embedded_catalog() {
     assert_eq!(manifest(&payload)["version"], 3);
 
     // the serve process still answers the operator API from the same file
-    let shown: serde_json::Value = reqwest::get(format!("{}/api/v1/lablets/{LAB}", served.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: serde_json::Value =
+        cfgsync_test_support::get(format!("{}/api/v1/lablets/{LAB}", served.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(shown["content_version"], 3);
 }
 
@@ -285,7 +286,7 @@ async fn a_record_cpa_lists_reaches_nodes_of_another_replica_at_the_poll_interva
 /// Waits until the server holds a long-poll (so the change comes after it).
 async fn b_until_waiting(served: &ServeProcess) {
     for _ in 0..400 {
-        let text = reqwest::get(format!("{}/metrics", served.url))
+        let text = cfgsync_test_support::get(format!("{}/metrics", served.url))
             .await
             .unwrap()
             .text()

@@ -269,7 +269,7 @@ async fn a_lablet_that_never_got_past_resolve_leaves_no_lock_file() {
 }
 
 async fn metrics_of(url: &str) -> String {
-    reqwest::get(format!("{url}/metrics"))
+    cfgsync_test_support::get(format!("{url}/metrics"))
         .await
         .unwrap()
         .text()
@@ -313,7 +313,9 @@ async fn serve_flags_an_open_listener_by_the_auth_that_guards_its_routes() {
         );
         assert_eq!(state.insecure_listener(), insecure, "{auth:?}");
         // what the flag is about: the operator API is open exactly then
-        let api = reqwest::get(format!("{url}/api/v1/lablets")).await.unwrap();
+        let api = cfgsync_test_support::get(format!("{url}/api/v1/lablets"))
+            .await
+            .unwrap();
         assert_eq!(
             api.status().is_success(),
             insecure,

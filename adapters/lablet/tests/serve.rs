@@ -57,7 +57,7 @@ impl Served {
 }
 
 fn operator(url: &str, path: &str, token: Option<&str>, post: bool) -> reqwest::RequestBuilder {
-    let http = reqwest::Client::new();
+    let http = cfgsync_test_support::http_client();
     let request = if post {
         http.post(format!("{url}{path}"))
     } else {
@@ -285,7 +285,7 @@ async fn operator_syncs_and_nodes_receive_lablet_content_on_s3() {
     assert_eq!(bad_name.status(), 400);
 
     // One /metrics: cfgsync routes, sync results and stage durations.
-    let metrics = reqwest::get(format!("{url}/metrics"))
+    let metrics = cfgsync_test_support::get(format!("{url}/metrics"))
         .await
         .unwrap()
         .text()
@@ -375,7 +375,7 @@ async fn post_node(
     token: &str,
     registration: &NodeRegistration,
 ) -> (u16, String, String) {
-    let response = reqwest::Client::new()
+    let response = cfgsync_test_support::http_client()
         .post(format!("{url}{route}"))
         .bearer_auth(token)
         .json(registration)
@@ -511,7 +511,7 @@ async fn every_error_of_the_operator_api_is_json() {
     let env = Env::start().await;
     let served = Served::start(env.config(None), ServeOptions::default()).await;
     let url = &served.url;
-    let http = reqwest::Client::new();
+    let http = cfgsync_test_support::http_client();
 
     // A wrong method names the right one, on operator and node routes alike.
     for (verb, route, allowed) in [

@@ -125,7 +125,7 @@ async fn the_lablet_page_shows_versions_a_stale_target_and_waiting_nodes() {
     nodes.fetch_node_config(&node("node-a", LAB)).await.unwrap();
 
     // The JSON twin holds the facts.
-    let status: Value = reqwest::get(format!("{}/api/v1/status", server.url))
+    let status: Value = cfgsync_test_support::get(format!("{}/api/v1/status", server.url))
         .await
         .unwrap()
         .json()
@@ -178,7 +178,7 @@ async fn the_lablet_page_shows_versions_a_stale_target_and_waiting_nodes() {
 
     // A failed sync shows with its stage and error.
     let failed = app.sync_lablet("LAB-9.9.9").await.unwrap_err();
-    let status: Value = reqwest::get(format!("{}/api/v1/status", server.url))
+    let status: Value = cfgsync_test_support::get(format!("{}/api/v1/status", server.url))
         .await
         .unwrap()
         .json()
@@ -237,7 +237,7 @@ fn basic(password: &str) -> String {
 }
 
 async fn get(url: &str, auth: Option<&str>) -> u16 {
-    let mut request = reqwest::Client::new().get(url);
+    let mut request = cfgsync_test_support::http_client().get(url);
     if let Some(auth) = auth {
         request = request.header("authorization", auth);
     }
@@ -246,7 +246,7 @@ async fn get(url: &str, auth: Option<&str>) -> u16 {
 
 /// Posts the page's sync form for `lablet` with `headers`.
 async fn post_form(url: &str, lablet: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-    let client = reqwest::Client::builder()
+    let client = cfgsync_test_support::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -432,7 +432,7 @@ async fn a_cpa_catalog_that_cannot_list_still_shows_what_it_recorded() {
         .unwrap();
     app.sync_lablet(LAB).await.unwrap();
 
-    let status: Value = reqwest::get(format!("{}/api/v1/status", server.url))
+    let status: Value = cfgsync_test_support::get(format!("{}/api/v1/status", server.url))
         .await
         .unwrap()
         .json()

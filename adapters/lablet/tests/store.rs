@@ -51,7 +51,7 @@ async fn file_store_failed_upload_leaves_no_partial_object() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let config = LabletSyncConfig::default().with_store(format!("file://{}", root.display()));
-    let store = PackageStore::from_config(&config, reqwest::Client::new()).unwrap();
+    let store = PackageStore::from_config(&config, cfgsync_test_support::http_client()).unwrap();
     failed_upload_keeps_previous_object(&store).await;
     // the old bytes are still there, and nothing else (no staging file, no sidecar
     // vouching for them: the next sync re-uploads)
@@ -73,7 +73,7 @@ async fn s3_store_failed_upload_leaves_previous_object_intact() {
     let s3 = S3Harness::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let config = s3_config(LabletSyncConfig::default().with_data_dir(data.path()), &s3);
-    let store = PackageStore::from_config(&config, reqwest::Client::new()).unwrap();
+    let store = PackageStore::from_config(&config, cfgsync_test_support::http_client()).unwrap();
     failed_upload_keeps_previous_object(&store).await;
     let loc = store
         .location(cfgsync_lablet::config::DEFAULT_LOCATION, "LAB-7")
@@ -98,7 +98,7 @@ fn location_templates_validate_layouts() {
     let dir = tempfile::tempdir().unwrap();
     let config = LabletSyncConfig::default()
         .with_store(format!("file://{}", dir.path().join("s").display()));
-    let store = PackageStore::from_config(&config, reqwest::Client::new()).unwrap();
+    let store = PackageStore::from_config(&config, cfgsync_test_support::http_client()).unwrap();
     // bucket per lablet is S3 only
     let err = store
         .location(cfgsync_lablet::config::BUCKET_PER_LABLET_LOCATION, "LAB-1")
@@ -108,7 +108,7 @@ fn location_templates_validate_layouts() {
     assert!(matches!(err, StoreError::Config(_)), "{err}");
     let bad = LabletSyncConfig::default().with_store("ftp://x");
     assert!(matches!(
-        PackageStore::from_config(&bad, reqwest::Client::new()).unwrap_err(),
+        PackageStore::from_config(&bad, cfgsync_test_support::http_client()).unwrap_err(),
         StoreError::Config(_)
     ));
 }

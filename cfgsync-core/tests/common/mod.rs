@@ -24,7 +24,7 @@ pub fn two_node_static_source() -> StaticConfigSource {
 
 /// A raw POST with a JSON body, as a node would send it.
 pub async fn post_json(url: &str, body: &str) -> reqwest::Response {
-    reqwest::Client::new()
+    cfgsync_test_support::http_client()
         .post(url)
         .header("content-type", "application/json")
         .body(body.to_owned())

@@ -25,7 +25,9 @@ fn command() -> clap::Command {
              Every flag falls back to the environment variable shown; a flag wins over its \
              variable. Logs go to stderr (RUST_LOG, default info: while it waits, what it \
              waits for, about every 10 s); each written file is printed on stdout. On failure: one line on stderr naming the step, exit 1 \
-             (exit 2 for a bad flag or variable).",
+             (exit 2 for a bad flag or variable).\n\n\
+             An https:// server is verified against the system's CA roots; SSL_CERT_FILE (a PEM \
+             file) or SSL_CERT_DIR, when set, names the only CAs trusted instead.",
         )
         .args(settings_cli::args(CLIENT_SETTINGS))
         .arg(log_format_arg("CFG_LOG_FORMAT"))

@@ -164,7 +164,9 @@ async fn copy(spec: &ChildSpec) -> anyhow::Result<ChildOutput> {
             region,
             access_key,
             secret_key,
-        } => Arc::new(
+        } => Arc::new({
+            cfgsync_core::tls::ensure_crypto_provider();
+            #[allow(clippy::disallowed_methods)] // provider ensured above
             AmazonS3Builder::new()
                 .with_endpoint(endpoint)
                 .with_allow_http(true)
@@ -172,8 +174,8 @@ async fn copy(spec: &ChildSpec) -> anyhow::Result<ChildOutput> {
                 .with_access_key_id(access_key)
                 .with_secret_access_key(secret_key)
                 .with_bucket_name(bucket)
-                .build()?,
-        ),
+                .build()?
+        }),
     };
     let url = format!("{}/package.zip", spec.base);
     let start_rss_kib = peak_rss_kib();

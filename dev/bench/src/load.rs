@@ -42,7 +42,7 @@ const POLL_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// An HTTP client for the bench: one connection pool, no proxies.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    Ok(cfgsync_core::tls::http_client_builder()
         .no_proxy()
         .pool_max_idle_per_host(usize::MAX)
         .tcp_nodelay(true)

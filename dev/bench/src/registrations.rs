@@ -112,7 +112,7 @@ pub async fn run(
     if let Some(s3) = &s3 {
         s3.reset_counters();
     }
-    let http = reqwest::Client::builder()
+    let http = cfgsync_core::tls::http_client_builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
     let urls: Vec<String> = servers.iter().map(|s| s.url("/register")).collect();

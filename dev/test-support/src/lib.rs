@@ -3,12 +3,16 @@
 #![doc = include_str!("../README.md")]
 
 mod browser;
+mod http;
 pub mod readme;
 #[cfg(feature = "s3")]
 mod s3;
 mod server;
+mod tls;
 
 pub use browser::{Chromium, assert_inert};
+pub use http::{get, http_client, http_client_builder};
 #[cfg(feature = "s3")]
 pub use s3::{S3Faults, S3Harness};
 pub use server::{TestServer, files, long_poll, woken};
+pub use tls::{TEST_CA_PEM, TlsProxy, test_ca_file};

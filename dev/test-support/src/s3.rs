@@ -393,6 +393,8 @@ fn build_store(
     secret_key: &str,
     region: &str,
 ) -> io::Result<Arc<dyn ObjectStore>> {
+    cfgsync_core::tls::ensure_crypto_provider();
+    #[allow(clippy::disallowed_methods)] // provider ensured above
     let store = builder(endpoint, access_key, secret_key, region)
         .with_bucket_name(bucket)
         .build()

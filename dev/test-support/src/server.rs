@@ -74,7 +74,7 @@ impl TestServer {
     /// The server's `/metrics` samples whose name and labels start with
     /// `prefix`, as `(labels, value)` (empty when it cannot be read).
     pub async fn metric(&self, prefix: &str) -> Vec<(String, f64)> {
-        let Ok(response) = reqwest::get(self.url("/metrics")).await else {
+        let Ok(response) = crate::get(self.url("/metrics")).await else {
             return Vec::new();
         };
         let text = response.text().await.unwrap_or_default();

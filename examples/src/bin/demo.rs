@@ -96,7 +96,8 @@ async fn spawn(router: Router) -> Result<String, Failure> {
 }
 
 async fn operator_sync(url: &str) -> Result<serde_json::Value, Failure> {
-    let response = reqwest::Client::new()
+    let response = cfgsync_core::tls::http_client_builder()
+        .build()?
         .post(format!("{url}/api/v1/lablets/{LAB}/sync"))
         .send()
         .await?;

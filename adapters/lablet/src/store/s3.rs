@@ -111,6 +111,10 @@ impl S3Backend {
         if let Some(store) = stores.get(bucket) {
             return Ok(Arc::clone(store));
         }
+        // The store builds its own HTTP client: ring must be the process's
+        // TLS provider first (see cfgsync_core::tls).
+        cfgsync_core::tls::ensure_crypto_provider();
+        #[allow(clippy::disallowed_methods)] // provider ensured above
         let store = self
             .builder
             .clone()

@@ -304,7 +304,7 @@ pub mod env {
             };
             let healthz = format!("{}/healthz", this.url);
             for _ in 0..600 {
-                if reqwest::get(&healthz)
+                if cfgsync_test_support::get(&healthz)
                     .await
                     .is_ok_and(|r| r.status().is_success())
                 {
@@ -317,7 +317,7 @@ pub mod env {
 
         /// Syncs `name` through the operator API; the answer's JSON.
         pub async fn sync(&self, name: &str) -> serde_json::Value {
-            let response = reqwest::Client::new()
+            let response = cfgsync_test_support::http_client()
                 .post(format!("{}/api/v1/lablets/{name}/sync", self.url))
                 .send()
                 .await
