@@ -190,7 +190,7 @@ async fn raw_node(
 }
 
 #[tokio::test]
-async fn gzip_answers_follow_every_generation_of_the_shared_files() {
+async fn compressed_answers_follow_every_generation_of_the_shared_files() {
     // Ready from the first node on: every registration is a new generation
     // with a new shared peer list, compressed anew.
     let source = Arc::new(SnapshotConfigSource::new(
@@ -215,17 +215,29 @@ async fn gzip_answers_follow_every_generation_of_the_shared_files() {
             let payload: cfgsync_core::NodeArtifactsPayload =
                 serde_json::from_slice(&plain).unwrap();
             assert_eq!(payload.files.get("/peers.txt").unwrap().content, peers);
-            let (status, coding, gzip_etag, compressed) =
-                raw_node(&server, node, Some("gzip")).await;
-            assert_eq!((status, coding.as_deref()), (200, Some("gzip")));
-            assert_eq!(gzip_etag, etag, "one ETag for both codings");
-            let mut decoded = Vec::new();
-            std::io::Read::read_to_end(
-                &mut flate2::read::MultiGzDecoder::new(compressed.as_slice()),
-                &mut decoded,
-            )
-            .unwrap();
-            assert_eq!(decoded, plain, "{} at generation {n}", node.identifier);
+            for asked in ["gzip", "zstd"] {
+                let (status, coding, compressed_etag, compressed) =
+                    raw_node(&server, node, Some(asked)).await;
+                assert_eq!((status, coding.as_deref()), (200, Some(asked)));
+                assert_eq!(compressed_etag, etag, "one ETag for every coding");
+                let mut decoded = Vec::with_capacity(1 << 20);
+                if asked == "gzip" {
+                    std::io::Read::read_to_end(
+                        &mut flate2::read::MultiGzDecoder::new(compressed.as_slice()),
+                        &mut decoded,
+                    )
+                    .unwrap();
+                } else {
+                    ruzstd::decoding::FrameDecoder::new()
+                        .decode_all_to_vec(&compressed, &mut decoded)
+                        .unwrap();
+                }
+                assert_eq!(
+                    decoded, plain,
+                    "{asked}: {} at generation {n}",
+                    node.identifier
+                );
+            }
             etags.insert(etag);
         }
     }

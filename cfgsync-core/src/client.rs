@@ -2,7 +2,6 @@
 //! errors per status.
 
 use std::fmt;
-use std::io::Read as _;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -11,8 +10,9 @@ use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
 use crate::auth::Secret;
+use crate::encoding::{self, Undecodable};
 use crate::{
-    Error, NodeArtifactsPayload, NodeFilesReplacement, NodeRegistration, Result,
+    ContentCoding, Error, NodeArtifactsPayload, NodeFilesReplacement, NodeRegistration, Result,
     validate_identifier,
 };
 
@@ -20,6 +20,10 @@ use crate::{
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default largest `/node` payload the client reads: 64 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 64 * 1024 * 1024;
+/// `Accept-Encoding` of `/node` requests: both codings at the same weight, so
+/// the server picks (ours: gzip, the smaller on the wire; see
+/// [`ContentCoding::negotiate`]).
+const NODE_ACCEPT_ENCODING: &str = "gzip, zstd";
 /// Largest part of an error answer's body the client reads.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 
@@ -34,11 +38,12 @@ const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// it streams and never held beyond the limit). An identifier the server
 /// would refuse is refused before any request ([`Error::Invalid`]).
 ///
-/// `POST /node` asks for `Accept-Encoding: gzip` and decodes a gzip answer;
-/// a server that does not compress (the original) answers identity bytes,
-/// read as before. Either way the payload is capped at
+/// `POST /node` asks for `Accept-Encoding: gzip, zstd` and decodes a gzip or
+/// zstd answer; a server that does not compress (the original) answers
+/// identity bytes, read as before. Either way the payload is capped at
 /// [`max_payload_bytes`](CfgsyncClientBuilder::max_payload_bytes) as sent and
-/// again after decoding (a small gzip body can decode to gigabytes).
+/// again while decoding (a small compressed body can decode to gigabytes:
+/// decoding stops one byte past the limit).
 #[derive(Clone)]
 pub struct CfgsyncClient {
     base: String,
@@ -291,7 +296,7 @@ impl CfgsyncClient {
         if route_of(path) == "/node" {
             // Payloads compress well (a peer list to a fifth or less); the
             // server sends identity bytes to clients that do not ask.
-            request = request.header(ACCEPT_ENCODING, "gzip");
+            request = request.header(ACCEPT_ENCODING, NODE_ACCEPT_ENCODING);
         }
         request
             .send()
@@ -346,31 +351,29 @@ fn decode_payload(
     raw: Bytes,
     limit: u64,
 ) -> Result<Bytes> {
-    match encoding {
-        None | Some("" | "identity") => Ok(raw),
-        Some("gzip" | "x-gzip") => {
-            let mut decoded = Vec::new();
-            flate2::read::MultiGzDecoder::new(raw.as_ref())
-                .take(limit.saturating_add(1))
-                .read_to_end(&mut decoded)
-                .map_err(|e| Error::InvalidResponse {
-                    route,
-                    reason: format!("gzip body does not decode: {e}"),
-                })?;
-            if u64::try_from(decoded.len()).unwrap_or(u64::MAX) > limit {
-                return Err(Error::PayloadTooLarge {
-                    route,
-                    url: url.to_owned(),
-                    limit,
-                });
-            }
-            Ok(Bytes::from(decoded))
-        }
-        Some(other) => Err(Error::InvalidResponse {
+    let Some(coding) = ContentCoding::from_content_encoding(encoding) else {
+        return Err(Error::InvalidResponse {
             route,
-            reason: format!("unsupported Content-Encoding {other:?} (asked for gzip)"),
-        }),
-    }
+            reason: format!(
+                "unsupported Content-Encoding {:?} (asked for {NODE_ACCEPT_ENCODING})",
+                encoding.unwrap_or_default()
+            ),
+        });
+    };
+    encoding::decode(coding, raw, limit).map_err(|error| match error {
+        Undecodable::TooLarge => Error::PayloadTooLarge {
+            route,
+            url: url.to_owned(),
+            limit,
+        },
+        Undecodable::Corrupt(e) => Error::InvalidResponse {
+            route,
+            reason: format!(
+                "{} body does not decode: {e}",
+                coding.header_value().unwrap_or("identity")
+            ),
+        },
+    })
 }
 
 fn route_of(path: &str) -> &'static str {

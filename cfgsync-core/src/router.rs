@@ -429,7 +429,7 @@ fn respond(
             let etag = HeaderValue::from_str(payload.etag())
                 .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
             // The answer depends on Accept-Encoding: say so on every answer
-            // with the payload's ETag, so a cache never hands gzip to a client
+            // with the payload's ETag, so a cache never hands a compressed body to a client
             // that did not ask for it.
             let vary = (header::VARY, HeaderValue::from_static("accept-encoding"));
             if if_none_match.is_some_and(|tag| payload.matches_if_none_match(tag)) {

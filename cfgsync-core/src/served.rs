@@ -14,7 +14,7 @@ use bytes::Bytes;
 use cfgsync_artifacts::{ArtifactDigest, ArtifactFile, ArtifactSet};
 use http_body::{Frame, SizeHint};
 
-use crate::encoding::{ContentCoding, gzip_member};
+use crate::encoding::{ContentCoding, compressed_piece};
 use crate::{Error, NodeArtifactsPayload, Result};
 
 const BODY_PREFIX: &[u8] = br#"{"schema_version":1,"files":["#;
@@ -40,14 +40,17 @@ struct SharedInner {
     joined: Bytes,
     /// Where each file's JSON lies in `joined`.
     spans: Vec<Range<usize>>,
-    gzip: OnceLock<Result<SharedGzip, String>>,
+    gzip: OnceLock<Result<SharedPieces, String>>,
+    zstd: OnceLock<Result<SharedPieces, String>>,
 }
 
-/// The gzip members a compressed payload is assembled from.
-struct SharedGzip {
-    /// All shared files (`joined`), one member.
+/// The pieces (gzip members or zstd frames) of one coding a compressed
+/// payload is assembled from.
+struct SharedPieces {
+    coding: ContentCoding,
+    /// All shared files (`joined`), one piece.
     joined: Bytes,
-    /// `,` and `]}`, one member each.
+    /// `,` and `]}`, one piece each.
     comma: Bytes,
     suffix: Bytes,
     /// Each file alone, made on first need: only a node that overrides a
@@ -94,6 +97,7 @@ impl SharedFiles {
                 joined: Bytes::from(joined),
                 spans,
                 gzip: OnceLock::new(),
+                zstd: OnceLock::new(),
             }),
         })
     }
@@ -110,28 +114,33 @@ impl SharedFiles {
 }
 
 impl SharedInner {
-    fn gzip(&self) -> Result<&SharedGzip> {
-        self.gzip
-            .get_or_init(|| {
-                let member = |data: &[u8]| gzip_member(data).map_err(|e| e.to_string());
-                Ok(SharedGzip {
-                    joined: member(&self.joined)?,
-                    comma: member(b",")?,
-                    suffix: member(BODY_SUFFIX)?,
-                    files: self.spans.iter().map(|_| OnceLock::new()).collect(),
-                })
+    /// The shared pieces in a compressed `coding`, made on first need.
+    fn pieces(&self, coding: ContentCoding) -> Result<&SharedPieces> {
+        let slot = match coding {
+            ContentCoding::Zstd => &self.zstd,
+            _ => &self.gzip,
+        };
+        slot.get_or_init(|| {
+            let piece = |data: Bytes| compressed_piece(coding, &data).map_err(|e| e.to_string());
+            Ok(SharedPieces {
+                coding,
+                joined: piece(self.joined.clone())?,
+                comma: piece(Bytes::from_static(b","))?,
+                suffix: piece(Bytes::from_static(BODY_SUFFIX))?,
+                files: self.spans.iter().map(|_| OnceLock::new()).collect(),
             })
-            .as_ref()
-            .map_err(|message| source_error(message.clone()))
+        })
+        .as_ref()
+        .map_err(|message| source_error(message.clone()))
     }
 
-    fn gzip_file(&self, gzip: &SharedGzip, index: usize) -> Result<Bytes> {
-        let (Some(slot), Some(span)) = (gzip.files.get(index), self.spans.get(index)) else {
+    fn file_piece(&self, pieces: &SharedPieces, index: usize) -> Result<Bytes> {
+        let (Some(slot), Some(span)) = (pieces.files.get(index), self.spans.get(index)) else {
             return Err(source_error(format!("no shared file #{index}")));
         };
         slot.get_or_init(|| {
-            gzip_member(self.joined.get(span.clone()).unwrap_or_default())
-                .map_err(|e| e.to_string())
+            let file = self.joined.slice(span.clone());
+            compressed_piece(pieces.coding, &file).map_err(|e| e.to_string())
         })
         .clone()
         .map_err(source_error)
@@ -173,8 +182,8 @@ enum Kept {
 /// Answering `/node` costs no serialization and no copy of the shared files;
 /// [`chunks`](Self::chunks) gives the body in either coding.
 ///
-/// Memory per payload is its own part (plus, once a client asked for gzip,
-/// that part compressed), independent of the size of the shared files.
+/// Memory per payload is its own part (plus, once a client asked for gzip or
+/// zstd, that part compressed), independent of the size of the shared files.
 #[derive(Clone)]
 pub struct ServedPayload {
     etag: String,
@@ -185,8 +194,10 @@ pub struct ServedPayload {
     kept: Kept,
     files: usize,
     len: usize,
-    /// `head` as a gzip member, made on the first compressed request.
+    /// `head` as a gzip member, made on the first gzip request.
     gzip_head: OnceLock<Result<Bytes, String>>,
+    /// `head` as a zstd frame, made on the first zstd request.
+    zstd_head: OnceLock<Result<Bytes, String>>,
 }
 
 impl ServedPayload {
@@ -238,6 +249,7 @@ impl ServedPayload {
             files: own.len() + kept_count,
             len: 0,
             gzip_head: OnceLock::new(),
+            zstd_head: OnceLock::new(),
         };
         payload.len = payload.identity_chunks().iter().map(Bytes::len).sum();
         Ok(payload)
@@ -262,40 +274,44 @@ impl ServedPayload {
         chunks
     }
 
-    fn gzip_chunks(&self) -> Result<Vec<Bytes>> {
+    fn compressed_chunks(&self, coding: ContentCoding) -> Result<Vec<Bytes>> {
         let inner = &self.shared.inner;
-        let gzip = inner.gzip()?;
-        let head = self
-            .gzip_head
-            .get_or_init(|| gzip_member(&self.head).map_err(|e| e.to_string()))
+        let pieces = inner.pieces(coding)?;
+        let head = match coding {
+            ContentCoding::Zstd => &self.zstd_head,
+            _ => &self.gzip_head,
+        };
+        let head = head
+            .get_or_init(|| compressed_piece(coding, &self.head).map_err(|e| e.to_string()))
             .clone()
             .map_err(source_error)?;
         let mut chunks = vec![head];
         match &self.kept {
-            Kept::All if !inner.joined.is_empty() => chunks.push(gzip.joined.clone()),
+            Kept::All if !inner.joined.is_empty() => chunks.push(pieces.joined.clone()),
             Kept::All => {}
             Kept::Runs(runs) => {
                 for (i, index) in runs.iter().flat_map(Clone::clone).enumerate() {
                     if i > 0 {
-                        chunks.push(gzip.comma.clone());
+                        chunks.push(pieces.comma.clone());
                     }
-                    chunks.push(inner.gzip_file(gzip, index)?);
+                    chunks.push(inner.file_piece(pieces, index)?);
                 }
             }
         }
-        chunks.push(gzip.suffix.clone());
+        chunks.push(pieces.suffix.clone());
         Ok(chunks)
     }
 
     /// The body in `coding`, as chunks to send in order. Identity chunks are
     /// the JSON bytes (the node's own part, then slices of the shared buffer);
-    /// gzip chunks are gzip members, which together form one gzip stream that
-    /// decodes to exactly the identity bytes. The shared members are made once
-    /// per [`SharedFiles`], the node's own member once per payload.
+    /// gzip chunks are gzip members and zstd chunks zstd frames, which together
+    /// form one stream of that coding that decodes to exactly the identity
+    /// bytes. The shared pieces are made once per [`SharedFiles`] and coding,
+    /// the node's own piece once per payload and coding.
     pub fn chunks(&self, coding: ContentCoding) -> Result<Vec<Bytes>> {
         match coding {
             ContentCoding::Identity => Ok(self.identity_chunks()),
-            ContentCoding::Gzip => self.gzip_chunks(),
+            _ => self.compressed_chunks(coding),
         }
     }
 
@@ -436,6 +452,14 @@ mod tests {
         out
     }
 
+    fn unzstd(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() * 64 + 1024);
+        ruzstd::decoding::FrameDecoder::new()
+            .decode_all_to_vec(data, &mut out)
+            .unwrap();
+        out
+    }
+
     /// What today's server sends: the payload encoded from the merged set.
     fn reference(own: &ArtifactSet, shared: &ArtifactSet) -> Vec<u8> {
         serde_json::to_vec(&NodeArtifactsPayload::new(
@@ -444,9 +468,9 @@ mod tests {
         .unwrap()
     }
 
-    /// Both codings of `merged(own, shared)` against the encoding of the merged
-    /// set itself: identity byte for byte, gzip decoding to it, ETag and file
-    /// count as for the merged set.
+    /// Every coding of `merged(own, shared)` against the encoding of the merged
+    /// set itself: identity byte for byte, gzip and zstd decoding to it, ETag
+    /// and file count as for the merged set.
     fn check(own: &ArtifactSet, shared_set: &ArtifactSet, shared: &SharedFiles) {
         let merged = ServedPayload::merged(own, shared).unwrap();
         let expected = reference(own, shared_set);
@@ -458,6 +482,9 @@ mod tests {
         assert_eq!(gunzip(&joined(&gzip)), expected);
         // A second compressed request gets the same members (cached).
         assert_eq!(merged.chunks(ContentCoding::Gzip).unwrap(), gzip);
+        let zstd = merged.chunks(ContentCoding::Zstd).unwrap();
+        assert_eq!(unzstd(&joined(&zstd)), expected);
+        assert_eq!(merged.chunks(ContentCoding::Zstd).unwrap(), zstd);
         let full = ServedPayload::new(own.clone().merged_with_shared(shared_set)).unwrap();
         assert_eq!(merged.etag(), full.etag());
         assert_eq!(merged.file_count(), full.file_count());
@@ -467,6 +494,10 @@ mod tests {
         );
         assert_eq!(
             gunzip(&joined(&full.chunks(ContentCoding::Gzip).unwrap())),
+            expected
+        );
+        assert_eq!(
+            unzstd(&joined(&full.chunks(ContentCoding::Zstd).unwrap())),
             expected
         );
     }
@@ -541,7 +572,11 @@ mod tests {
         let own = ArtifactSet::from_files([ArtifactFile::new("/config.yaml", "id")]).unwrap();
         let a = ServedPayload::merged(&own, &shared).unwrap();
         let b = ServedPayload::merged(&own, &shared).unwrap();
-        for coding in [ContentCoding::Identity, ContentCoding::Gzip] {
+        for coding in [
+            ContentCoding::Identity,
+            ContentCoding::Gzip,
+            ContentCoding::Zstd,
+        ] {
             let (a, b) = (a.chunks(coding).unwrap(), b.chunks(coding).unwrap());
             // The shared chunk of both payloads is the same allocation.
             let largest =

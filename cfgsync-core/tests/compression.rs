@@ -1,5 +1,6 @@
-//! `/node` answers in identity and gzip: the bytes, the headers, the ETag, the
-//! long-poll, and the client that asks for gzip — over a real server.
+//! `/node` answers in identity, gzip and zstd: the bytes, the headers, the
+//! ETag, the long-poll, and the client that asks for compression — over a real
+//! server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -110,6 +111,25 @@ fn gunzip(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// zstd decoded by ruzstd's whole-buffer decoder (not the client's reader).
+fn unzstd(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 << 20);
+    ruzstd::decoding::FrameDecoder::new()
+        .decode_all_to_vec(data, &mut out)
+        .unwrap();
+    out
+}
+
+/// `data` decoded from the `Content-Encoding` it came with.
+fn decoded(coding: Option<&str>, data: &[u8]) -> Vec<u8> {
+    match coding {
+        None => data.to_vec(),
+        Some("gzip") => gunzip(data),
+        Some("zstd") => unzstd(data),
+        Some(other) => panic!("unexpected Content-Encoding {other}"),
+    }
+}
+
 fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).map(|v| v.to_str().unwrap())
 }
@@ -145,7 +165,7 @@ async fn original_format_clients_get_the_bytes_of_the_merged_set() {
 }
 
 #[tokio::test]
-async fn gzip_answers_decode_to_the_identity_bytes_under_the_same_etag() {
+async fn compressed_answers_decode_to_the_identity_bytes_under_the_same_etag() {
     let server = TestServer::with_source(Arc::new(source())).await;
     let url = server.url("/node");
     for id in ["node-1", "node-2"] {
@@ -153,13 +173,22 @@ async fn gzip_answers_decode_to_the_identity_bytes_under_the_same_etag() {
         post_node(&server.url("/register"), &body, &[]).await;
         let (_, plain_headers, plain) = post_node(&url, &body, &[]).await;
         let etag = header(&plain_headers, "etag").unwrap().to_owned();
-        for accept in ["gzip", "br;q=1.0, gzip;q=0.8, identity;q=0.5", "*"] {
+        for (accept, coding) in [
+            ("gzip", "gzip"),
+            ("br;q=1.0, gzip;q=0.8, identity;q=0.5", "gzip"),
+            ("*", "gzip"),
+            ("zstd, gzip", "gzip"), // equal weights: gzip, the smaller
+            ("zstd", "zstd"),
+            ("gzip;q=0.5, zstd", "zstd"),
+            ("br, zstd;q=0.9, identity;q=0.1", "zstd"),
+            ("*, gzip;q=0", "zstd"),
+        ] {
             let (status, headers, compressed) =
                 post_node(&url, &body, &[("accept-encoding", accept)]).await;
             assert_eq!(status, 200);
             assert_eq!(
                 header(&headers, "content-encoding"),
-                Some("gzip"),
+                Some(coding),
                 "{accept}"
             );
             assert_eq!(header(&headers, "vary"), Some("accept-encoding"));
@@ -169,24 +198,31 @@ async fn gzip_answers_decode_to_the_identity_bytes_under_the_same_etag() {
             );
             // The ETag names the content, not the coding.
             assert_eq!(header(&headers, "etag"), Some(etag.as_str()));
-            assert_eq!(gunzip(&compressed), plain, "{id}, {accept}");
+            assert_eq!(decoded(Some(coding), &compressed), plain, "{id}, {accept}");
             if id == "node-1" {
                 assert!(
                     compressed.len() * 4 < plain.len(),
-                    "{} bytes gzip vs {} identity",
+                    "{} bytes {coding} vs {} identity",
                     compressed.len(),
                     plain.len()
                 );
             }
         }
         // Asked not to compress, or only in codings we lack: identity.
-        for accept in ["gzip;q=0", "br, zstd", "gzip;q=0.5, identity", ""] {
+        for accept in [
+            "gzip;q=0",
+            "br, deflate",
+            "gzip;q=0.5, identity",
+            "zstd;q=0.5, gzip;q=0.5, identity",
+            "*, gzip;q=0, zstd;q=0",
+            "",
+        ] {
             let (_, headers, bytes) = post_node(&url, &body, &[("accept-encoding", accept)]).await;
             assert_eq!(header(&headers, "content-encoding"), None, "{accept:?}");
             assert_eq!(bytes, plain, "{accept:?}");
         }
         // If-None-Match with that ETag: 304 whatever the coding asked.
-        for accept in [None, Some("gzip")] {
+        for accept in [None, Some("gzip"), Some("zstd")] {
             let mut sent = vec![("if-none-match", etag.as_str())];
             sent.extend(accept.map(|a| ("accept-encoding", a)));
             let (status, headers, bytes) = post_node(&url, &body, &sent).await;
@@ -207,23 +243,38 @@ async fn gzip_answers_decode_to_the_identity_bytes_under_the_same_etag() {
         })
         .await
         .unwrap();
-    let (_, headers, compressed) = post_node(&url, BODY_1, &[("accept-encoding", "gzip")]).await;
-    assert_eq!(gunzip(&compressed), expected_body(&new_own));
-    assert_eq!(
-        header(&headers, "etag"),
-        Some(expected_etag(&new_own).as_str())
-    );
+    for coding in ["gzip", "zstd"] {
+        let (_, headers, compressed) =
+            post_node(&url, BODY_1, &[("accept-encoding", coding)]).await;
+        assert_eq!(header(&headers, "content-encoding"), Some(coding));
+        assert_eq!(decoded(Some(coding), &compressed), expected_body(&new_own));
+        assert_eq!(
+            header(&headers, "etag"),
+            Some(expected_etag(&new_own).as_str())
+        );
+    }
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test]
-async fn a_long_poll_is_answered_compressed_when_asked() {
+async fn a_long_poll_is_answered_in_gzip_when_asked() {
+    long_poll_in("gzip").await;
+}
+
+#[tokio::test]
+async fn a_long_poll_is_answered_in_zstd_when_asked() {
+    long_poll_in("zstd").await;
+}
+
+/// A long-poll asking for `coding`: held while not ready, then while
+/// unchanged, answered in `coding` each time.
+async fn long_poll_in(coding: &'static str) {
     let server = TestServer::with_source(Arc::new(source())).await;
     let url = server.url("/node?wait=30");
-    // Not registered yet: held until node-1 registers, then answered in gzip.
+    // Not registered yet: held until node-1 registers, then answered compressed.
     let waiting = {
         let url = url.clone();
-        tokio::spawn(async move { post_node(&url, BODY_1, &[("accept-encoding", "gzip")]).await })
+        tokio::spawn(async move { post_node(&url, BODY_1, &[("accept-encoding", coding)]).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
@@ -236,10 +287,13 @@ async fn a_long_poll_is_answered_compressed_when_asked() {
         .unwrap()
         .unwrap();
     assert_eq!(status, 200);
-    assert_eq!(header(&headers, "content-encoding"), Some("gzip"));
-    assert_eq!(gunzip(&compressed), expected_body(&own("node-1")));
+    assert_eq!(header(&headers, "content-encoding"), Some(coding));
+    assert_eq!(
+        decoded(Some(coding), &compressed),
+        expected_body(&own("node-1"))
+    );
 
-    // Holding the ETag: held until the payload changes, then the new one in gzip.
+    // Holding the ETag: held until the payload changes, then the new one.
     let etag = header(&headers, "etag").unwrap().to_owned();
     let waiting = {
         let (url, etag) = (url.clone(), etag.clone());
@@ -247,7 +301,7 @@ async fn a_long_poll_is_answered_compressed_when_asked() {
             post_node(
                 &url,
                 BODY_1,
-                &[("accept-encoding", "gzip"), ("if-none-match", &etag)],
+                &[("accept-encoding", coding), ("if-none-match", &etag)],
             )
             .await
         })
@@ -271,33 +325,74 @@ async fn a_long_poll_is_answered_compressed_when_asked() {
         .unwrap()
         .unwrap();
     assert_eq!(status, 200);
-    assert_eq!(header(&headers, "content-encoding"), Some("gzip"));
+    assert_eq!(header(&headers, "content-encoding"), Some(coding));
     assert_ne!(header(&headers, "etag"), Some(etag.as_str()));
-    assert_eq!(gunzip(&compressed), expected_body(&new_own));
+    assert_eq!(decoded(Some(coding), &compressed), expected_body(&new_own));
     server.shutdown().await.unwrap();
 }
 
-/// Records the `Content-Encoding` of every `/node` answer.
+/// What passed a [`record_coding`] layer: the request's `Accept-Encoding`
+/// (as the client sent it) and the answer's `Content-Encoding`, per request.
+type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+
+/// Records every request's `Accept-Encoding` and its answer's
+/// `Content-Encoding`; with `forced`, hands the router that `Accept-Encoding`
+/// instead of the client's (a server preferring another coding).
 async fn record_coding(
-    axum::extract::State(seen): axum::extract::State<Arc<Mutex<Vec<Option<String>>>>>,
-    request: Request,
+    axum::extract::State((seen, forced)): axum::extract::State<(Seen, Option<&'static str>)>,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    let text = |v: &axum::http::HeaderValue| v.to_str().unwrap().to_owned();
+    let accept = request.headers().get("accept-encoding").map(text);
+    if let Some(forced) = forced {
+        request.headers_mut().insert(
+            "accept-encoding",
+            axum::http::HeaderValue::from_static(forced),
+        );
+    }
     let response = next.run(request).await;
-    let coding = response
-        .headers()
-        .get("content-encoding")
-        .map(|v| v.to_str().unwrap().to_owned());
-    seen.lock().unwrap().push(coding);
+    let coding = response.headers().get("content-encoding").map(text);
+    seen.lock().unwrap().push((accept, coding));
     response
 }
 
 #[tokio::test]
-async fn the_client_asks_for_gzip_and_decodes_it() {
+async fn the_client_asks_for_both_codings_and_gets_gzip() {
+    let seen = client_fetches_through(None).await;
+    let both = Some("gzip, zstd".to_owned());
+    assert_eq!(
+        seen,
+        [
+            (None, None),
+            (both.clone(), Some("gzip".to_owned())),
+            (None, None),
+            (both, Some("gzip".to_owned())),
+        ],
+        "register asks for no coding; /node asks for both at one weight and gets gzip"
+    );
+}
+
+#[tokio::test]
+async fn the_client_decodes_our_servers_zstd() {
+    let seen = client_fetches_through(Some("zstd")).await;
+    let codings: Vec<_> = seen.into_iter().map(|(_, coding)| coding).collect();
+    let zstd = Some("zstd".to_owned());
+    assert_eq!(codings, [None, zstd.clone(), None, zstd]);
+}
+
+/// `CfgsyncClient` registers node-1 and node-2 and fetches their payloads
+/// from our server (answering as if asked for `forced`); both payloads must be
+/// exactly the merged sets, with their ETags. Returns what the layer saw.
+async fn client_fetches_through(
+    forced: Option<&'static str>,
+) -> Vec<(Option<String>, Option<String>)> {
     let state = CfgsyncServerState::new(Arc::new(source()));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let app = build_cfgsync_router(state.clone())
-        .layer(middleware::from_fn_with_state(seen.clone(), record_coding));
+    let seen: Seen = Arc::default();
+    let app = build_cfgsync_router(state.clone()).layer(middleware::from_fn_with_state(
+        (seen.clone(), forced),
+        record_coding,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -318,14 +413,9 @@ async fn the_client_asks_for_gzip_and_decodes_it() {
         assert_eq!(payload.files, own(id).merged_with_shared(&shared()));
         assert_eq!(etag.unwrap(), expected_etag(&own(id)));
     }
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(
-        seen,
-        [None, Some("gzip".to_owned()), None, Some("gzip".to_owned())],
-        "register answers carry no body; /node answers came in gzip"
-    );
     drop(stop);
     served.await.unwrap().unwrap();
+    seen.lock().unwrap().clone()
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -358,31 +448,63 @@ async fn the_client_caps_the_decoded_payload_and_refuses_unknown_codings() {
         &" ".repeat(4 << 20),
     )])))
     .unwrap();
-    let bomb = gzip(&payload);
-    assert!(bomb.len() < 64 << 10, "a small body on the wire");
-    let (url, server) = serving("gzip", bomb).await;
-    // Under a 1 MiB cap, 4 MiB decoded is refused, whatever was sent.
-    let capped = CfgsyncClient::builder(&url)
-        .max_payload_bytes(1 << 20)
-        .build()
-        .unwrap();
-    let err = capped.fetch_node_config(&node("node-1")).await.unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::PayloadTooLarge {
-                route: "/node",
-                limit: 1_048_576,
-                ..
-            }
-        ),
-        "{err}"
+    let zstd = ruzstd::encoding::compress_to_vec(
+        payload.as_slice(),
+        ruzstd::encoding::CompressionLevel::Fastest,
     );
-    // With room for it, the same answer decodes.
-    let roomy = CfgsyncClient::new(&url).unwrap();
-    let fetched = roomy.fetch_node_config(&node("node-1")).await.unwrap();
-    assert_eq!(fetched.files.get("/big").unwrap().content.len(), 4 << 20);
-    server.abort();
+    for (coding, bomb) in [("gzip", gzip(&payload)), ("zstd", zstd.clone())] {
+        assert!(bomb.len() < 64 << 10, "{coding}: a small body on the wire");
+        let (url, server) = serving(coding, bomb).await;
+        // Under a 1 MiB cap, 4 MiB decoded is refused, whatever was sent.
+        let capped = CfgsyncClient::builder(&url)
+            .max_payload_bytes(1 << 20)
+            .build()
+            .unwrap();
+        let err = capped.fetch_node_config(&node("node-1")).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::PayloadTooLarge {
+                    route: "/node",
+                    limit: 1_048_576,
+                    ..
+                }
+            ),
+            "{coding}: {err}"
+        );
+        // With room for it, the same answer decodes.
+        let roomy = CfgsyncClient::new(&url).unwrap();
+        let fetched = roomy.fetch_node_config(&node("node-1")).await.unwrap();
+        assert_eq!(fetched.files.get("/big").unwrap().content.len(), 4 << 20);
+        server.abort();
+    }
+
+    // A body that is not what its Content-Encoding says, or is cut short.
+    for (coding, body, says) in [
+        (
+            "zstd",
+            gzip(&payload),
+            "zstd body does not decode: not a zstd frame",
+        ),
+        (
+            "zstd",
+            zstd[..zstd.len() / 2].to_vec(),
+            "zstd body does not decode",
+        ),
+        ("gzip", zstd.clone(), "gzip body does not decode"),
+    ] {
+        let (url, server) = serving(coding, body).await;
+        let err = CfgsyncClient::new(&url)
+            .unwrap()
+            .fetch_node_config(&node("node-1"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidResponse { route: "/node", reason } if reason.contains(says)),
+            "{err}"
+        );
+        server.abort();
+    }
 
     // Identity bodies meet the same cap.
     let (url, server) = serving("identity", payload.clone()).await;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use std::io::Read as _;
 
 use bytes::Bytes;
+use cfgsync_core::ContentCoding;
 use reqwest::StatusCode;
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -35,6 +36,26 @@ impl WaitMode {
     }
 }
 
+/// The coding simulated nodes ask for (`--compress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compress {
+    /// `Accept-Encoding: gzip`.
+    Gzip,
+    /// `Accept-Encoding: zstd` (alone: our server prefers gzip when a request
+    /// accepts both).
+    Zstd,
+}
+
+impl Compress {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
 /// Time a request may take beyond its long-poll wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_BACKOFF_START: Duration = Duration::from_millis(10);
@@ -52,51 +73,77 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
 /// An answer as it came over the wire.
 struct Answer {
     status: StatusCode,
-    /// The body as sent (gzip when `gzip`).
+    /// The body as sent (in `coding`).
     body: Bytes,
-    /// `Content-Encoding: gzip`.
-    gzip: bool,
+    /// Its `Content-Encoding`.
+    coding: ContentCoding,
 }
 
-/// POSTs `body`; with `compress`, says `Accept-Encoding: gzip` as our client
-/// does (the body is left as sent: the caller decodes or checks it).
+/// POSTs `body`; with `compress`, says `Accept-Encoding` with that coding
+/// (the body is left as sent: the caller decodes or checks it).
 async fn post(
     http: &reqwest::Client,
     url: &str,
     body: &Bytes,
     timeout: Duration,
-    compress: bool,
+    compress: Option<Compress>,
 ) -> Result<Answer, String> {
     let mut request = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.clone())
         .timeout(timeout);
-    if compress {
-        request = request.header(reqwest::header::ACCEPT_ENCODING, "gzip");
+    if let Some(compress) = compress {
+        request = request.header(reqwest::header::ACCEPT_ENCODING, compress.name());
     }
     let response = request
         .send()
         .await
         .map_err(|e| format!("POST {url}: {e}"))?;
     let status = response.status();
-    let gzip = response
+    let encoding = response
         .headers()
         .get(reqwest::header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let coding = ContentCoding::from_content_encoding(encoding.as_deref())
+        .ok_or_else(|| format!("POST {url}: unexpected Content-Encoding {encoding:?}"))?;
     let body = response
         .bytes()
         .await
         .map_err(|e| format!("POST {url}: reading the body: {e}"))?;
-    Ok(Answer { status, body, gzip })
+    Ok(Answer {
+        status,
+        body,
+        coding,
+    })
 }
 
-/// A gzip body, decoded.
-fn gunzip(body: &[u8]) -> Result<Vec<u8>, String> {
+/// A body decoded from `coding` — by flate2 and ruzstd directly, not by
+/// cfgsync's client, so the bench checks the server independently.
+fn decode(coding: ContentCoding, body: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(body)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("gzip body does not decode: {e}"))?;
+    match coding {
+        ContentCoding::Gzip => {
+            flate2::read::MultiGzDecoder::new(body)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("gzip body does not decode: {e}"))?;
+        }
+        ContentCoding::Zstd => {
+            let mut input = body;
+            let mut decoder = ruzstd::decoding::FrameDecoder::new();
+            while !input.is_empty() {
+                decoder
+                    .reset(&mut input)
+                    .and_then(|()| {
+                        decoder
+                            .decode_blocks(&mut input, ruzstd::decoding::BlockDecodingStrategy::All)
+                    })
+                    .map_err(|e| format!("zstd body does not decode: {e}"))?;
+                out.extend(decoder.collect().unwrap_or_default());
+            }
+        }
+        _ => out.extend_from_slice(body),
+    }
     Ok(out)
 }
 
@@ -106,16 +153,33 @@ fn gunzip(body: &[u8]) -> Result<Vec<u8>, String> {
 pub struct Checksums {
     pub identity: Vec<Option<u32>>,
     pub gzip: Vec<Option<u32>>,
+    pub zstd: Vec<Option<u32>>,
 }
 
 impl Checksums {
+    fn new(count: usize) -> Self {
+        Self {
+            identity: vec![None; count],
+            gzip: vec![None; count],
+            zstd: vec![None; count],
+        }
+    }
+
+    fn of(&mut self, coding: ContentCoding) -> &mut Vec<Option<u32>> {
+        match coding {
+            ContentCoding::Gzip => &mut self.gzip,
+            ContentCoding::Zstd => &mut self.zstd,
+            _ => &mut self.identity,
+        }
+    }
+
     /// Checks the body of node `index`: against the CRC of its coding when
     /// known, else decoded and verified in full.
     fn check(&self, fleet: &Fleet, index: usize, answer: &Answer) -> Result<(), String> {
-        let known = if answer.gzip {
-            &self.gzip
-        } else {
-            &self.identity
+        let known = match answer.coding {
+            ContentCoding::Gzip => &self.gzip,
+            ContentCoding::Zstd => &self.zstd,
+            _ => &self.identity,
         };
         match known.get(index).copied().flatten() {
             Some(expected) if expected == crc32fast::hash(&answer.body) => Ok(()),
@@ -123,8 +187,7 @@ impl Checksums {
                 "{}: body differs from the verified payload",
                 fleet.nodes[index].identifier
             )),
-            None if answer.gzip => fleet.verify(index, &gunzip(&answer.body)?),
-            None => fleet.verify(index, &answer.body),
+            None => fleet.verify(index, &decode(answer.coding, &answer.body)?),
         }
     }
 }
@@ -154,7 +217,7 @@ pub struct BootResult {
     pub errors: usize,
     pub first_errors: Vec<String>,
     /// Mean payload per node: its JSON (identity) bytes, and what came over
-    /// the wire (smaller when gzip was asked for and sent).
+    /// the wire (smaller when compression was asked for and sent).
     pub identity_bytes: u64,
     pub wire_bytes: u64,
     /// CRC-32 of each node's verified body (`None` where it failed), so the
@@ -170,7 +233,7 @@ struct NodeDone {
     /// parsing do not compete with the server for the CPU while delays are
     /// measured.
     body: Bytes,
-    gzip: bool,
+    coding: ContentCoding,
     requests: u64,
 }
 
@@ -186,7 +249,7 @@ pub async fn boot_storm(
     concurrency: usize,
     long_poll_secs: u64,
     time_limit: Duration,
-    compress: bool,
+    compress: Option<Compress>,
 ) -> anyhow::Result<BootResult> {
     let http = http_client()?;
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -215,7 +278,7 @@ pub async fn boot_storm(
             let body = &fleet.nodes[index].body;
             {
                 let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
-                let answer = post(&http, &register_url, body, REQUEST_TIMEOUT, false).await?;
+                let answer = post(&http, &register_url, body, REQUEST_TIMEOUT, None).await?;
                 if answer.status != StatusCode::ACCEPTED {
                     return Err(format!(
                         "/register answered {}: {}",
@@ -251,7 +314,7 @@ pub async fn boot_storm(
                             index,
                             at: Instant::now(),
                             body: answer.body,
-                            gzip: answer.gzip,
+                            coding: answer.coding,
                             requests,
                         });
                     }
@@ -272,10 +335,7 @@ pub async fn boot_storm(
         });
     }
 
-    let mut checksums = Checksums {
-        identity: vec![None; count],
-        gzip: vec![None; count],
-    };
+    let mut checksums = Checksums::new(count);
     let (mut identity_bytes, mut wire_bytes) = (0_u64, 0_u64);
     let mut done = Vec::with_capacity(count);
     let mut first_errors = Vec::new();
@@ -303,16 +363,12 @@ pub async fn boot_storm(
     }
     for node in &mut done {
         let body = std::mem::take(&mut node.body);
-        let decoded = if node.gzip {
-            gunzip(&body).map(Bytes::from)
-        } else {
-            Ok(body.clone())
-        };
+        let decoded = decode(node.coding, &body).map(Bytes::from);
         match decoded.and_then(|decoded| fleet.verify(node.index, &decoded).map(|()| decoded)) {
             Ok(decoded) => {
                 checksums.identity[node.index] = Some(crc32fast::hash(&decoded));
-                if node.gzip {
-                    checksums.gzip[node.index] = Some(crc32fast::hash(&body));
+                if node.coding != ContentCoding::Identity {
+                    checksums.of(node.coding)[node.index] = Some(crc32fast::hash(&body));
                 }
                 identity_bytes += decoded.len() as u64;
                 wire_bytes += body.len() as u64;
@@ -397,7 +453,7 @@ pub async fn throughput(
     concurrency: usize,
     requests: usize,
     time_limit: Duration,
-    compress: bool,
+    compress: Option<Compress>,
 ) -> anyhow::Result<LoadResult> {
     let http = http_client()?;
     let url: Arc<str> = format!("{base}/node").into();
@@ -427,7 +483,7 @@ async fn run_requests(
     concurrency: usize,
     requests: usize,
     time_limit: Duration,
-    compress: bool,
+    compress: Option<Compress>,
 ) -> LoadResult {
     struct Shared {
         latencies: Vec<Duration>,
@@ -535,7 +591,7 @@ pub async fn burst(
     fleet: Arc<Fleet>,
     checksums: Arc<Checksums>,
     time_limit: Duration,
-    compress: bool,
+    compress: Option<Compress>,
 ) -> anyhow::Result<BurstResult> {
     let http = http_client()?;
     let url: Arc<str> = format!("{base}/node").into();

@@ -37,7 +37,7 @@ identities at --concurrency and do the same against a bare axum handler serving 
 same bytes. Reports wall time, delays, req/s, p50/p99, server peak RSS (VmHWM) and \
 errors (must be 0; the exit status is non-zero otherwise). The bare handler also \
 meets a poll boot storm (answering 425 until N nodes registered), the reference of \
-our storm. --compress makes the nodes ask for gzip. Loopback only.",
+our storm. --compress makes the nodes ask for gzip (--compress zstd: for zstd). Loopback only.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -76,12 +76,14 @@ struct Cli {
     /// correct files, never times.
     #[arg(long)]
     quick: bool,
-    /// Simulated nodes send `Accept-Encoding: gzip`, as our client does: the
-    /// server may answer gzip (decoded and verified by the bench; the wire size
-    /// is reported beside the JSON size). The bare axum handler always answers
-    /// identity bytes.
-    #[arg(long)]
-    compress: bool,
+    /// Simulated nodes send `Accept-Encoding: gzip` (`--compress` alone or
+    /// `--compress gzip`, what our client gets from our server) or
+    /// `Accept-Encoding: zstd` (`--compress zstd`): the server answers in that
+    /// coding (decoded and verified by the bench; the wire size is reported
+    /// beside the JSON size). The bare axum handler always answers identity
+    /// bytes.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "gzip", value_name = "CODING")]
+    compress: Option<load::Compress>,
     /// Measure registration throughput instead of the boot storm: for each
     /// count in --replicas, start that many servers in this process over one
     /// registration store of this kind (s3: the in-process S3 server, or the

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::load::{BootResult, BurstResult, LoadResult, WaitMode};
+use crate::load::{BootResult, BurstResult, Compress, LoadResult, WaitMode};
 
 /// Serializes a duration as milliseconds (fractional).
 pub fn ms<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -70,11 +70,11 @@ impl LoadRow {
 #[derive(Debug, Serialize)]
 pub struct SizeReport {
     pub nodes: usize,
-    /// Whether the nodes asked for gzip (`--compress`).
-    pub compress: bool,
+    /// The coding the nodes asked for (`--compress`), if any.
+    pub compress: Option<Compress>,
     /// Mean `/node` payload (JSON, identity) size.
     pub payload_bytes: Option<u64>,
-    /// Mean `/node` body size on the wire from our server (gzip with
+    /// Mean `/node` body size on the wire from our server (compressed with
     /// `--compress`).
     pub wire_bytes: Option<u64>,
     pub boot: Vec<BootRow>,
@@ -147,10 +147,9 @@ pub fn render(report: &SizeReport) -> String {
         report.nodes,
         fmt_bytes(report.payload_bytes),
         fmt_bytes(report.wire_bytes),
-        if report.compress {
-            "nodes ask for gzip"
-        } else {
-            "identity"
+        match report.compress {
+            Some(compress) => format!("nodes ask for {}", compress.name()),
+            None => "identity".to_owned(),
         }
     );
     let _ = writeln!(
@@ -363,7 +362,7 @@ pub fn check_targets(reports: &[SizeReport]) -> Vec<TargetCheck> {
 }
 
 /// Issue 13: memory per node, the boot storm against the bare handler, and
-/// the size on the wire with gzip.
+/// the size on the wire compressed.
 fn issue_13_targets(reports: &[SizeReport], checks: &mut Vec<TargetCheck>) {
     for report in reports {
         let poll = report.boot.iter().find(|b| b.result.mode == WaitMode::Poll);
@@ -385,10 +384,9 @@ fn issue_13_targets(reports: &[SizeReport], checks: &mut Vec<TargetCheck>) {
                 target: format!(
                     "poll boot storm at N={} <= 1.5x the bare axum handler{}",
                     report.nodes,
-                    if report.compress {
-                        " (ours gzip, bare identity)"
-                    } else {
-                        ""
+                    match report.compress {
+                        Some(compress) => format!(" (ours {}, bare identity)", compress.name()),
+                        None => String::new(),
                     }
                 ),
                 measured: format!(
@@ -399,13 +397,14 @@ fn issue_13_targets(reports: &[SizeReport], checks: &mut Vec<TargetCheck>) {
                 met: ratio <= 1.5,
             });
         }
-        if report.compress
-            && let (Some(identity), Some(wire)) = (report.payload_bytes, report.wire_bytes)
+        if let (Some(compress), Some(identity), Some(wire)) =
+            (report.compress, report.payload_bytes, report.wire_bytes)
         {
             let share = wire as f64 / identity.max(1) as f64;
             checks.push(TargetCheck {
                 target: format!(
-                    "payload on the wire with gzip at N={} <= 25% of identity",
+                    "payload on the wire with {} at N={} <= 25% of identity",
+                    compress.name(),
                     report.nodes
                 ),
                 measured: format!(
