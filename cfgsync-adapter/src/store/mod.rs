@@ -15,7 +15,7 @@ use tokio::sync::watch;
 pub use durable::DurableRegistrationStore;
 pub use memory::MemoryRegistrationStore;
 #[cfg(feature = "object-store")]
-pub use object::{ObjectRegistrationStore, ObjectStoreOptions};
+pub use object::{Compaction, ObjectRegistrationStore, ObjectStoreOptions};
 
 use crate::{RegistrationSnapshot, Result};
 
