@@ -47,7 +47,7 @@ pub struct ObjectStoreOptions {
     /// Compact when this many log entries (every writer's, legacy ones
     /// included) follow the latest snapshot: the replica's poller writes a
     /// snapshot of the whole set and deletes the entries it covers. Default
-    /// 1,000; 0 turns automatic compaction off
+    /// 256; 0 turns automatic compaction off
     /// ([`ObjectRegistrationStore::compact`] still works).
     pub compact_after_entries: u64,
     /// ... or when those entries hold this many bytes. Default 8 MiB; 0 turns
@@ -63,7 +63,7 @@ impl Default for ObjectStoreOptions {
             max_commit_attempts: 50,
             max_commit_time: Duration::from_secs(10),
             writer_id: None,
-            compact_after_entries: 1_000,
+            compact_after_entries: 256,
             compact_after_bytes: 8 << 20,
         }
     }
@@ -989,7 +989,8 @@ impl Shared {
     /// wins, deletes the stream entries it covers and the snapshots before
     /// `n`.
     async fn compact(&self) -> Result<Compaction> {
-        let _reading = self.reading.lock().await;
+        // Reads wait only for the listing, not for the upload and deletes.
+        let reading = self.reading.lock().await;
         self.catch_up().await?;
         let (number, body, covered, listing) = {
             let state = self.state();
@@ -1029,6 +1030,7 @@ impl Shared {
             };
             (state.snapshot + 1, body, covered, state.listing.clone())
         };
+        drop(reading);
         let put = self
             .store
             .put_opts(
