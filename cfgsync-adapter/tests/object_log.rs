@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -221,10 +222,12 @@ async fn after_compaction_a_new_replica_reads_one_snapshot_and_the_listing_stays
 }
 
 /// An object store whose first `GET` of a key containing `trigger` first runs
-/// `hook` (another replica's compaction, say) and then reads.
+/// `hook` (another replica's compaction, say) and then reads; counts `GET`s.
 struct RacingStore {
     inner: Arc<dyn ObjectStore>,
     hook: Mutex<Option<(String, BoxFuture<'static, ()>)>>,
+    /// `GET`s so far.
+    gets: AtomicUsize,
 }
 
 impl fmt::Debug for RacingStore {
@@ -240,6 +243,14 @@ impl fmt::Display for RacingStore {
 }
 
 impl RacingStore {
+    fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            hook: Mutex::new(None),
+            gets: AtomicUsize::new(0),
+        }
+    }
+
     fn arm(&self, trigger: &str, hook: BoxFuture<'static, ()>) {
         *self.hook.lock().unwrap() = Some((trigger.to_owned(), hook));
     }
@@ -269,6 +280,7 @@ impl ObjectStore for RacingStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         let hook = {
             let mut armed = self.hook.lock().unwrap();
             match &*armed {
@@ -312,10 +324,7 @@ impl ObjectStore for RacingStore {
 #[tokio::test]
 async fn a_reader_racing_a_compaction_lists_again_and_loses_nothing() {
     let backing: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let racing = Arc::new(RacingStore {
-        inner: backing.clone(),
-        hook: Mutex::new(None),
-    });
+    let racing = Arc::new(RacingStore::new(backing.clone()));
     let writer = open(&backing, "race", &manual()).await;
     let reader = open(&(racing.clone() as Arc<dyn ObjectStore>), "race", &manual()).await;
 
@@ -443,6 +452,7 @@ async fn a_restarted_writer_with_a_fixed_id_continues_its_stream_and_never_overw
 #[tokio::test]
 async fn the_previous_shared_log_is_read_ordered_first_and_covered_by_snapshots() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let counting = Arc::new(RacingStore::new(store.clone()));
     // As the previous version wrote it: `log/<number>.json`, no stamps; the
     // same node in two entries (the later number wins).
     let entry = |regs: &[NodeRegistration]| {
@@ -485,7 +495,17 @@ async fn the_previous_shared_log_is_read_ordered_first_and_covered_by_snapshots(
     // The old log stays (old replicas number after it); a replica opened now
     // reads the snapshot and skips the log it covers.
     assert_eq!(count(&keys(&store, "old/log").await, "/log/"), 3);
-    let late = open(&store, "old", &manual()).await;
+    let late = open(
+        &(counting.clone() as Arc<dyn ObjectStore>),
+        "old",
+        &manual(),
+    )
+    .await;
+    assert_eq!(
+        counting.gets.load(Ordering::SeqCst),
+        1,
+        "the snapshot only, not the old log it covers"
+    );
     let seen = late.snapshot().await.unwrap();
     assert_eq!(*seen, *r.snapshot().await.unwrap());
     assert_eq!(seen.get("b").unwrap().ip.to_string(), "10.9.0.22");

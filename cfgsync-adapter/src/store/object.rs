@@ -843,12 +843,16 @@ impl Shared {
         // What to read: the previous log's new entries, then each stream's
         // entries after the last applied one.
         let mut raced = None;
-        let mut wanted: Vec<(Option<String>, u64, Path)> = log_entries
-            .into_iter()
-            .map(|(number, path)| (None, number, path))
-            .collect();
+        let mut wanted: Vec<(Option<String>, u64, Path)> = Vec::new();
         {
             let state = self.state();
+            // Not what the snapshot just read covers.
+            wanted.extend(
+                log_entries
+                    .into_iter()
+                    .filter(|(number, _)| *number > state.log)
+                    .map(|(number, path)| (None, number, path)),
+            );
             for (writer, entries) in &listing.writers {
                 let applied = state.applied(writer);
                 let newer = entries.iter().filter(|(seq, _, _)| *seq > applied);
