@@ -1035,6 +1035,13 @@ impl Shared {
             (state.snapshot + 1, body, covered, state.listing.clone())
         };
         drop(reading);
+        // Another replica may have won this number while this one listed and
+        // encoded: a HEAD is cheaper than uploading the whole set for nothing.
+        match self.store.head(&self.snapshot_path(number)).await {
+            Ok(_) => return Ok(Compaction::Lost),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.error("compact", e)),
+        }
         let put = self
             .store
             .put_opts(
