@@ -23,6 +23,6 @@ pub use materializer::{
 };
 pub use snapshot::{NodeArtifacts, NodeArtifactsCatalog, RegistrationSnapshot};
 pub use source::{MaterializingConfigSource, SnapshotConfigSource};
-pub use store::{DurableRegistrationStore, MemoryRegistrationStore, RegistrationStore};
 #[cfg(feature = "object-store")]
-pub use store::{ObjectRegistrationStore, ObjectStoreOptions};
+pub use store::{Compaction, ObjectRegistrationStore, ObjectStoreOptions};
+pub use store::{DurableRegistrationStore, MemoryRegistrationStore, RegistrationStore};

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 pub use durable::DurableRegistrationStore;
 pub use memory::MemoryRegistrationStore;
 #[cfg(feature = "object-store")]
-pub use object::{ObjectRegistrationStore, ObjectStoreOptions};
+pub use object::{Compaction, ObjectRegistrationStore, ObjectStoreOptions};
 
 use crate::{RegistrationSnapshot, Result};
 
@@ -43,8 +43,8 @@ pub trait RegistrationStore: Send + Sync + std::fmt::Debug + 'static {
         self.snapshot().await.map(|_| ())
     }
 
-    /// Called when a server is asked about `identifier` and [`snapshot`]
-    /// (`RegistrationStore::snapshot`) does not hold it, before it answers "not
+    /// Called when a server is asked about `identifier` and
+    /// [`snapshot`](RegistrationStore::snapshot) does not hold it, before it answers "not
     /// ready": a store shared with other writers (other replicas) re-reads the
     /// shared state now instead of at its next poll, so a node registered
     /// anywhere is known everywhere on its next request. Implementations bound

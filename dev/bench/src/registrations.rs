@@ -5,7 +5,9 @@
 //! production); `--store s3` runs the in-process S3 server of
 //! `cfgsync-test-support` (or targets `CFGSYNC_TEST_S3_ENDPOINT`, see its
 //! README). Registrations go round-robin over the replicas; a run counts the
-//! `202`s, then checks every replica sees every registration.
+//! `202`s, then checks every replica sees every registration; with S3 it
+//! then counts the objects left under the prefix and opens one more replica
+//! (what a replica started later reads).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -49,12 +51,20 @@ pub struct RegistrationRow {
     /// From the first request to the last acknowledgement.
     pub seconds: f64,
     pub per_second: f64,
-    /// Every replica holds every acknowledged registration (after one refresh).
+    /// Every replica holds every acknowledged registration (after one
+    /// refresh), and so does one opened after the run (S3).
     pub visible_everywhere: bool,
     /// Requests the S3 server received during the run (in-process S3 only).
     pub s3_requests: Option<u64>,
     pub s3_writes: Option<u64>,
     pub s3_lists: Option<u64>,
+    /// Objects under the store's prefix after the run (S3 only): the log
+    /// entries and snapshots a replica lists.
+    pub objects_after: Option<usize>,
+    /// A replica opened after the run: time to load everything (ms) and the
+    /// S3 requests that took (in-process S3 only).
+    pub late_open_ms: Option<f64>,
+    pub late_open_requests: Option<u64>,
 }
 
 /// Runs `registrations` registrations over `replicas` servers of `kind`.
@@ -156,6 +166,22 @@ pub async fn run(
     for server in servers {
         server.shutdown().await?;
     }
+    let (mut objects_after, mut late_open_ms, mut late_open_requests) = (None, None, None);
+    if let Some(s3) = &s3 {
+        let prefix = object_store::path::Path::from(format!("{}/bench-registrations", s3.prefix));
+        objects_after = Some(s3.store.list(Some(&prefix)).count().await);
+        s3.reset_counters();
+        let opened = Instant::now();
+        let late = ObjectRegistrationStore::open(
+            s3.store.clone(),
+            prefix.as_ref(),
+            ObjectStoreOptions::default(),
+        )
+        .await?;
+        late_open_ms = Some(opened.elapsed().as_secs_f64() * 1000.0);
+        late_open_requests = s3.requests();
+        visible_everywhere &= late.snapshot().await?.len() == acknowledged;
+    }
     let seconds = elapsed.as_secs_f64();
     Ok(RegistrationRow {
         store: kind,
@@ -173,6 +199,9 @@ pub async fn run(
         s3_requests,
         s3_writes,
         s3_lists,
+        objects_after,
+        late_open_ms,
+        late_open_requests,
     })
 }
 
@@ -180,12 +209,12 @@ pub async fn run(
 pub fn render(rows: &[RegistrationRow]) -> String {
     let mut out = String::from(
         "\nregistration throughput (servers in this process, registrations round-robin)\n\
-         store    replicas  registrations  acked   errors  seconds  reg/s     visible  S3 req  S3 PUT  S3 LIST\n",
+         store    replicas  registrations  acked   errors  seconds  reg/s     visible  S3 req  S3 PUT  S3 LIST  objects  late open ms  late open req\n",
     );
     let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for row in rows {
         out.push_str(&format!(
-            "{:<8} {:>8}  {:>13}  {:>6}  {:>6}  {:>7.2}  {:>8.0}  {:>7}  {:>6}  {:>6}  {:>7}\n",
+            "{:<8} {:>8}  {:>13}  {:>6}  {:>6}  {:>7.2}  {:>8.0}  {:>7}  {:>6}  {:>6}  {:>7}  {:>7}  {:>12}  {:>13}\n",
             format!("{:?}", row.store).to_lowercase(),
             row.replicas,
             row.registrations,
@@ -197,6 +226,9 @@ pub fn render(rows: &[RegistrationRow]) -> String {
             opt(row.s3_requests),
             opt(row.s3_writes),
             opt(row.s3_lists),
+            row.objects_after.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            row.late_open_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
+            opt(row.late_open_requests),
         ));
     }
     out
