@@ -594,7 +594,10 @@ impl LabletSync {
         mut overlapped: Option<OverlappedUpload>,
     ) -> Result<(Package, UploadOutcome)> {
         self.stage(run, Stage::Store, async {
-            let package = match self.store_intent(run, vars, download, info).await {
+            let started = Instant::now();
+            let intent = self.store_intent(run, vars, download, info).await;
+            tracing::debug!(ms = started.elapsed().as_millis(), "outbox intent written");
+            let package = match intent {
                 Ok(package) => package,
                 Err(failure) => {
                     if let Some(upload) = overlapped.as_mut() {
@@ -677,8 +680,11 @@ impl LabletSync {
         package: &Package,
         download: &DownloadedPackage,
     ) -> Result<UploadOutcome, StoreError> {
+        let started = Instant::now();
         let stored = if upload.location() == &package.location {
-            self.store.stored_sha256(&package.location).await
+            let stored = self.store.stored_sha256(&package.location).await;
+            tracing::debug!(ms = started.elapsed().as_millis(), "stored digest read");
+            stored
         } else {
             Err(StoreError::Config(format!(
                 "the upload went to {}, the package belongs at {}",
