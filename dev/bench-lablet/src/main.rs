@@ -27,7 +27,8 @@ use package::Package;
 
 const MIB: f64 = 1024.0 * 1024.0;
 const QUICK_SIZE: u64 = 8 * 1024 * 1024;
-const TARGET_RATIO: f64 = 1.3;
+/// Issue 13: the S3 sync within 1.1x of the plain copy (issue 11 asked 1.3x).
+const TARGET_RATIO: f64 = 1.1;
 const TARGET_RSS_MIB: f64 = 64.0;
 
 /// Benchmark the lablet sync against a plain streaming copy of the same bytes.
@@ -219,17 +220,27 @@ async fn bench_store(
         };
         row.loads.push(loadavg());
 
-        // the I/O limit
-        let copy = spawn_child(&spec).await.context("plain copy")?;
-        ensure!(
-            copy.bytes == pkg.size,
-            "copy moved {} of {} bytes",
-            copy.bytes,
-            pkg.size
-        );
-        let copied = object_file(&store, s3, &spec.copy_key)?;
-        check_sha(&copied, pkg, "copied object")?;
-        remove_object(&copied);
+        // the I/O limit; run first in even runs and last in odd ones, so
+        // neither the copy nor the sync always follows the previous run's
+        // deletions and page-cache state
+        let copy_once = || async {
+            let copy = spawn_child(&spec).await.context("plain copy")?;
+            ensure!(
+                copy.bytes == pkg.size,
+                "copy moved {} of {} bytes",
+                copy.bytes,
+                pkg.size
+            );
+            let copied = object_file(&store, s3, &spec.copy_key)?;
+            check_sha(&copied, pkg, "copied object")?;
+            remove_object(&copied);
+            anyhow::Ok(copy)
+        };
+        let copied_first = if run % 2 == 0 {
+            Some(copy_once().await?)
+        } else {
+            None
+        };
 
         // the sync
         let sync_spec = ChildSpec {
@@ -271,6 +282,10 @@ async fn bench_store(
         );
         check_sha(&stored, pkg, "object after re-sync")?;
         row.resync_uploaded = row.resync_uploaded.max(uploaded);
+        let copy = match copied_first {
+            Some(copy) => copy,
+            None => copy_once().await?,
+        };
         eprintln!(
             "{} run {run}: copy {:.2}s, sync {:.2}s, re-sync {:.2}s, load {}; CPU s (child + servers): copy {:.2} + {:.2}, sync {:.2} + {:.2}, re-sync {:.2} + {:.2}",
             kind.as_str(),
