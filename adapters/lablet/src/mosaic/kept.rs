@@ -32,6 +32,10 @@ const WANTED: [&str; 5] = [
     "mosaic_meta.json",
     "grade.xml",
 ];
+/// Most separate ranges kept (16 bytes each); a package with more entries
+/// than that is kept whole from there on, so memory stays bounded whatever
+/// the stream holds.
+const MAX_RANGES: usize = 65_536;
 const LOCAL_HEADER: &[u8; 4] = b"PK\x03\x04";
 const LOCAL_FIXED: usize = 30;
 
@@ -141,6 +145,9 @@ impl ZipScan {
         for &(a, b) in &merged {
             push_merged(&mut self.kept, (a, b));
         }
+        if self.kept.len() > MAX_RANGES {
+            self.state = State::All;
+        }
         merged
             .into_iter()
             .filter_map(|(a, b)| {
@@ -201,15 +208,21 @@ fn data_of(header: &[u8]) -> Option<(u64, bool)> {
     Some((size, keep))
 }
 
-/// The compressed size in a local header's zip64 extra field (after the
-/// uncompressed size when that one is there too).
+/// The compressed size in a local header's zip64 extra field: after the
+/// uncompressed size (a local header's zip64 field holds both), or alone in a
+/// field of 8 bytes when only it overflowed. A wrong guess costs only a
+/// second download (see the module docs), never a wrong verdict.
 fn zip64_compressed(mut extra: &[u8], has_uncompressed: bool) -> Option<u64> {
     while extra.len() >= 4 {
         let id = u16_at(extra, 0);
         let len = usize::from(u16_at(extra, 2));
         let body = extra.get(4..4 + len)?;
         if id == 0x0001 {
-            let at = if has_uncompressed { 8 } else { 0 };
+            let at = if has_uncompressed || body.len() >= 16 {
+                8
+            } else {
+                0
+            };
             let b = body.get(at..at + 8)?;
             return Some(u64::from_le_bytes(b.try_into().ok()?));
         }
@@ -375,6 +388,24 @@ mod tests {
             );
             assert!(missed.load(Ordering::SeqCst));
         }
+    }
+
+    #[test]
+    fn ever_more_entries_keep_everything_past_the_range_cap() {
+        // local headers of empty-named 1-byte entries, one after the other
+        let mut entry = b"PK\x03\x04".to_vec();
+        entry.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        entry.extend_from_slice(&1u32.to_le_bytes());
+        entry.extend_from_slice(&1u32.to_le_bytes());
+        entry.extend_from_slice(&[0, 0, 0, 0]);
+        entry.push(7);
+        let bytes: Vec<u8> = entry.repeat(MAX_RANGES + 10);
+        let mut scan = ZipScan::new(bytes.len() as u64);
+        for piece in bytes.chunks(64 * 1024) {
+            let _ = scan.next(piece);
+        }
+        assert!(scan.kept().len() <= MAX_RANGES + 2, "{}", scan.kept().len());
+        assert_eq!(scan.kept().last().map(|r| r.1), Some(bytes.len() as u64));
     }
 
     #[test]
