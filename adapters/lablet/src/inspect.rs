@@ -301,7 +301,22 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 /// Reads nothing but the central directory and the few small entries named in the
 /// module docs; changes nothing.
 pub fn inspect_package(path: &Path, limits: &InspectLimits) -> Result<PackageInfo, InspectError> {
-    let mut archive = open_archive(path, limits)?;
+    let file = File::open(path).map_err(InspectError::Io)?;
+    inspect_source(Box::new(file), limits)
+}
+
+/// A package's bytes as inspect reads them: a file, or a temp file of which
+/// only some ranges were written (`mosaic::kept`).
+pub(crate) trait Source: Read + io::Seek + Send {}
+
+impl<T: Read + io::Seek + Send> Source for T {}
+
+/// [`inspect_package`] over any [`Source`].
+pub(crate) fn inspect_source(
+    source: Box<dyn Source>,
+    limits: &InspectLimits,
+) -> Result<PackageInfo, InspectError> {
+    let mut archive = open_archive(source, limits)?;
     let (names, declared) = check_entries(&mut archive, limits)?;
 
     let cml = pick(&names, &CML_NAMES, "cml.yaml")?.ok_or(InspectError::MissingCmlYaml)?;
@@ -346,14 +361,16 @@ pub fn inspect_package(path: &Path, limits: &InspectLimits) -> Result<PackageInf
     })
 }
 
-type Archive = ZipArchive<BufReader<File>>;
+type Archive = ZipArchive<BufReader<Box<dyn Source>>>;
 
-/// The zip at `path`, once its signature and end-of-central-directory record
+/// The zip in `file`, once its signature and end-of-central-directory record
 /// pass, and its entry count and names are acceptable.
-fn open_archive(path: &Path, limits: &InspectLimits) -> Result<Archive, InspectError> {
-    let mut file = File::open(path).map_err(InspectError::Io)?;
-    check_signature(&mut file)?;
-    precheck_directory(&mut file, limits)?;
+fn open_archive(
+    mut file: Box<dyn Source>,
+    limits: &InspectLimits,
+) -> Result<Archive, InspectError> {
+    check_signature(&mut *file)?;
+    precheck_directory(&mut *file, limits)?;
     let archive = ZipArchive::new(BufReader::new(file)).map_err(|e| match e {
         ZipError::Io(io) if io.kind() != io::ErrorKind::UnexpectedEof => InspectError::Io(io),
         other => InspectError::Truncated(other),
@@ -473,7 +490,7 @@ fn read_meta(
     })
 }
 
-fn check_signature(file: &mut File) -> Result<(), InspectError> {
+fn check_signature(file: &mut dyn Source) -> Result<(), InspectError> {
     let mut head = [0u8; 64];
     let mut filled = 0;
     while filled < head.len() {
@@ -489,7 +506,6 @@ fn check_signature(file: &mut File) -> Result<(), InspectError> {
     let head = &head[..filled];
     // local file header, or the end-of-central-directory of an empty archive
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        use std::io::Seek;
         file.rewind().map_err(InspectError::Io)?;
         return Ok(());
     }
@@ -501,8 +517,8 @@ fn check_signature(file: &mut File) -> Result<(), InspectError> {
 /// Read the end-of-central-directory record (and the zip64 one when present) and
 /// reject too many entries or too large a directory before the parser allocates.
 /// Anything unparseable is left to the zip parser (which reports it as truncated).
-fn precheck_directory(file: &mut File, limits: &InspectLimits) -> Result<(), InspectError> {
-    use std::io::{Seek, SeekFrom};
+fn precheck_directory(file: &mut dyn Source, limits: &InspectLimits) -> Result<(), InspectError> {
+    use std::io::SeekFrom;
     let len = file.seek(SeekFrom::End(0)).map_err(InspectError::Io)?;
     // EOCD is 22 bytes plus a comment of at most 65 535 bytes
     let tail_len = len.min(22 + 65_535 + 20);

@@ -20,10 +20,10 @@ use crate::config::{CatalogKind, ConfigError, LabletSyncConfig};
 use crate::db::DbFile;
 use crate::error::{Error, Failure, Result, Stage};
 use crate::fanout::{FanOutBody, FanOutClient, PENDING, QueuedDelivery, RetryQueue};
-use crate::inspect::{PackageInfo, inspect_package};
+use crate::inspect::{InspectError, PackageInfo, inspect_package, inspect_source};
 use crate::lease::{Claimed, LockGuard, Locks, claim};
 use crate::metrics::Metrics;
-use crate::mosaic::{DownloadError, DownloadedPackage, MosaicClient, Tee};
+use crate::mosaic::{DownloadError, DownloadedPackage, KeptFile, MosaicClient, Tee};
 use crate::outbox::{Outbox, PendingRecord, RECORDS};
 use crate::queue_store::{ObjectQueue, QueueStore, RedbQueue};
 use crate::resolver::ResolverClient;
@@ -404,8 +404,8 @@ impl LabletSync {
                 Ok(())
             }
         };
-        let (download, mut overlapped) = self.download(run, vars).await?;
-        let inspected = match self.inspect(run, &download).await {
+        let (mut download, mut overlapped) = self.download(run, vars).await?;
+        let inspected = match self.inspect(run, vars, &mut download).await {
             Ok(info) => still_held().map(|()| info),
             Err(err) => Err(err),
         };
@@ -514,15 +514,8 @@ impl LabletSync {
         vars: &Vars,
     ) -> Result<(DownloadedPackage, Option<OverlappedUpload>)> {
         self.stage(run, Stage::Download, async {
-            let url = template::render(&self.config.mosaic.download_url, vars)
-                .map_err(DownloadError::from)?;
+            let (url, setting) = self.download_url(vars)?;
             let on_bytes = |done, total| (run.bytes)(Stage::Download, done, total);
-            let setting = crate::http::setting_of(
-                &self.config.mosaic.download_url,
-                "{MOSAIC_BASE_URL}",
-                "MOSAIC_BASE_URL from the resolver",
-                "LABLET_DOWNLOAD_URL",
-            );
             let Some((mut upload, prior)) = self.prepare_overlap(run).await? else {
                 let package = self
                     .mosaic
@@ -541,12 +534,50 @@ impl LabletSync {
                 upload.feed(receiver, &on_sent),
             );
             // a failed download ended the feed without its end: aborted there
-            let package = package?;
+            let mut package = package?;
             fed?;
             self.metrics.downloaded(package.size);
+            if !upload.is_ready() && package.kept.is_some() {
+                // the store stage would upload the file: it must be whole
+                package = self.download_whole(&url, &setting, &package).await?;
+            }
             Ok((package, upload.is_ready().then_some(upload)))
         })
         .await
+    }
+
+    /// The rendered download URL and the setting it comes from.
+    fn download_url(&self, vars: &Vars) -> Result<(String, String), DownloadError> {
+        let url = template::render(&self.config.mosaic.download_url, vars)?;
+        let setting = crate::http::setting_of(
+            &self.config.mosaic.download_url,
+            "{MOSAIC_BASE_URL}",
+            "MOSAIC_BASE_URL from the resolver",
+            "LABLET_DOWNLOAD_URL",
+        );
+        Ok((url, setting))
+    }
+
+    /// `first` downloaded again, whole, into a temp file of its own; its bytes
+    /// must be `first`'s (the ones uploaded), else [`DownloadError::Changed`].
+    async fn download_whole(
+        &self,
+        url: &str,
+        setting: &str,
+        first: &DownloadedPackage,
+    ) -> Result<DownloadedPackage, DownloadError> {
+        let whole = self
+            .mosaic
+            .download(url, setting, &self.tmp_dir, &|_, _| {}, None)
+            .await?;
+        if whole.sha256 != first.sha256 || whole.size != first.size {
+            return Err(DownloadError::Changed {
+                url: url.to_owned(),
+                first: first.sha256.clone(),
+                second: whole.sha256,
+            });
+        }
+        Ok(whole)
     }
 
     /// The upload fed during the download and what is stored at its location
@@ -566,11 +597,44 @@ impl LabletSync {
         Ok(Some((upload, prior)))
     }
 
-    /// Stage inspect: the ADR-025 fields, read on a blocking thread.
-    async fn inspect(&self, run: &Run<'_>, download: &DownloadedPackage) -> Result<PackageInfo> {
-        let path = download.path.to_path_buf();
+    /// Stage inspect: the ADR-025 fields, read on a blocking thread. A
+    /// download that kept only what inspect reads (see `mosaic::kept`) is
+    /// inspected as it is; should inspect read anything else, its verdict is
+    /// dropped, the package downloaded again whole (replacing `download`;
+    /// it must have the same bytes) and inspected whole.
+    async fn inspect(
+        &self,
+        run: &Run<'_>,
+        vars: &Vars,
+        download: &mut DownloadedPackage,
+    ) -> Result<PackageInfo> {
         let limits = self.config.inspect.clone();
         self.stage(run, Stage::Inspect, async move {
+            if let Some(kept) = download.kept.clone() {
+                let path = download.path.to_path_buf();
+                let (size, limits) = (download.size, limits.clone());
+                let missed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let seen = Arc::clone(&missed);
+                let inspected = tokio::task::spawn_blocking(move || {
+                    let file = std::fs::File::open(&path).map_err(InspectError::Io)?;
+                    let source = KeptFile::new(file, kept, size, seen);
+                    inspect_source(Box::new(source), &limits)
+                })
+                .await
+                .map_err(|e| Failure::Local {
+                    what: "inspect task".to_owned(),
+                    source: std::io::Error::other(e),
+                })?;
+                if !missed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(inspected?);
+                }
+                tracing::info!(
+                    "inspect reads parts of the package the overlapped download did not keep: downloading it whole"
+                );
+                let (url, setting) = self.download_url(vars)?;
+                *download = self.download_whole(&url, &setting, download).await?;
+            }
+            let path = download.path.to_path_buf();
             let inspected = tokio::task::spawn_blocking(move || inspect_package(&path, &limits))
                 .await
                 .map_err(|e| Failure::Local {
@@ -594,7 +658,10 @@ impl LabletSync {
         mut overlapped: Option<OverlappedUpload>,
     ) -> Result<(Package, UploadOutcome)> {
         self.stage(run, Stage::Store, async {
-            let package = match self.store_intent(run, vars, download, info).await {
+            let started = Instant::now();
+            let intent = self.store_intent(run, vars, download, info).await;
+            tracing::debug!(ms = started.elapsed().as_millis(), "outbox intent written");
+            let package = match intent {
                 Ok(package) => package,
                 Err(failure) => {
                     if let Some(upload) = overlapped.as_mut() {
@@ -677,8 +744,11 @@ impl LabletSync {
         package: &Package,
         download: &DownloadedPackage,
     ) -> Result<UploadOutcome, StoreError> {
+        let started = Instant::now();
         let stored = if upload.location() == &package.location {
-            self.store.stored_sha256(&package.location).await
+            let stored = self.store.stored_sha256(&package.location).await;
+            tracing::debug!(ms = started.elapsed().as_millis(), "stored digest read");
+            stored
         } else {
             Err(StoreError::Config(format!(
                 "the upload went to {}, the package belongs at {}",

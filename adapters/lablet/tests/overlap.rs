@@ -103,6 +103,11 @@ async fn overlapped_upload_stores_the_download_byte_for_byte_with_its_sidecar_an
     let (report, overlapped) = sync_watched(&sync).await;
     let report = report.unwrap();
     assert!(overlapped, "the upload waited for the whole download");
+    assert_eq!(
+        env.mosaic.received_requests().await.unwrap().len(),
+        1,
+        "inspect read only what the overlapped download kept"
+    );
     assert!(report.uploaded);
     assert_eq!(report.uploaded_bytes, v1.len() as u64);
     assert!(s3.upload_parts().unwrap() >= 3, "20 MiB in 8 MiB parts");
@@ -273,6 +278,154 @@ async fn a_download_cut_mid_stream_aborts_the_overlapped_upload() {
     assert_eq!(s3.open_uploads(), Some(0), "the upload was left open");
     assert_eq!(object(&s3, KEY).await, None);
     assert_eq!(sync.catalog().get(NAME).await.unwrap(), None);
+}
+
+/// Mosaic answers every request with all of `body`, except the first one,
+/// which it cuts after `sent` bytes.
+fn cut_once_server(body: Vec<u8>, sent: usize) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let task = tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let body = body.clone();
+            let end = if first { sent } else { body.len() };
+            first = false;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body[..end]).await;
+                let _ = sock.flush().await;
+            });
+        }
+    });
+    (url, task)
+}
+
+/// The temp file inspect reads is written by the upload from its parts: after
+/// a download retried mid-stream it must hold the second attempt's bytes,
+/// including entries that sit in a middle part and the central directory at
+/// the end.
+#[tokio::test]
+async fn a_download_retried_mid_stream_is_inspected_and_stored_from_the_second_attempt() {
+    let Some((env, s3)) = start().await else {
+        return;
+    };
+    // cml.yaml in the second 8 MiB part, between two blobs
+    let package = package_with_cml_between_blobs("LAB/cml.yaml");
+    let (url, server) = cut_once_server(package.clone(), 20 * 1024 * 1024);
+    let mut config = config(&env, &s3);
+    config.mosaic.download_url = format!("{url}/package.zip");
+    let mut config = config.with_retry(
+        RetryPolicy::default()
+            .with_max_attempts(2)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(5)),
+    );
+    config.http.read_timeout_secs = 30;
+    env.publish(NAME, Vec::new()).await;
+    let sync = LabletSync::from_config(config).unwrap();
+    let (report, overlapped) = sync_watched(&sync).await;
+    server.abort();
+    let report = report.unwrap();
+    assert!(overlapped, "the upload waited for the whole download");
+    let content = &report.definition.content;
+    assert_eq!(content.cml_yaml_path, "LAB/cml.yaml");
+    assert_eq!(content.cml_yaml_content, CML);
+    assert_eq!(content.content_package_hash, sha256(&package));
+    assert_eq!(content.content_package_size, package.len() as u64);
+    assert_eq!(object(&s3, KEY).await.as_deref(), Some(package.as_slice()));
+    assert_eq!(s3.completed_uploads(), Some(1));
+    assert_eq!(s3.open_uploads(), Some(0));
+}
+
+/// 12 MiB of noise, `name` holding `CML`, 12 MiB of noise: stored, so
+/// `cml.yaml` sits in the second 8 MiB part.
+fn package_with_cml_between_blobs(name: &str) -> Vec<u8> {
+    use std::io::Write;
+    let noise = |seed: u64| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..12 * 1024 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (entry, bytes) in [
+        ("LAB/a.img", noise(3)),
+        (name, CML.as_bytes().to_vec()),
+        ("LAB/z.img", noise(5)),
+    ] {
+        w.start_file(entry, stored).unwrap();
+        w.write_all(&bytes).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// The overlapped download keeps in its temp file only what inspect reads,
+/// found from the local headers as the bytes stream by. A package whose
+/// central directory disagrees with them (here: the local header of
+/// `cml.yaml` names another file, so its data was not kept) makes inspect
+/// read what was not kept: the sync downloads it again whole and inspect
+/// judges those bytes, exactly as it judges the package on disk.
+#[tokio::test]
+async fn inspect_of_bytes_the_overlapped_download_did_not_keep_judges_the_whole_package() {
+    let Some((env, s3)) = start().await else {
+        return;
+    };
+    let mut package = package_with_cml_between_blobs("LAB/cml.yaml");
+    let local = package
+        .windows(12)
+        .position(|w| w == b"LAB/cml.yaml")
+        .unwrap();
+    package[local..local + 12].copy_from_slice(b"LAB/cml.txt_");
+    let on_disk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(on_disk.path(), &package).unwrap();
+    let verdict = cfgsync_lablet::inspect_package(on_disk.path(), &Default::default());
+
+    env.publish(NAME, package.clone()).await;
+    mosaic_serves_tagged(&env, package.clone(), "\"v1\"").await;
+    let sync = LabletSync::from_config(config(&env, &s3)).unwrap();
+    let result = sync.sync(NAME).await;
+    let gets = env.mosaic.received_requests().await.unwrap().len();
+    assert_eq!(gets, 2, "downloaded once overlapped, once whole");
+    match (verdict, result) {
+        (Ok(info), Ok(report)) => {
+            assert_eq!(
+                report.definition.content.cml_yaml_content,
+                info.cml_yaml_content
+            );
+            assert_eq!(object(&s3, KEY).await.as_deref(), Some(package.as_slice()));
+        }
+        (Err(expected), Err(err)) => {
+            assert_eq!(err.stage(), Some(Stage::Inspect), "{err}");
+            assert!(
+                err.to_string().contains(&expected.to_string()),
+                "{err} / {expected}"
+            );
+            assert_eq!(object(&s3, KEY).await, None);
+            assert_eq!(s3.open_uploads(), Some(0));
+        }
+        (verdict, result) => panic!("inspect on disk: {verdict:?}, sync: {result:?}"),
+    }
 }
 
 #[tokio::test]

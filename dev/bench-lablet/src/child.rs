@@ -78,10 +78,34 @@ pub struct ChildOutput {
     pub peak_rss_kib: u64,
     /// `VmHWM` just before the work started (runtime and clients set up).
     pub start_rss_kib: u64,
+    /// CPU seconds (user + system, all threads) of the work itself.
+    #[serde(default)]
+    pub cpu_secs: f64,
+    /// CPU seconds the parent (HTTP server and in-process S3 server) spent
+    /// while this child ran; filled in by the parent.
+    #[serde(default)]
+    pub server_cpu_secs: f64,
     /// Copy: bytes copied. Sync: `uploaded_bytes` of the report.
     pub bytes: u64,
     /// Sync: the [`cfgsync_lablet::SyncReport`] as JSON.
     pub report: Option<serde_json::Value>,
+}
+
+/// CPU seconds (user + system, every thread) this process has used so far,
+/// from `/proc/self/stat` (clock ticks of 1/100 s); 0 where unknown.
+pub fn cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // fields after the parenthesised command name; utime and stime are
+            // fields 14 and 15 of the whole line
+            let rest = s.rsplit_once(')')?.1;
+            let mut fields = rest.split_whitespace().skip(11);
+            let utime: u64 = fields.next()?.parse().ok()?;
+            let stime: u64 = fields.next()?.parse().ok()?;
+            Some((utime + stime) as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 /// Peak resident set of this process (`VmHWM`, KiB); 0 where unknown.
@@ -127,6 +151,10 @@ fn config(spec: &ChildSpec) -> LabletSyncConfig {
 pub async fn run() -> anyhow::Result<()> {
     let spec = std::env::var(SPEC_ENV).with_context(|| format!("{SPEC_ENV} is not set"))?;
     let spec: ChildSpec = serde_json::from_str(&spec).context("bad child spec")?;
+    // stage timings on stderr when asked for (`RUST_LOG=cfgsync_lablet=debug`)
+    if std::env::var_os("RUST_LOG").is_some() {
+        cfgsync_runtime::logging::init_logging(cfgsync_runtime::logging::LogFormat::Text, "warn");
+    }
     let output = match spec.role {
         Role::Sync => sync(&spec).await?,
         Role::Copy => copy(&spec).await?,
@@ -138,6 +166,7 @@ pub async fn run() -> anyhow::Result<()> {
 async fn sync(spec: &ChildSpec) -> anyhow::Result<ChildOutput> {
     let sync = LabletSync::from_config(config(spec))?;
     let start_rss_kib = peak_rss_kib();
+    let cpu0 = cpu_secs();
     let t0 = Instant::now();
     let report = sync.sync(&spec.name).await?;
     let secs = t0.elapsed().as_secs_f64();
@@ -145,6 +174,8 @@ async fn sync(spec: &ChildSpec) -> anyhow::Result<ChildOutput> {
         secs,
         peak_rss_kib: peak_rss_kib(),
         start_rss_kib,
+        cpu_secs: cpu_secs() - cpu0,
+        server_cpu_secs: 0.0,
         bytes: report.uploaded_bytes,
         report: Some(serde_json::to_value(&report)?),
     })
@@ -179,6 +210,7 @@ async fn copy(spec: &ChildSpec) -> anyhow::Result<ChildOutput> {
     };
     let url = format!("{}/package.zip", spec.base);
     let start_rss_kib = peak_rss_kib();
+    let cpu0 = cpu_secs();
     let t0 = Instant::now();
     let response = http.get(&url).send().await?.error_for_status()?;
     let upload = store
@@ -208,6 +240,8 @@ async fn copy(spec: &ChildSpec) -> anyhow::Result<ChildOutput> {
         secs,
         peak_rss_kib: peak_rss_kib(),
         start_rss_kib,
+        cpu_secs: cpu_secs() - cpu0,
+        server_cpu_secs: 0.0,
         bytes: total,
         report: None,
     })

@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::http::TransportError;
 use crate::retry::RetryPolicy;
-use crate::store::{Feed, Upstream};
+use crate::store::{Feed, UPLOAD_CHUNK_BYTES, Upstream};
 
+use super::kept::{Ranges, ZipScan};
 use super::{DownloadError, MosaicConfig};
 
 /// A downloaded package: a temp file (deleted on drop), its SHA-256 and size.
@@ -24,6 +25,10 @@ pub(crate) struct DownloadedPackage {
     pub(crate) size: u64,
     /// What Mosaic said about it (validators, announced length).
     pub(crate) upstream: Upstream,
+    /// `Some`: only these ranges of the file were written (a download fed to
+    /// an overlapped upload keeps what inspect reads, see `mosaic::kept`);
+    /// read it through [`super::KeptFile`]. `None`: the whole package.
+    pub(crate) kept: Option<std::sync::Arc<Ranges>>,
 }
 
 /// Where a download's bytes go besides the temp file: an upload fed as they
@@ -94,7 +99,10 @@ impl MosaicClient {
     /// telling `on_bytes(done, total)` after every chunk (`total` from
     /// `Content-Length` when the server sends it). Memory use is bounded by the
     /// HTTP chunk size; a retry starts a fresh file. With a `tee`, the bytes
-    /// also go to it as they arrive (see [`Tee`]).
+    /// also go to it as they arrive (see [`Tee`]); when it feeds and the
+    /// package is larger than two upload parts with a known length, the file
+    /// keeps only what inspect reads ([`DownloadedPackage::kept`], see
+    /// `mosaic::kept`).
     pub(crate) async fn download(
         &self,
         url: &str,
@@ -169,6 +177,14 @@ impl MosaicClient {
         if let Some(tee) = tee {
             tee.send(Feed::Restart).await;
         }
+        // fed to an upload, of a known length beyond one part: the file keeps
+        // only what inspect reads (a package that fits in one part is
+        // uploaded from the file after inspect, so it is written whole)
+        let mut scan = match (tee, upstream.content_length) {
+            (Some(_), Some(len)) if len > 2 * UPLOAD_CHUNK_BYTES as u64 => Some(ZipScan::new(len)),
+            _ => None,
+        };
+        let mut file_pos: u64 = 0;
 
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
@@ -182,7 +198,22 @@ impl MosaicClient {
                 return Err(too_large());
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(temp_err)?;
+            match scan.as_mut() {
+                None => file.write_all(&chunk).await.map_err(temp_err)?,
+                Some(scan) => {
+                    for (at, range) in scan.next(&chunk) {
+                        if at != file_pos {
+                            file.seek(std::io::SeekFrom::Start(at))
+                                .await
+                                .map_err(temp_err)?;
+                        }
+                        file.write_all(&chunk[range.clone()])
+                            .await
+                            .map_err(temp_err)?;
+                        file_pos = at + range.len() as u64;
+                    }
+                }
+            }
             if let Some(tee) = tee {
                 tee.send(Feed::Chunk(chunk)).await;
             }
@@ -192,6 +223,9 @@ impl MosaicClient {
         // deleted after the sync; a crash loses nothing that a re-run would not
         // download again. (Syncing it cost seconds per GiB, see dev/bench-lablet.)
         file.flush().await.map_err(temp_err)?;
+        if scan.is_some() {
+            file.set_len(size).await.map_err(temp_err)?;
+        }
         if let Some(tee) = tee {
             tee.send(Feed::End).await;
         }
@@ -200,6 +234,7 @@ impl MosaicClient {
             sha256: hex::encode(hasher.finalize()),
             size,
             upstream,
+            kept: scan.map(|s| std::sync::Arc::new(s.kept().clone())),
         })
     }
 }

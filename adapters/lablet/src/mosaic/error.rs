@@ -30,6 +30,17 @@ pub enum DownloadError {
         /// The cap.
         limit: u64,
     },
+    /// Downloaded a second time (to inspect it whole, see `mosaic::kept`),
+    /// the package had other bytes than the first time.
+    #[error("GET {url}: the package changed while it was synced (SHA-256 {first}, then {second})")]
+    Changed {
+        /// Requested URL.
+        url: String,
+        /// SHA-256 of the first download (the one uploaded).
+        first: String,
+        /// SHA-256 of the second.
+        second: String,
+    },
     /// The temp file could not be written.
     #[error("cannot write the temp file in {dir}: {source}")]
     TempFile {

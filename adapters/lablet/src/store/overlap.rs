@@ -212,6 +212,12 @@ impl OverlappedUpload {
                         if parts.is_empty() {
                             return Ok(false);
                         }
+                        tracing::debug!(
+                            parts = parts.len(),
+                            in_flight = in_flight.len(),
+                            "download ended; sending the last part"
+                        );
+                        let started = std::time::Instant::now();
                         if !pending.is_empty() {
                             let part = pending.split().freeze();
                             let sending = self.send_part(&mut parts, part).await?;
@@ -224,6 +230,10 @@ impl OverlappedUpload {
                                 *slot = Some(id);
                             }
                         }
+                        tracing::debug!(
+                            ms = started.elapsed().as_millis(),
+                            "every part landed"
+                        );
                         let parts = parts.into_iter().collect::<Option<Vec<_>>>().ok_or_else(
                             || StoreError::Config(format!("upload of {url}: a part went missing")),
                         )?;
@@ -302,11 +312,16 @@ impl OverlappedUpload {
                 "upload of {url} completed before all its parts were sent"
             )));
         };
+        let started = std::time::Instant::now();
         let completed = self
             .store
             .complete_multipart(&self.path, &upload_id, parts)
             .await
             .map_err(os_err("complete upload", &url));
+        tracing::debug!(
+            ms = started.elapsed().as_millis(),
+            "multipart upload completed"
+        );
         if let Err(e) = completed {
             self.abort().await;
             return Err(e);
@@ -316,8 +331,10 @@ impl OverlappedUpload {
             tracing::warn!(error = %e, upload_id, "cannot strike a finished upload off the journal");
         }
         let size = self.total;
-        if let Err(e) = write_sidecar(self.store.as_ref(), &self.loc, sha256, size, upstream).await
-        {
+        let started = std::time::Instant::now();
+        let sidecar = write_sidecar(self.store.as_ref(), &self.loc, sha256, size, upstream).await;
+        tracing::debug!(ms = started.elapsed().as_millis(), "sidecar written");
+        if let Err(e) = sidecar {
             tracing::warn!(error = %e, url, "stored the package but not its sidecar; the next sync uploads it again");
         }
         Ok(size)
