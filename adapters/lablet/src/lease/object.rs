@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::LeaseError;
@@ -262,6 +262,11 @@ struct Held {
     url: String,
     body: Arc<Mutex<LeaseBody>>,
     version: Arc<Mutex<UpdateVersion>>,
+    /// Tells the renewal task to end between two renewals (never in the
+    /// middle of one: a renewal cut off after S3 applied it would leave the
+    /// release holding a stale ETag, and the lease unreleased).
+    stop: Arc<Notify>,
+    ttl: Duration,
     renewal: tokio::task::JoinHandle<()>,
 }
 
@@ -277,14 +282,14 @@ impl Lease {
         let (lost_tx, lost) = watch::channel(false);
         let body = Arc::new(Mutex::new(body));
         let version = Arc::new(Mutex::new(version));
+        let stop = Arc::new(Notify::new());
         let renewal = tokio::spawn(renew(
-            Arc::clone(&store),
-            path.clone(),
-            url.clone(),
+            (Arc::clone(&store), path.clone(), url.clone()),
             Arc::clone(&body),
             Arc::clone(&version),
             ttl,
             lost_tx,
+            Arc::clone(&stop),
         ));
         Self {
             inner: Some(Held {
@@ -293,6 +298,8 @@ impl Lease {
                 url,
                 body,
                 version,
+                stop,
+                ttl,
                 renewal,
             }),
             lost,
@@ -323,8 +330,15 @@ impl Lease {
 }
 
 impl Held {
-    async fn release(self, lost: bool) {
-        self.renewal.abort();
+    async fn release(mut self, lost: bool) {
+        // let a renewal in flight finish, so `version` is the lease's ETag
+        self.stop.notify_one();
+        if tokio::time::timeout(self.ttl, &mut self.renewal)
+            .await
+            .is_err()
+        {
+            self.renewal.abort();
+        }
         if lost {
             return;
         }
@@ -356,9 +370,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(held) = self.inner.take() {
             let lost = self.is_lost();
-            held.renewal.abort();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(held.release(lost));
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => drop(handle.spawn(held.release(lost))),
+                Err(_) => held.renewal.abort(),
             }
         }
     }
@@ -368,19 +382,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Renews the lease every TTL/3 on its ETag until it is lost.
+/// Renews the lease every TTL/3 on its ETag until it is lost or `stop` is
+/// notified (checked between renewals only).
 async fn renew(
-    store: Arc<dyn ObjectStore>,
-    path: Path,
-    url: String,
+    (store, path, url): (Arc<dyn ObjectStore>, Path, String),
     body: Arc<Mutex<LeaseBody>>,
     version: Arc<Mutex<UpdateVersion>>,
     ttl: Duration,
     lost: watch::Sender<bool>,
+    stop: Arc<Notify>,
 ) {
     let mut last_renewed = Instant::now();
     loop {
-        tokio::time::sleep(ttl / 3).await;
+        tokio::select! {
+            () = tokio::time::sleep(ttl / 3) => {}
+            () = stop.notified() => return,
+        }
         let next = {
             let mut b = lock(&body);
             b.renewals += 1;
