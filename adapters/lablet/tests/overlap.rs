@@ -214,16 +214,20 @@ async fn inspect_failure_during_an_overlapped_upload_leaves_no_object_and_no_ope
     assert_eq!(sidecar(&s3).await.unwrap()["sha256"], sha256(&good));
 }
 
-/// Mosaic answers `200` with the length of `body`, sends `sent` bytes of it and
-/// closes the connection.
-fn cut_server(body: Vec<u8>, sent: usize) -> (String, tokio::task::JoinHandle<()>) {
+/// Mosaic answers `200` with the length of `body`; to its first `cut`
+/// requests it sends only `sent` bytes of it and closes the connection, to the
+/// others all of it.
+fn cut_server(body: Vec<u8>, sent: usize, cut: usize) -> (String, tokio::task::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     listener.set_nonblocking(true).unwrap();
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let task = tokio::spawn(async move {
+        let mut served = 0usize;
         while let Ok((mut sock, _)) = listener.accept().await {
             let body = body.clone();
+            let end = if served < cut { sent } else { body.len() };
+            served += 1;
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
                 let mut seen = Vec::new();
@@ -234,11 +238,11 @@ fn cut_server(body: Vec<u8>, sent: usize) -> (String, tokio::task::JoinHandle<()
                     }
                 }
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: {}\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(&body[..sent]).await;
+                let _ = sock.write_all(&body[..end]).await;
                 let _ = sock.flush().await;
             });
         }
@@ -252,7 +256,7 @@ async fn a_download_cut_mid_stream_aborts_the_overlapped_upload() {
         return;
     };
     let package = big_package(30, 9);
-    let (url, server) = cut_server(package, 20 * 1024 * 1024);
+    let (url, server) = cut_server(package, 20 * 1024 * 1024, usize::MAX);
     let mut config = config(&env, &s3);
     config.mosaic.download_url = format!("{url}/package.zip");
     let mut config = config.with_retry(
@@ -280,41 +284,6 @@ async fn a_download_cut_mid_stream_aborts_the_overlapped_upload() {
     assert_eq!(sync.catalog().get(NAME).await.unwrap(), None);
 }
 
-/// Mosaic answers every request with all of `body`, except the first one,
-/// which it cuts after `sent` bytes.
-fn cut_once_server(body: Vec<u8>, sent: usize) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let task = tokio::spawn(async move {
-        let mut first = true;
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let body = body.clone();
-            let end = if first { sent } else { body.len() };
-            first = false;
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(&body[..end]).await;
-                let _ = sock.flush().await;
-            });
-        }
-    });
-    (url, task)
-}
-
 /// The temp file inspect reads is written by the upload from its parts: after
 /// a download retried mid-stream it must hold the second attempt's bytes,
 /// including entries that sit in a middle part and the central directory at
@@ -326,7 +295,7 @@ async fn a_download_retried_mid_stream_is_inspected_and_stored_from_the_second_a
     };
     // cml.yaml in the second 8 MiB part, between two blobs
     let package = package_with_cml_between_blobs("LAB/cml.yaml");
-    let (url, server) = cut_once_server(package.clone(), 20 * 1024 * 1024);
+    let (url, server) = cut_server(package.clone(), 20 * 1024 * 1024, 1);
     let mut config = config(&env, &s3);
     config.mosaic.download_url = format!("{url}/package.zip");
     let mut config = config.with_retry(
