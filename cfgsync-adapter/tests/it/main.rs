@@ -1,0 +1,11 @@
+//! The crate's integration tests, one binary (`cargo test -p CRATE --test it`):
+//! each module is one area; run one with a filter, e.g. `--test it MODULE::`.
+//! One binary instead of one per file: each test executable links every
+//! dependency (~37 MB), so a binary per file cost a link and its disk per file
+//! on every first run (BENCHMARKS.md, "First run from a fresh clone").
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod object_log;
+mod replicas;
+mod sources;
+mod store_suite;
