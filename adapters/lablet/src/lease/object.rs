@@ -652,7 +652,10 @@ mod tests {
         let mut release = pin!(lease.release());
         // one poll: release has been called (it asked the renewal to stop)
         // while the renewal's PUT is still held
-        let _ = futures::poll!(release.as_mut());
+        assert!(
+            futures::poll!(release.as_mut()).is_pending(),
+            "release cannot end while the renewal's PUT is held"
+        );
         // the renewal's PUT answers (no one hears it if release aborted it)
         let _ = go.send(());
         release.await;
