@@ -426,3 +426,299 @@ async fn renew(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A renewal in flight at the moment of release, made deterministic: a
+    //! store in front of the in-process S3 holds the first renewal's
+    //! conditional PUT until the test lets it go, and release is called while
+    //! it is held.
+
+    use std::pin::pin;
+
+    use async_trait::async_trait;
+    use cfgsync_test_support::S3Harness;
+    use futures::stream::BoxStream;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+        PutMultipartOptions, PutResult,
+    };
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::store::StoreLocation;
+
+    /// Long enough that a renewal let go completes well inside the release's
+    /// wait (one TTL); the first renewal comes after a third of it.
+    const TTL: Duration = Duration::from_millis(900);
+
+    /// What the held renewal PUT does.
+    #[derive(Debug, Clone, Copy)]
+    enum Renewal {
+        /// S3 applies it at once; only its answer is held (the case an
+        /// aborted renewal got wrong: S3 has the new ETag, the holder not).
+        Applied,
+        /// Held before reaching S3, then fails (S3 never sees it).
+        Failed,
+    }
+
+    #[derive(Debug)]
+    struct Gate {
+        renewal: Renewal,
+        reached: oneshot::Sender<()>,
+        go: oneshot::Receiver<()>,
+    }
+
+    /// Passes everything to `inner`, except the next conditional update once
+    /// [`GatedStore::hold_next_update`] armed it.
+    #[derive(Debug)]
+    struct GatedStore {
+        inner: Arc<dyn ObjectStore>,
+        gate: Mutex<Option<Gate>>,
+    }
+
+    impl std::fmt::Display for GatedStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "gated {}", self.inner)
+        }
+    }
+
+    impl GatedStore {
+        /// Holds the next `PutMode::Update` (a renewal: taking a fresh lease
+        /// creates it): `reached` resolves once it is held, sending on `go`
+        /// lets it finish.
+        fn hold_next_update(
+            &self,
+            renewal: Renewal,
+        ) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+            let (reached_tx, reached) = oneshot::channel();
+            let (go, go_rx) = oneshot::channel();
+            *lock(&self.gate) = Some(Gate {
+                renewal,
+                reached: reached_tx,
+                go: go_rx,
+            });
+            (reached, go)
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for GatedStore {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            let gate = match opts.mode {
+                PutMode::Update(_) => lock(&self.gate).take(),
+                _ => None,
+            };
+            let Some(gate) = gate else {
+                return self.inner.put_opts(location, payload, opts).await;
+            };
+            let result = match gate.renewal {
+                Renewal::Applied => self.inner.put_opts(location, payload, opts).await,
+                Renewal::Failed => Err(object_store::Error::Generic {
+                    store: "S3",
+                    source: "connection reset by peer".into(),
+                }),
+            };
+            let _ = gate.reached.send(());
+            let _ = gate.go.await;
+            result
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// This crate's log lines (DEBUG and up) written while it is alive, on
+    /// this thread (the test's current-thread runtime runs the renewal task
+    /// too).
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+        type Writer = Logs;
+
+        fn make_writer(&'a self) -> Logs {
+            self.clone()
+        }
+    }
+
+    impl Logs {
+        fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+            let logs = Self::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(logs.clone())
+                .with_ansi(false)
+                .with_env_filter("cfgsync_lablet=debug")
+                .finish();
+            (logs, tracing::subscriber::set_default(subscriber))
+        }
+
+        fn lines(&self) -> Vec<String> {
+            String::from_utf8_lossy(&lock(&self.0))
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    fn key() -> StoreLocation {
+        StoreLocation {
+            bucket: "b".to_owned(),
+            key: "lablets/LAB-1/package.zip".to_owned(),
+            url: "s3://b/lablets/LAB-1/package.zip".to_owned(),
+        }
+    }
+
+    fn area(store: Arc<dyn ObjectStore>, s3: &S3Harness) -> SharedArea {
+        SharedArea::new(store, s3.prefix.clone(), "s3://b", true)
+    }
+
+    /// Takes the lease, holds its first renewal as `renewal` says, calls
+    /// release while that renewal is held, then lets the renewal finish.
+    /// Returns the lease object after the release.
+    async fn release_during_a_renewal(s3: &S3Harness, renewal: Renewal) -> LeaseBody {
+        let store = Arc::new(GatedStore {
+            inner: Arc::clone(&s3.store),
+            gate: Mutex::new(None),
+        });
+        let (reached, go) = store.hold_next_update(renewal);
+        let holder = ObjectLeases::new(area(store, s3), TTL);
+        let lease = holder
+            .acquire(&key(), "LAB-1", Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        reached.await.expect("the first renewal reached the store");
+
+        let mut release = pin!(lease.release());
+        // one poll: release has been called (it asked the renewal to stop)
+        // while the renewal's PUT is still held
+        assert!(
+            futures::poll!(release.as_mut()).is_pending(),
+            "release cannot end while the renewal's PUT is held"
+        );
+        // the renewal's PUT answers (no one hears it if release aborted it)
+        let _ = go.send(());
+        release.await;
+
+        let leases = ObjectLeases::new(area(Arc::clone(&s3.store), s3), TTL);
+        let path = leases.path(&key());
+        let (body, _) = read(&*s3.store, &path, "lease").await.unwrap().unwrap();
+        body
+    }
+
+    /// Another holder (with a TTL far longer than the test, so an unrenewed
+    /// lease can never look expired to it) takes the lease without waiting.
+    async fn taken_at_once(s3: &S3Harness) {
+        let next = ObjectLeases::new(area(Arc::clone(&s3.store), s3), Duration::from_secs(600));
+        let taken = next.acquire(&key(), "LAB-1", Duration::ZERO).await.unwrap();
+        match taken {
+            Ok(lease) => lease.release().await,
+            Err(held) => panic!("the lease was left held by {}", held.holder),
+        }
+    }
+
+    #[tokio::test]
+    async fn release_while_an_applied_renewal_is_unanswered_releases_on_the_renewed_etag() {
+        let (logs, _guard) = Logs::capture();
+        let s3 = S3Harness::start().await.unwrap();
+
+        let body = release_during_a_renewal(&s3, Renewal::Applied).await;
+
+        assert!(body.released, "lease left unreleased: {body:?}");
+        assert_eq!(body.renewals, 1, "released on the renewal's ETag: {body:?}");
+        let lines = logs.lines();
+        assert!(
+            lines.iter().any(|l| l.contains("lease released")),
+            "{lines:#?}"
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains(" WARN ") || l.contains(" ERROR ")),
+            "no 412 nor any other complaint: {lines:#?}"
+        );
+        taken_at_once(&s3).await;
+    }
+
+    #[tokio::test]
+    async fn release_while_a_renewal_fails_releases_on_the_etag_it_had() {
+        let (logs, _guard) = Logs::capture();
+        let s3 = S3Harness::start().await.unwrap();
+
+        let body = release_during_a_renewal(&s3, Renewal::Failed).await;
+
+        assert!(body.released, "lease left unreleased: {body:?}");
+        let lines = logs.lines();
+        assert!(
+            lines.iter().any(|l| l.contains("lease released")),
+            "{lines:#?}"
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("before its release") || l.contains("cannot release")),
+            "{lines:#?}"
+        );
+        taken_at_once(&s3).await;
+    }
+}
