@@ -243,7 +243,7 @@ impl<'de> Deserialize<'de> for RegistrationStoreConfig {
 /// name or compact.
 ///
 /// ```yaml
-/// registration_store: s3://bucket/cfgsync
+/// registration_store: memory:///   # any object store URL
 /// registration_log:
 ///   writer_id: replica-a          # default: a new one per start
 ///   compact_after_entries: 256    # or off
