@@ -43,6 +43,10 @@ pub struct ConfiguredServer {
 /// `reload.watch` is on (it needs a tokio runtime, and stops when the state is
 /// dropped).
 pub async fn build_server(config: &CfgsyncServerConfig) -> Result<ConfiguredServer> {
+    // Also for a bundle, which opens no store: the keys are wrong there too.
+    config
+        .registration_log
+        .check_store(&config.registration_store)?;
     let (path, kind, store) = match &config.source {
         CfgsyncServingMode::Bundle { artifacts_path } => (artifacts_path, FileKind::Bundle, None),
         CfgsyncServingMode::Registration { artifacts_path } => (
@@ -54,10 +58,6 @@ pub async fn build_server(config: &CfgsyncServerConfig) -> Result<ConfiguredServ
             ),
         ),
     };
-    // A bundle serves without a store; the keys are still wrong there.
-    config
-        .registration_log
-        .check_store(&config.registration_store)?;
     let triggers = if config.reload.watch {
         format!(
             "file polled every {} ms",
