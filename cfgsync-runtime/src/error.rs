@@ -183,6 +183,19 @@ pub enum Error {
         message: String,
     },
 
+    /// A `registration_log` key is set, but the registration store is not an
+    /// object store (memory and file stores have no log to name or compact).
+    #[error(
+        "{key} is set, but registration_store is {store}: only an object store registration_store \
+         has a log with a writer id and compaction; unset it or use an object store URL"
+    )]
+    RegistrationLogUnused {
+        /// The key, with its variable.
+        key: &'static str,
+        /// The registration store as configured.
+        store: String,
+    },
+
     /// A signal handler (e.g. `SIGHUP` for reload) could not be installed.
     #[error("cannot listen for {signal}: {source}")]
     Signal {

@@ -14,7 +14,8 @@ mod server;
 pub mod settings;
 
 pub use config::{
-    CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig, SERVER_SETTINGS,
+    CfgsyncServerConfig, CfgsyncServingMode, CompactionTrigger, RegistrationLogConfig,
+    RegistrationStoreConfig, SERVER_SETTINGS,
 };
 pub use env::{
     CLIENT_SETTINGS, ClientEnv, DEFAULT_HOST_IP, DEFAULT_OUTPUT_ROOT, DEFAULT_SERVER_ADDR,
@@ -30,5 +31,5 @@ pub use output::{ArtifactOutputMap, FORBIDDEN_MODE_BITS, GROUP_WORLD_WRITE_BITS,
 pub use reload::{FileKind, FileReloader, ReloadConfig, ReloadableSource, load_reloadable};
 pub use server::{
     ConfiguredServer, build_server, build_server_state, check_config, open_registration_store,
-    serve_cfgsync_from_config, serve_snapshot_cfgsync,
+    open_registration_store_with, serve_cfgsync_from_config, serve_snapshot_cfgsync,
 };

@@ -5,13 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cfgsync_adapter::{
-    DurableRegistrationStore, MemoryRegistrationStore, ObjectRegistrationStore, ObjectStoreOptions,
+    DurableRegistrationStore, MemoryRegistrationStore, ObjectRegistrationStore,
     RegistrationSnapshotMaterializer, RegistrationStore, SnapshotConfigSource,
 };
 use cfgsync_core::{CfgsyncServerState, serve_cfgsync};
 use prometheus_client::registry::Registry;
 
-use crate::config::{CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig};
+use crate::config::{
+    CfgsyncServerConfig, CfgsyncServingMode, RegistrationLogConfig, RegistrationStoreConfig,
+};
 use crate::reload::{FileKind, FileReloader, load_reloadable};
 use crate::{Error, Result};
 
@@ -41,12 +43,19 @@ pub struct ConfiguredServer {
 /// `reload.watch` is on (it needs a tokio runtime, and stops when the state is
 /// dropped).
 pub async fn build_server(config: &CfgsyncServerConfig) -> Result<ConfiguredServer> {
+    // Also for a bundle, which opens no store: the keys are wrong there too.
+    config
+        .registration_log
+        .check_store(&config.registration_store)?;
     let (path, kind, store) = match &config.source {
         CfgsyncServingMode::Bundle { artifacts_path } => (artifacts_path, FileKind::Bundle, None),
         CfgsyncServingMode::Registration { artifacts_path } => (
             artifacts_path,
             FileKind::Artifacts,
-            Some(open_registration_store(&config.registration_store).await?),
+            Some(
+                open_registration_store_with(&config.registration_store, &config.registration_log)
+                    .await?,
+            ),
         ),
     };
     let triggers = if config.reload.watch {
@@ -66,6 +75,7 @@ pub async fn build_server(config: &CfgsyncServerConfig) -> Result<ConfiguredServ
     tracing::info!(
         source = ?config.source,
         registration_store = %config.registration_store,
+        registration_log = %log_summary(config),
         auth = config.auth.is_enabled(),
         watch = config.reload.watch,
         "cfgsync config loaded"
@@ -102,6 +112,9 @@ pub fn check_config(config: &CfgsyncServerConfig) -> Result<Vec<(&'static str, S
             "registration: served once a node registered",
         ),
     };
+    config
+        .registration_log
+        .check_store(&config.registration_store)?;
     let mut registry = Registry::default();
     load_reloadable(path, kind, None, &mut registry, "check")
         .map_err(|e| e.at_key(ARTIFACTS_KEY))?;
@@ -145,7 +158,10 @@ pub fn check_config(config: &CfgsyncServerConfig) -> Result<Vec<(&'static str, S
                 url: url.to_string(),
                 message: e.to_string(),
             })?;
-            format!("{url} (not contacted by check)")
+            format!(
+                "{url} (not contacted by check); {}",
+                config.registration_log.describe()
+            )
         }
     };
     let auth = &config.auth;
@@ -186,11 +202,32 @@ pub async fn build_server_state(config: &CfgsyncServerConfig) -> Result<CfgsyncS
     Ok(build_server(config).await?.state)
 }
 
+/// What the start-up log says of `registration_log`.
+fn log_summary(config: &CfgsyncServerConfig) -> String {
+    match config.registration_store {
+        RegistrationStoreConfig::Object(_) => config.registration_log.describe(),
+        _ => "none (not an object store)".to_owned(),
+    }
+}
+
 /// Opens the registration store a config names. Object store URLs take their
-/// settings from the `AWS_*` (and `GOOGLE_*`, `AZURE_*`) environment variables.
+/// settings from the `AWS_*` (and `GOOGLE_*`, `AZURE_*`) environment
+/// variables; their log keeps [`cfgsync_adapter::ObjectStoreOptions`]' defaults (see
+/// [`open_registration_store_with`]).
 pub async fn open_registration_store(
     config: &RegistrationStoreConfig,
 ) -> Result<Arc<dyn RegistrationStore>> {
+    open_registration_store_with(config, &RegistrationLogConfig::default()).await
+}
+
+/// [`open_registration_store`] with an object store's writer id and
+/// compaction from `log`; fails with [`Error::RegistrationLogUnused`] when a
+/// key of `log` is set and `config` is not an object store.
+pub async fn open_registration_store_with(
+    config: &RegistrationStoreConfig,
+    log: &RegistrationLogConfig,
+) -> Result<Arc<dyn RegistrationStore>> {
+    log.check_store(config)?;
     Ok(match config {
         RegistrationStoreConfig::Memory => Arc::new(MemoryRegistrationStore::new()),
         RegistrationStoreConfig::Durable(dir) => {
@@ -217,7 +254,7 @@ pub async fn open_registration_store(
                 ObjectRegistrationStore::open(
                     Arc::from(store),
                     prefix.as_ref(),
-                    ObjectStoreOptions::default(),
+                    log.object_store_options(),
                 )
                 .await?,
             )

@@ -100,6 +100,19 @@ impl ObjectStoreOptions {
         self
     }
 
+    /// Whether `id` can be a [`writer_id`](Self::writer_id): `Err` says
+    /// what a usable one looks like (a store opened with an unusable one
+    /// fails with the same words).
+    pub fn check_writer_id(id: &str) -> std::result::Result<(), String> {
+        if valid_writer_id(id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "writer id {id:?} is not usable: 1 to 64 of letters, digits, '.', '_', '-', not starting with '.'"
+            ))
+        }
+    }
+
     /// Sets when the poller compacts: after `entries` log entries or `bytes`
     /// of them past the latest snapshot (0 turns that trigger off).
     #[must_use]
@@ -444,17 +457,17 @@ impl ObjectRegistrationStore {
         let prefix = Path::from(prefix);
         let name = format!("object store {store} /{prefix}");
         let writer_id = match &options.writer_id {
-            Some(id) if valid_writer_id(id) => id.clone(),
-            Some(id) => {
-                return Err(Error::Store {
-                    store: name,
-                    operation: "open",
-                    message: format!(
-                        "writer id {id:?} is not usable: 1 to 64 of letters, digits, '.', '_', '-', not starting with '.'"
-                    ),
-                    source: None,
-                });
-            }
+            Some(id) => match ObjectStoreOptions::check_writer_id(id) {
+                Ok(()) => id.clone(),
+                Err(message) => {
+                    return Err(Error::Store {
+                        store: name,
+                        operation: "open",
+                        message,
+                        source: None,
+                    });
+                }
+            },
             None => new_writer_id(),
         };
         let shared = Arc::new(Shared {

@@ -11,14 +11,16 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Serve node registration and config delivery from a config file.
 ///
-/// The secrets may come from flags or the environment instead of the file
-/// (each listed below; a flag wins over its variable, both over the file).
+/// The secrets and the registration_log keys may come from flags or the
+/// environment instead of the file (each listed below; a flag wins over its
+/// variable, both over the file).
 /// Logs go to stderr; RUST_LOG sets the level (default info); colours only
 /// on a terminal.
 #[derive(Debug, Parser)]
 #[command(name = "cfgsync-server", version)]
 struct Cli {
-    /// The server config (YAML): port, bind, source, auth, registration_store, limits.
+    /// The server config (YAML): port, bind, source, auth, registration_store,
+    /// registration_log, limits, reload.
     #[arg(long, short, value_name = "FILE", env = "CFGSYNC_CONFIG")]
     config: PathBuf,
 
