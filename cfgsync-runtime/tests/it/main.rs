@@ -7,6 +7,7 @@
 
 mod browser;
 mod common;
+mod compaction;
 mod crash;
 mod env_client;
 mod fetch;

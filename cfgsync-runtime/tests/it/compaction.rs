@@ -4,7 +4,6 @@
 //! deletes the entries it covers; restarted, it serves every registration and
 //! continues its stream after the snapshot. The same keys with a file store
 //! stop the server, naming the key.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
