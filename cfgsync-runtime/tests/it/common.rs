@@ -92,3 +92,38 @@ impl ConfigSource for QuorumSource {
         Some(self.changes.subscribe())
     }
 }
+
+/// Whether `url` answers `/healthz` with 200.
+async fn healthy(url: &str) -> bool {
+    matches!(cfgsync_test_support::get(format!("{url}/healthz")).await, Ok(r) if r.status() == 200)
+}
+
+/// Waits (up to 10 s) for a server's `/healthz`.
+pub async fn wait_healthy(url: &str) {
+    for _ in 0..200 {
+        if healthy(url).await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("server at {url} did not come up");
+}
+
+/// Waits (up to 20 s) for `/healthz` of the `cfgsync-server` process
+/// `server`; panics with its log if it exits first (e.g. its store could
+/// not be opened).
+pub async fn wait_healthy_or_exit(server: &mut std::process::Child, url: &str, log: &Path) {
+    for _ in 0..400 {
+        if let Some(status) = server.try_wait().unwrap() {
+            panic!(
+                "cfgsync-server exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if healthy(url).await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("cfgsync-server at {url} did not come up");
+}

@@ -10,8 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::wait_healthy_or_exit;
 use cfgsync_core::{CfgsyncClient, Error, NodeRegistration};
 use cfgsync_test_support::S3Harness;
+use cfgsync_test_support::free_port;
 use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
 
@@ -23,14 +25,6 @@ fn artifacts() -> PathBuf {
 
 fn reg(id: &str) -> NodeRegistration {
     NodeRegistration::new(id, "127.0.0.1".parse().unwrap())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The server with the harness's credentials and `writer_id` in the
@@ -51,25 +45,6 @@ fn spawn_server(config: &Path, s3: &S3Harness, writer_id: &str, log: &Path) -> C
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
-}
-
-/// Waits for `/healthz`; panics with the server's log if it exits first.
-async fn wait_healthy(server: &mut Child, url: &str, log: &Path) {
-    for _ in 0..400 {
-        if let Some(status) = server.try_wait().unwrap() {
-            panic!(
-                "cfgsync-server exited ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if let Ok(response) = cfgsync_test_support::get(format!("{url}/healthz")).await
-            && response.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("cfgsync-server at {url} did not come up");
 }
 
 /// The object names (last path part) directly under `prefix`.
@@ -107,7 +82,7 @@ async fn a_low_compaction_threshold_snapshots_and_a_restarted_server_serves_ever
     .unwrap();
     let log = dir.path().join("server.log");
     let mut server = spawn_server(&config, &s3, "replica-a", &log);
-    wait_healthy(&mut server, &url, &log).await;
+    wait_healthy_or_exit(&mut server, &url, &log).await;
     let started = std::fs::read_to_string(&log).unwrap();
     assert!(
         started.contains("writer id replica-a; compacted after 4 entries or 8MiB"),
@@ -152,7 +127,7 @@ async fn a_low_compaction_threshold_snapshots_and_a_restarted_server_serves_ever
     // Restarted with the same writer id: every registration is there (from
     // the snapshot and the entries after it) ...
     let mut server = spawn_server(&config, &s3, "replica-a", &log);
-    wait_healthy(&mut server, &url, &log).await;
+    wait_healthy_or_exit(&mut server, &url, &log).await;
     for id in &ids {
         // node-1 and node-2 have files; the others are registered but the
         // artifacts file names none for them (404, never 425).

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::wait_healthy;
 use cfgsync_core::{CfgsyncClient, FetchOptions, FetchOutcome, NodeRegistration};
 use cfgsync_runtime::{CfgsyncServerConfig, build_server_state};
+use cfgsync_test_support::free_port;
 use cfgsync_test_support::{TestServer, long_poll, woken};
 use serde_json::Value;
 
@@ -219,26 +221,6 @@ async fn a_broken_edit_keeps_the_last_good_set_serving_and_is_reported_until_fix
         .await
         .unwrap();
     assert!(!page.contains("Reload failed"), "{page}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_healthy(url: &str) {
-    for _ in 0..200 {
-        if let Ok(response) = cfgsync_test_support::get(format!("{url}/healthz")).await
-            && response.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server at {url} did not come up");
 }
 
 fn hangup(pid: u32) {

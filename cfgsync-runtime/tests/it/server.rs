@@ -2,13 +2,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::common::wait_healthy;
 use cfgsync_core::{CfgsyncClient, Error, NodeRegistration};
 use cfgsync_runtime::{
     CfgsyncServerConfig, CfgsyncServingMode, RegistrationStoreConfig, build_server_state,
 };
 use cfgsync_test_support::TestServer;
+use cfgsync_test_support::free_port;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_cfgsync-server");
 
@@ -95,15 +96,6 @@ fn config_env_overrides_secrets_and_aliases_parse() {
     assert_eq!(config.auth.node_secret.unwrap().expose(), "from-env");
 }
 
-/// A free loopback port (bind, read, release).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_config(dir: &Path, port: u16, store: &Path) -> PathBuf {
     let path = dir.join("server.yaml");
     std::fs::write(
@@ -127,18 +119,6 @@ fn spawn_server(config: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-async fn wait_healthy(url: &str) {
-    for _ in 0..200 {
-        if let Ok(response) = cfgsync_test_support::get(format!("{url}/healthz")).await
-            && response.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server at {url} did not come up");
 }
 
 #[tokio::test]

@@ -4,41 +4,14 @@
 //! a private CA through `SSL_CERT_FILE` alone. A binary that builds an HTTP
 //! client before installing the provider panics, and this test fails.
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
+use crate::common::wait_healthy_or_exit;
+use cfgsync_test_support::free_port;
 use cfgsync_test_support::{S3Harness, TlsProxy, test_ca_file};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_cfgsync-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_cfgsync-client");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits for `/healthz` on the server's plain port; panics with its log if it
-/// exits first (e.g. its S3 store could not be opened).
-async fn wait_healthy(server: &mut Child, url: &str, log: &Path) {
-    for _ in 0..400 {
-        if let Some(status) = server.try_wait().unwrap() {
-            panic!(
-                "cfgsync-server exited ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if let Ok(response) = cfgsync_test_support::get(format!("{url}/healthz")).await
-            && response.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("cfgsync-server at {url} did not come up");
-}
 
 /// Runs `cfgsync-client` as node-1 (through tokio: the S3 server and the
 /// proxies run on this test's runtime).
@@ -98,7 +71,7 @@ async fn server_and_client_binaries_speak_https_with_a_private_ca_through_ring()
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_healthy(&mut server, &format!("http://127.0.0.1:{port}"), &log).await;
+    wait_healthy_or_exit(&mut server, &format!("http://127.0.0.1:{port}"), &log).await;
     let cfgsync_tls = TlsProxy::in_front_of(&format!("http://127.0.0.1:{port}"))
         .await
         .unwrap();

@@ -14,5 +14,5 @@ pub use browser::{Chromium, assert_inert};
 pub use http::{get, http_client, http_client_builder};
 #[cfg(feature = "s3")]
 pub use s3::{S3Faults, S3Harness};
-pub use server::{TestServer, files, long_poll, woken};
+pub use server::{TestServer, files, free_port, long_poll, woken};
 pub use tls::{TEST_CA_PEM, TlsProxy, test_ca_file};

@@ -12,6 +12,19 @@ use cfgsync_core::{
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A free loopback port for a server process a test starts (bound, read,
+/// released: the process binds it again).
+///
+/// # Panics
+/// When no loopback port can be bound.
+pub fn free_port() -> u16 {
+    #[allow(clippy::expect_used)] // a test helper: no port is a broken host
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
 /// A cfgsync server (cfgsync-core's router, served as in production by
 /// [`serve_cfgsync_on`]) on an ephemeral loopback port. Dropping it begins a
 /// graceful shutdown, so keep it alive while the test uses the URL;

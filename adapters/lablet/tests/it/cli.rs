@@ -311,11 +311,7 @@ async fn serve_takes_its_connection_limits_from_flags_and_environment() {
     assert_eq!(bad.status.code(), Some(2));
 
     // a served idle connection is closed after the configured 1 s (default 30 s)
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = cfgsync_test_support::free_port();
     let mut child = bin(dir.path())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("LABLET_IDLE_TIMEOUT_SECS", "1")
@@ -347,11 +343,7 @@ async fn serve_takes_its_connection_limits_from_flags_and_environment() {
 async fn serve_logs_a_failed_api_sync_at_the_default_level_as_json() {
     let env = Env::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = cfgsync_test_support::free_port();
     let child = bin(dir.path())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--log-format", "json"])

@@ -286,11 +286,7 @@ pub mod env {
         /// Starts `lablet-sync serve` with `vars` and waits until it answers
         /// `/healthz`.
         pub async fn start(vars: &BTreeMap<String, String>) -> Self {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = cfgsync_test_support::free_port();
             let child = bin_with(vars)
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
                 .stdout(std::process::Stdio::null())

@@ -12,6 +12,7 @@ use cfgsync_lablet::RetryPolicy;
 use cfgsync_lablet::catalog::{DeliveryStatus, SyncStatus};
 use cfgsync_lablet::{LabletSync, LabletSyncConfig, Stage};
 use cfgsync_test_support::S3Harness;
+use cfgsync_test_support::free_port;
 use object_store::{ObjectStoreExt, path::Path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::{method, path};
@@ -63,14 +64,6 @@ impl Drop for Running {
             task.abort();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Bind `port` again (bounded wait, on the runtime, for the previous owner to let
