@@ -1,6 +1,6 @@
 //! `cfgsync-server`: serves the cfgsync routes from a YAML config file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cfgsync_core::auth::{node_token, scoped_node_token};
@@ -17,15 +17,26 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 /// Logs go to stderr; RUST_LOG sets the level (default info); colours only
 /// on a terminal.
 #[derive(Debug, Parser)]
-#[command(name = "cfgsync-server", version)]
+#[command(
+    name = "cfgsync-server",
+    version,
+    override_usage = "cfgsync-server --config <FILE> [COMMAND] [OPTIONS]"
+)]
 struct Cli {
     /// The server config (YAML): port, bind, source, auth, registration_store,
     /// registration_log, limits, reload.
-    #[arg(long, short, value_name = "FILE", env = "CFGSYNC_CONFIG")]
-    config: PathBuf,
+    /// Required; before or after the subcommand.
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_name = "FILE",
+        env = "CFGSYNC_CONFIG"
+    )]
+    config: Option<PathBuf>,
 
     /// Log lines as text or JSON (one object per line).
-    #[arg(long, value_enum, env = "CFGSYNC_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, env = "CFGSYNC_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -65,15 +76,25 @@ fn command() -> clap::Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = command();
-    settings_cli::warn_unknown_vars(&command, VAR_PREFIXES);
-    let matches = command.get_matches();
+    let cli_command = command();
+    settings_cli::warn_unknown_vars(&cli_command, VAR_PREFIXES);
+    let matches = cli_command.get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
+    // Optional to clap only because an argument accepted after the
+    // subcommand (`cfgsync-server check --config FILE`) cannot be required.
+    let Some(config) = cli.config.clone() else {
+        command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "the server config is required: --config FILE (or CFGSYNC_CONFIG)",
+            )
+            .exit()
+    };
     init_logging(cli.log_format, DEFAULT_LOG_FILTER);
-    match run(cli, &matches).await {
+    match run(cli, &config, &matches).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("cfgsync-server: {message}");
@@ -82,8 +103,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), String> {
-    let mut config = CfgsyncServerConfig::from_path(&cli.config).map_err(|e| e.to_string())?;
+async fn run(cli: Cli, path: &Path, matches: &clap::ArgMatches) -> Result<(), String> {
+    let mut config = CfgsyncServerConfig::from_path(path).map_err(|e| e.to_string())?;
     settings::apply_settings(&mut config, SERVER_SETTINGS, settings_cli::values(matches))
         .map_err(|e| e.to_string())?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -100,7 +121,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), String> {
         }
         Command::Check => {
             let summary = check_config(&config).map_err(|e| e.to_string())?;
-            println!("{}: ok", cli.config.display());
+            println!("{}: ok", path.display());
             for (what, value) in summary {
                 println!("  {what:<22} {value}");
             }
@@ -110,7 +131,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), String> {
             let secret = config.auth.node_secret.as_ref().ok_or_else(|| {
                 format!(
                     "{}: auth.node_secret is not set (nor CFGSYNC_NODE_SECRET)",
-                    cli.config.display()
+                    path.display()
                 )
             })?;
             if let Some(scope) = &scope {
@@ -118,7 +139,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), String> {
                     return Err(format!(
                         "{}: --scope needs auth.scope_key (the metadata key the scope is \
                          checked against); without it the server refuses scoped tokens",
-                        cli.config.display()
+                        path.display()
                     ));
                 }
                 cfgsync_core::validate_identifier(scope).map_err(|e| format!("--scope: {e}"))?;

@@ -223,10 +223,11 @@ fn check_prints_a_summary_and_changes_nothing_on_disk() {
         names
     };
     let before = listing();
+    // `--config` after the subcommand, as a newcomer types it
     let out = Command::new(SERVER)
+        .arg("check")
         .arg("--config")
         .arg(&config)
-        .arg("check")
         .env("CFGSYNC_ADMIN_TOKEN", "admin-secret")
         .output()
         .unwrap();
