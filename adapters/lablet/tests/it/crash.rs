@@ -132,7 +132,8 @@ async fn kill_9_mid_download_and_mid_upload_loses_nothing() {
     let data = env.data.path().join("crash");
     let vars = vars(&env, &se, &s3, &data);
     let v1 = sample_package("1.0", "");
-    let v2 = big_package(20, 3);
+    // two 8 MiB parts: the kill mid-upload comes after the first landed
+    let v2 = big_package(10, 3);
 
     // before: NAME synced at v1; OTHER synced while SE was down, so queued
     env.publish(NAME, v1.clone()).await;

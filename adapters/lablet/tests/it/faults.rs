@@ -267,7 +267,8 @@ async fn s3_faults_fail_at_store_leave_no_partial_object_and_keep_the_record() {
         return;
     }
     let v1 = sample_package("1.0", "");
-    let v2 = big_package(20, 7);
+    // two 8 MiB parts: the "upload part fails" fault fails the second
+    let v2 = big_package(10, 7);
     env.publish(NAME, v1.clone()).await;
     let base = fault_config(s3_config(env.config(None), &s3));
     let sync = LabletSync::from_config(base.clone()).unwrap();
