@@ -9,6 +9,7 @@ use cfgsync_core::auth::node_token;
 use cfgsync_core::{
     AuthConfig, CfgsyncClient, CfgsyncServerState, NodeFilesReplacement, NodeRegistration, Secret,
 };
+use cfgsync_test_support::CapturedLogs;
 
 fn node(id: &str) -> NodeRegistration {
     NodeRegistration::new(id, "10.0.0.5".parse().unwrap())
@@ -24,35 +25,10 @@ fn client_with(url: &str, token: Option<&str>) -> CfgsyncClient {
     .unwrap()
 }
 
-/// Captures every log line the server writes, at the most verbose level.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
-        .finish();
-    let _captured = tracing::subscriber::set_default(subscriber);
+    // every line the server writes, at the most verbose level
+    let (logs, _captured) = CapturedLogs::start("trace");
 
     let secret = Secret::new("node-secret-XYZZY");
     let token = node_token(&secret, "node-1");
@@ -84,7 +60,7 @@ async fn secrets_never_reach_the_logs() {
     tracing::info!(client = ?good, "client");
     server.shutdown().await.unwrap();
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.contains("node registered"),
         "the capture works: {text}"

@@ -18,6 +18,7 @@ use cfgsync_runtime::{
     ArtifactOutputMap, ClientOptions, Error, Step, fetch_and_write_artifacts_with,
     register_and_fetch_artifacts_with,
 };
+use cfgsync_test_support::CapturedLogs;
 
 /// Retries fast, so tests do not wait on real backoff.
 fn fast() -> ClientOptions {
@@ -224,49 +225,17 @@ async fn the_deadline_error_names_the_step_and_the_last_answer() {
     );
 }
 
-/// Log lines written by the test's subscriber.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
-impl Logs {
-    /// The INFO lines containing `what`.
-    fn lines_with(&self, what: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(" INFO ") && l.contains(what))
-            .map(str::to_owned)
-            .collect()
-    }
+/// The INFO lines of `logs` containing `what`.
+fn info_lines_with(logs: &CapturedLogs, what: &str) -> Vec<String> {
+    logs.lines()
+        .into_iter()
+        .filter(|l| l.contains(" INFO ") && l.contains(what))
+        .collect()
 }
 
 #[tokio::test]
 async fn a_waiting_client_says_what_it_waits_for_at_info() {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_env_filter("info")
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = CapturedLogs::start("info");
     let dir = tempfile::tempdir().unwrap();
     let outputs = ArtifactOutputMap::new().with_root(dir.path());
     let options = fast()
@@ -292,7 +261,7 @@ async fn a_waiting_client_says_what_it_waits_for_at_info() {
         ),
         "{error:?}"
     );
-    let lines = logs.lines_with("still registering");
+    let lines = info_lines_with(&logs, "still registering");
     assert!(lines.len() >= 2, "{lines:?}");
     assert!(
         lines.iter().all(
@@ -324,9 +293,10 @@ async fn a_waiting_client_says_what_it_waits_for_at_info() {
         ),
         "{error:?}"
     );
-    let lines = logs.lines_with(&format!(
-        "node-1: registered; waiting for {url} to have our config"
-    ));
+    let lines = info_lines_with(
+        &logs,
+        &format!("node-1: registered; waiting for {url} to have our config"),
+    );
     assert!(
         lines.len() >= 2
             && lines
@@ -336,13 +306,13 @@ async fn a_waiting_client_says_what_it_waits_for_at_info() {
     );
 
     // Served at once: nothing to say.
-    let before = logs.lines_with("").len();
+    let before = info_lines_with(&logs, "").len();
     let ready = OriginalLikeServer::default();
     let url = start_original_like(ready).await;
     register_and_fetch_artifacts_with(&node("node-1"), &url, &outputs, &options)
         .await
         .unwrap();
-    assert_eq!(logs.lines_with("").len(), before);
+    assert_eq!(info_lines_with(&logs, "").len(), before);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod browser;
 mod http;
+mod logs;
 pub mod readme;
 #[cfg(feature = "s3")]
 mod s3;
@@ -12,6 +13,7 @@ mod tls;
 
 pub use browser::{Chromium, assert_inert};
 pub use http::{get, http_client, http_client_builder};
+pub use logs::CapturedLogs;
 #[cfg(feature = "s3")]
 pub use s3::{S3Faults, S3Harness};
 pub use server::{TestServer, files, free_port, long_poll, woken};

@@ -437,7 +437,7 @@ mod tests {
     use std::pin::pin;
 
     use async_trait::async_trait;
-    use cfgsync_test_support::S3Harness;
+    use cfgsync_test_support::{CapturedLogs, S3Harness};
     use futures::stream::BoxStream;
     use object_store::{
         CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
@@ -576,50 +576,6 @@ mod tests {
         }
     }
 
-    /// This crate's log lines (DEBUG and up) written while it is alive, on
-    /// this thread (the test's current-thread runtime runs the renewal task
-    /// too).
-    #[derive(Clone, Default)]
-    struct Logs(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Logs {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            lock(&self.0).extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-        type Writer = Logs;
-
-        fn make_writer(&'a self) -> Logs {
-            self.clone()
-        }
-    }
-
-    impl Logs {
-        fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
-            let logs = Self::default();
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(logs.clone())
-                .with_ansi(false)
-                .with_env_filter("cfgsync_lablet=debug")
-                .finish();
-            (logs, tracing::subscriber::set_default(subscriber))
-        }
-
-        fn lines(&self) -> Vec<String> {
-            String::from_utf8_lossy(&lock(&self.0))
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        }
-    }
-
     fn key() -> StoreLocation {
         StoreLocation {
             bucket: "b".to_owned(),
@@ -679,7 +635,7 @@ mod tests {
 
     #[tokio::test]
     async fn release_while_an_applied_renewal_is_unanswered_releases_on_the_renewed_etag() {
-        let (logs, _guard) = Logs::capture();
+        let (logs, _guard) = CapturedLogs::start("cfgsync_lablet=debug");
         let s3 = S3Harness::start().await.unwrap();
 
         let body = release_during_a_renewal(&s3, Renewal::Applied).await;
@@ -702,7 +658,7 @@ mod tests {
 
     #[tokio::test]
     async fn release_while_a_renewal_fails_releases_on_the_etag_it_had() {
-        let (logs, _guard) = Logs::capture();
+        let (logs, _guard) = CapturedLogs::start("cfgsync_lablet=debug");
         let s3 = S3Harness::start().await.unwrap();
 
         let body = release_during_a_renewal(&s3, Renewal::Failed).await;
