@@ -495,8 +495,18 @@ fn de_writer_id<'de, D: serde::Deserializer<'de>>(
 
 impl CfgsyncServerConfig {
     /// Reads a config file; relative artifact paths are resolved from its
-    /// directory, and the `CFGSYNC_*` secret variables override `auth`.
+    /// directory, and the [`SERVER_SETTINGS`] variables that are set
+    /// override their keys ([`try_apply_env`](Self::try_apply_env)).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
+        let mut config = Self::from_file(path)?;
+        config.try_apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// The file alone: [`from_path`](Self::from_path) without the
+    /// variables, for a caller that applies them itself (`cfgsync-server`
+    /// takes each from its flag first, then from its variable).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
             path: path.to_path_buf(),
@@ -515,7 +525,6 @@ impl CfgsyncServerConfig {
         if artifacts.is_relative() {
             *artifacts = base.join(&*artifacts);
         }
-        config.try_apply_env(|name| std::env::var(name).ok())?;
         Ok(config)
     }
 

@@ -104,7 +104,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, path: &Path, matches: &clap::ArgMatches) -> Result<(), String> {
-    let mut config = CfgsyncServerConfig::from_path(path).map_err(|e| e.to_string())?;
+    // The variables come through clap with the flags (a flag wins, and a
+    // variable its flag overrides is not read), not through from_path.
+    let mut config = CfgsyncServerConfig::from_file(path).map_err(|e| e.to_string())?;
     settings::apply_settings(&mut config, SERVER_SETTINGS, settings_cli::values(matches))
         .map_err(|e| e.to_string())?;
     match cli.command.unwrap_or(Command::Serve) {

@@ -188,3 +188,52 @@ fn registration_log_keys_with_a_file_store_stop_the_server_naming_the_key() {
         );
     }
 }
+
+/// A flag wins over its variable, and a variable its flag overrides is not
+/// read: a bad `CFGSYNC_REGISTRATION_LOG_COMPACT_AFTER_ENTRIES` fails alone,
+/// naming the variable, and is ignored beside a good flag.
+#[test]
+fn a_flag_overrides_a_bad_variable_which_alone_fails_naming_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "port: {}\nbind: 127.0.0.1\nsource:\n  kind: registration\n  artifacts_path: {}\n\
+             registration_store: memory:///\n",
+            free_port(),
+            artifacts().display(),
+        ),
+    )
+    .unwrap();
+    let check = |flag: Option<&str>| {
+        let mut command = Command::new(SERVER);
+        command
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .env_clear()
+            .env("CFGSYNC_REGISTRATION_LOG_COMPACT_AFTER_ENTRIES", "0");
+        if let Some(flag) = flag {
+            command.args(["--registration-log-compact-after-entries", flag]);
+        }
+        command.output().unwrap()
+    };
+
+    let alone = check(None);
+    let stderr = String::from_utf8_lossy(&alone.stderr);
+    assert!(!alone.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("CFGSYNC_REGISTRATION_LOG_COMPACT_AFTER_ENTRIES") && stderr.contains("off"),
+        "{stderr}"
+    );
+
+    let overridden = check(Some("4"));
+    let stdout = String::from_utf8_lossy(&overridden.stdout);
+    assert!(
+        overridden.status.success(),
+        "{}",
+        String::from_utf8_lossy(&overridden.stderr)
+    );
+    assert!(stdout.contains("compacted after 4 entries"), "{stdout}");
+}
