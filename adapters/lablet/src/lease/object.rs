@@ -622,6 +622,47 @@ mod tests {
         body
     }
 
+    /// A lease dropped (a sync cancelled, a task ended by `?`) while its
+    /// renewal's PUT is applied but unanswered is released the same way: the
+    /// release the drop spawns waits for the renewal and writes `released` on
+    /// the renewed ETag.
+    #[tokio::test]
+    async fn a_lease_dropped_while_its_renewal_is_unanswered_is_released() {
+        let s3 = S3Harness::start().await.unwrap();
+        let store = Arc::new(GatedStore {
+            inner: Arc::clone(&s3.store),
+            gate: Mutex::new(None),
+        });
+        let (reached, go) = store.hold_next_update(Renewal::Applied);
+        let holder = ObjectLeases::new(area(store, &s3), TTL);
+        let lease = holder
+            .acquire(&key(), "LAB-1", Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        reached.await.expect("the first renewal reached the store");
+
+        drop(lease);
+        let _ = go.send(());
+
+        // the spawned release runs on this runtime: wait for its write (an
+        // event, not a time: the bound only keeps a broken release from
+        // hanging the test)
+        let path = holder.path(&key());
+        let mut body = None;
+        for _ in 0..400 {
+            let (now, _) = read(&*s3.store, &path, "lease").await.unwrap().unwrap();
+            if now.released {
+                body = Some(now);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let body = body.expect("the dropped lease was never released");
+        assert_eq!(body.renewals, 1, "released on the renewal's ETag: {body:?}");
+        taken_at_once(&s3).await;
+    }
+
     /// Another holder (with a TTL far longer than the test, so an unrenewed
     /// lease can never look expired to it) takes the lease without waiting.
     async fn taken_at_once(s3: &S3Harness) {
