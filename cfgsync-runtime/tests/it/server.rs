@@ -255,6 +255,25 @@ fn check_prints_a_summary_and_changes_nothing_on_disk() {
     assert!(!store.exists());
 }
 
+/// `--config` may follow the command, so clap cannot require it: its
+/// absence is still a usage error (exit 2) naming the flag and variable.
+#[test]
+fn a_missing_config_is_a_usage_error_naming_flag_and_variable() {
+    for args in [&[][..], &["check"][..]] {
+        let out = Command::new(SERVER)
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("the server config is required: --config FILE (or CFGSYNC_CONFIG)"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn bad_configs_fail_with_one_clear_line() {
     let bundle = examples().join("bundle.yaml");
