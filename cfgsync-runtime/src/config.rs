@@ -344,20 +344,11 @@ impl RegistrationLogConfig {
         let compaction = match (entries, bytes) {
             (0, 0) => "never compacted".to_owned(),
             (n, 0) => format!("compacted after {n} entries"),
-            (0, b) => format!("compacted after {}", show_bytes(b)),
-            (n, b) => format!("compacted after {n} entries or {}", show_bytes(b)),
+            (0, b) => format!("compacted after {}", settings::show_bytes(b)),
+            (n, b) => format!("compacted after {n} entries or {}", settings::show_bytes(b)),
         };
         format!("{writer}; {compaction}")
     }
-}
-
-fn show_bytes(bytes: u64) -> String {
-    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    format!("{bytes} bytes")
 }
 
 /// One compaction trigger of [`RegistrationLogConfig`]: a threshold (at

@@ -214,6 +214,18 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| "too large for 64 bits".to_owned())
 }
 
+/// A size for people to read, in the units [`parse_bytes`] reads: the
+/// largest binary unit that divides it exactly (`8MiB`, `64KiB`), else
+/// `N bytes`.
+pub fn show_bytes(bytes: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 /// A duration: a plain number counts in `plain_unit` (seconds for `*_SECS`
 /// settings, milliseconds for `*_MS`); anything else as `humantime` reads
 /// it: `30s`, `5m`, `1h 30m`, `250ms`.
@@ -289,6 +301,10 @@ mod tests {
     #[test]
     fn sizes_durations_and_urls_parse_as_people_write_them() {
         assert_eq!(parse_bytes("4GiB"), Ok(4 << 30));
+        for size in ["8MiB", "64KiB", "4GiB"] {
+            assert_eq!(show_bytes(parse_bytes(size).unwrap()), size);
+        }
+        assert_eq!(show_bytes(65_537), "65537 bytes");
         assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
         assert_eq!(parse_bytes("8M"), Ok(8 << 20));
         assert_eq!(parse_bytes("4096"), Ok(4096));
